@@ -1,0 +1,60 @@
+# deepdockd: `make run` serves the API, `make test` runs the whole suite on a private test rig.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PREFIX ?= /opt/deepdockd
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv install run test lint format clean rig-start rig-stop
+
+help:
+	@echo "make run      serve the API on 127.0.0.1:8000 against the host's Docker (ARGS=... for flags)"
+	@echo "make test     the whole test suite, on a private dockerd, registry and test images"
+	@echo "make lint     ruff check, ruff format --check, mypy --strict"
+	@echo "make install  install deepdockd into $(PREFIX) and link /usr/local/bin/deepdockd"
+	@echo "make clean    remove the virtual environment and caches"
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || scripts/install-test-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,lint]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+install:
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q .
+	ln -sf $(PREFIX)/bin/deepdockd /usr/local/bin/deepdockd
+	@echo "installed: /usr/local/bin/deepdockd (deepdockd --help)"
+
+run: venv
+	scripts/ensure-docker.sh
+	$(BIN)/deepdockd $(ARGS)
+
+test:
+	scripts/install-test-deps.sh
+	$(MAKE) venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict deepdockd
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+rig-start: venv
+	$(BIN)/python tests/rig.py start
+
+rig-stop: venv
+	$(BIN)/python tests/rig.py stop
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

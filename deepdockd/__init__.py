@@ -1,0 +1,3 @@
+"""deepdockd: a host daemon for shared GPU servers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""``deepdockd`` and ``python -m deepdockd``: read the configuration and serve.
+
+This is the only module that reads the environment and the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from deepdockd import __version__
+from deepdockd.app import create_app
+from deepdockd.config import (
+    DEFAULT_CONFIG_FILE,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    env_name,
+    flag_name,
+    load_config,
+)
+from deepdockd.logs import ACCESS_LOG_FORMAT, ACCESS_LOGGER, setup_logging
+
+# Exit status for a configuration that cannot be used (as for a bad command line).
+EXIT_BAD_CONFIG = 2
+
+log = logging.getLogger("deepdockd")
+
+_FLAG_HELP = {
+    "config": f"TOML config file (default {DEFAULT_CONFIG_FILE}, used when present)",
+    "host": "address to listen on (default 127.0.0.1)",
+    "port": "TCP port to listen on (default 8000)",
+    "docker_host": "Docker engine address (default unix:///var/run/docker.sock)",
+    "state_dir": "directory for the daemon's own files (default /var/lib/deepdockd)",
+    "namespace": "label namespace of the containers this daemon manages (default deepdock)",
+    "log_level": f"one of {', '.join(LOG_LEVELS)} (default info)",
+}
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
+    parser = argparse.ArgumentParser(
+        prog="deepdockd",
+        description="Host daemon for shared GPU servers: a REST API for GPU containers "
+        "with SSH logins, images and GPU metrics.",
+        epilog="Every setting is also an environment variable (DEEPDOCKD_PORT, ...) and a key "
+        "of the config file (port = 8000). Precedence: flag > environment > file > default.",
+    )
+    for key, help_text in _FLAG_HELP.items():
+        parser.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=help_text)
+    parser.add_argument("--version", action="version", version=f"deepdockd {__version__}")
+    return vars(parser.parse_args(argv))
+
+
+def prepare_state_dir(config: Config) -> None:
+    try:
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"state_dir: cannot create {str(config.state_dir)!r}: {exc.strerror}"
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    flags = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(flags, os.environ)
+        prepare_state_dir(config)
+    except ConfigError as exc:
+        print(f"deepdockd: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    setup_logging(config.log_level)
+    log.info(
+        "deepdockd %s listening on http://%s:%d, Docker at %s, namespace %r",
+        __version__,
+        config.host,
+        config.port,
+        config.docker_host,
+        config.namespace,
+    )
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            access_log=logging.getLogger(ACCESS_LOGGER),
+            access_log_format=ACCESS_LOG_FORMAT,
+            print=None,
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The daemon's configuration: defaults < config file < environment < command line.
+
+Every setting has one name. It is a key of the TOML file (``docker_host``), an environment
+variable (``DEEPDOCKD_DOCKER_HOST``) and, for the settings people change most, a flag
+(``--docker-host``). A bad value is a :class:`ConfigError` that names the setting, the value
+and where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
+ENV_PREFIX = "DEEPDOCKD_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Docker's own rule for label-safe names is looser; ours keeps the namespace usable as a
+# label value, a container-name prefix and a file name.
+_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_DOCKER_SCHEMES = ("unix://", "tcp://", "http://", "https://")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; ``str()`` is one line for a person to act on."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    docker_host: str = "unix:///var/run/docker.sock"
+    state_dir: Path = Path("/var/lib/deepdockd")
+    namespace: str = "deepdock"
+    log_level: str = "info"
+
+
+# --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
+
+
+def _parse_host(raw: object) -> str:
+    if not isinstance(raw, str) or not raw or any(c.isspace() for c in raw):
+        raise ValueError("must be an IP address or a host name")
+    return raw
+
+
+def _parse_port(raw: object) -> int:
+    if isinstance(raw, str) and raw.isdigit():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise ValueError("must be a TCP port number from 1 to 65535")
+    return raw
+
+
+def _parse_docker_host(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.startswith(_DOCKER_SCHEMES):
+        raise ValueError("must be a Docker address such as unix:///var/run/docker.sock")
+    if raw.startswith("unix://") and not raw.removeprefix("unix://").startswith("/"):
+        raise ValueError("must name an absolute socket path, as in unix:///var/run/docker.sock")
+    return raw
+
+
+def _parse_state_dir(raw: object) -> Path:
+    if not isinstance(raw, str) or not raw.startswith("/"):
+        raise ValueError("must be an absolute directory path")
+    return Path(raw)
+
+
+def _parse_namespace(raw: object) -> str:
+    if not isinstance(raw, str) or not _NAMESPACE_RE.match(raw):
+        raise ValueError(
+            "must be 1-63 characters of lower-case letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return raw
+
+
+def _parse_log_level(raw: object) -> str:
+    if not isinstance(raw, str) or raw.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return raw.lower()
+
+
+PARSERS: Mapping[str, Callable[[object], Any]] = {
+    "host": _parse_host,
+    "port": _parse_port,
+    "docker_host": _parse_docker_host,
+    "state_dir": _parse_state_dir,
+    "namespace": _parse_namespace,
+    "log_level": _parse_log_level,
+}
+assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def load_config(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str] = os.environ,
+    *,
+    default_file: Path = DEFAULT_CONFIG_FILE,
+) -> Config:
+    """Merge the sources, highest first: ``flags`` (setting name -> value or None), the
+    environment, the config file, the defaults.
+
+    The file is ``flags["config"]``, else ``$DEEPDOCKD_CONFIG``, else ``default_file`` when
+    that exists.
+    """
+    values: dict[str, Any] = {}
+    for key, raw, source in _layers(flags, environ, default_file):
+        parse = PARSERS[key]
+        try:
+            values[key] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {raw!r} {exc} (from {source})") from None
+    return Config(**values)
+
+
+def _layers(
+    flags: Mapping[str, str | None], environ: Mapping[str, str], default_file: Path
+) -> list[tuple[str, object, str]]:
+    """(key, raw value, source) for every value given, lowest precedence first."""
+    layers: list[tuple[str, object, str]] = []
+    config_file = _choose_config_file(flags, environ, default_file)
+    if config_file is not None:
+        layers += [(k, v, f"config file {config_file}") for k, v in _read_toml(config_file)]
+    layers += [(k, environ[env_name(k)], env_name(k)) for k in PARSERS if env_name(k) in environ]
+    layers += [(k, flags[k], flag_name(k)) for k in PARSERS if flags.get(k) is not None]
+    return layers
+
+
+def _choose_config_file(
+    flags: Mapping[str, str | None], environ: Mapping[str, str], default_file: Path
+) -> Path | None:
+    explicit = flags.get("config") or environ.get(env_name("config"))
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config: {explicit!r} is not a readable file")
+        return path
+    return default_file if default_file.is_file() else None
+
+
+def _read_toml(path: Path) -> list[tuple[str, object]]:
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - set(PARSERS))
+    if unknown:
+        raise ConfigError(
+            f"config: unknown key {unknown[0]!r} in {path} (known keys: {', '.join(PARSERS)})"
+        )
+    return list(document.items())

@@ -1,0 +1,59 @@
+"""The error middleware: every failure leaves the daemon as one JSON shape (see errors.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from deepdockd.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, object] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    except web.HTTPException as exc:
+        # aiohttp's own answers: no route, wrong method, body too large.
+        if exc.status < 400:
+            raise
+        return _from_http_exception(request, exc)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(
+            500, "internal_error", "internal error; the daemon's log has the details"
+        )
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = sorted(exc.allowed_methods)
+        return error_response(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}",
+            headers={"Allow": ",".join(allowed)},
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return error_response(404, "not_found", f"no route for {request.method} {request.path}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(413, "body_too_large", exc.text or "request body too large")
+    code = exc.reason.lower().replace(" ", "_")
+    return error_response(exc.status, code, exc.text or exc.reason)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the Debian packages that the test rig needs (tests/rig.py): a Docker engine to run
+# privately, a registry, debootstrap and busybox for the test images. Skips apt when all are
+# present, so a second run costs nothing.
+set -euo pipefail
+
+packages=(docker.io docker-registry debootstrap busybox-static iproute2 iptables ca-certificates)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "make test needs root: the test rig starts a private dockerd, a bridge and a registry." >&2
+    echo "Run it as root (sudo make test)." >&2
+    exit 1
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+# Debian's python3 needs python3-venv for the virtual environment.
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
