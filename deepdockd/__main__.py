@@ -20,7 +20,6 @@ from deepdockd.config import (
     LOG_LEVELS,
     Config,
     ConfigError,
-    env_name,
     flag_name,
     load_config,
 )
