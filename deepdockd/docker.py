@@ -8,9 +8,12 @@ above this module imports aiodocker or sees its exceptions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -29,10 +32,19 @@ class DockerUnavailable(ServiceUnavailable):
 
 
 class DockerFailed(ApiError):
-    """Docker answered with an error that no service turned into a clearer one."""
+    """Docker answered with an error that no service turned into a clearer one.
+    ``docker_status`` is Docker's HTTP status (0 for an error inside a progress stream)."""
 
     status = 502
     code = "docker_error"
+
+    def __init__(self, docker_status: int, docker_message: str) -> None:
+        super().__init__(
+            f"Docker answered {docker_status}: {docker_message}",
+            details={"docker_status": docker_status},
+        )
+        self.docker_status = docker_status
+        self.docker_message = docker_message
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,39 @@ class DockerVersion:
     api_version: str
     os: str
     arch: str
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str  # "sha256:<64 hex>"
+    tags: tuple[str, ...]  # "repo:tag"
+    digests: tuple[str, ...]  # "repo@sha256:..."
+    size_bytes: int
+    created: str  # ISO 8601, UTC
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One event of a pull, as Docker reports it: ``layer`` is the layer's short id,
+    ``current``/``total`` the bytes done and expected where Docker gives them."""
+
+    status: str
+    layer: str | None
+    current: int | None
+    total: int | None
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    id: str
+    name: str
+    image_id: str
+    state: str
+    labels: Mapping[str, str]
 
 
 class Docker:
@@ -75,6 +120,54 @@ class Docker:
             arch=str(data.get("Arch", "")),
         )
 
+    async def list_images(self) -> list[Image]:
+        async with self.translate_errors():
+            items = await self.client.images.list()
+        return [_image_from_list(item) for item in items]
+
+    async def inspect_image(self, ref: str) -> Image | None:
+        """The image ``ref`` (id, short id or reference) names, or None."""
+        try:
+            async with self.translate_errors():
+                data = await self.client.images.inspect(ref)
+        except DockerFailed as exc:
+            if exc.docker_status == 404:
+                return None
+            raise
+        return _image_from_inspect(data)
+
+    async def pull_image(
+        self, repository: str, tag_or_digest: str, *, auth: Mapping[str, str] | None = None
+    ) -> AsyncIterator[PullProgress]:
+        """Pull, yielding progress. No time limit: pulls of tens of GB take long."""
+        if tag_or_digest.startswith("sha256:") or ":" in tag_or_digest:
+            image, tag = f"{repository}@{tag_or_digest}", None
+        else:
+            image, tag = repository, tag_or_digest
+        async with self.translate_errors(timeout_s=None):
+            stream = self.client.images.pull(
+                image, tag=tag, auth=dict(auth) if auth else None, stream=True
+            )
+            async for event in stream:
+                yield _progress(event)
+
+    async def remove_image(self, ref: str, *, force: bool) -> list[dict[str, str]]:
+        """Docker's list of what it untagged and deleted."""
+        async with self.translate_errors():
+            answer: list[dict[str, str]] = await self.client.images.delete(ref, force=force)
+        return answer
+
+    async def list_containers(
+        self, *, filters: Mapping[str, list[str]] | None = None
+    ) -> list[ContainerSummary]:
+        """All containers, running or not, that match ``filters`` (one Docker call)."""
+        params: dict[str, Any] = {"all": "1"}
+        if filters:
+            params["filters"] = json.dumps(filters)
+        async with self.translate_errors():
+            containers = await self.client.containers.list(**params)
+        return [_container_summary(container) for container in containers]
+
     @asynccontextmanager
     async def translate_errors(
         self, *, timeout_s: float | None = QUICK_CALL_TIMEOUT_S
@@ -93,10 +186,7 @@ class Docker:
                 raise DockerUnavailable(
                     f"Docker is not reachable at {self.url}: {_connection_reason(exc)}"
                 ) from None
-            raise DockerFailed(
-                f"Docker answered {exc.status}: {exc.message}",
-                details={"docker_status": exc.status},
-            ) from None
+            raise DockerFailed(exc.status, exc.message) from None
         except aiohttp.ClientError as exc:
             # A connection that breaks mid-answer (dockerd stopping) is not a DockerError.
             raise DockerUnavailable(f"Docker at {self.url} dropped the connection: {exc}") from None
@@ -108,3 +198,57 @@ def _connection_reason(exc: aiodocker.DockerError) -> str:
     if message.endswith("]") and "[" in message:
         return message[message.rindex("[") + 1 : -1]
     return message
+
+
+def _iso_from_unix(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _none_tags(values: list[str] | None, none: str) -> tuple[str, ...]:
+    # Docker lists "<none>:<none>" / "<none>@<none>" for an untagged image; we list nothing.
+    return tuple(v for v in values or () if v != none)
+
+
+def _image_from_list(item: Mapping[str, Any]) -> Image:
+    return Image(
+        id=item["Id"],
+        tags=_none_tags(item.get("RepoTags"), "<none>:<none>"),
+        digests=_none_tags(item.get("RepoDigests"), "<none>@<none>"),
+        size_bytes=int(item.get("Size") or 0),
+        created=_iso_from_unix(int(item.get("Created") or 0)),
+    )
+
+
+def _image_from_inspect(data: Mapping[str, Any]) -> Image:
+    return Image(
+        id=data["Id"],
+        tags=_none_tags(data.get("RepoTags"), "<none>:<none>"),
+        digests=_none_tags(data.get("RepoDigests"), "<none>@<none>"),
+        size_bytes=int(data.get("Size") or 0),
+        created=str(data.get("Created", "")),
+    )
+
+
+def _progress(event: Mapping[str, Any]) -> PullProgress:
+    detail = event.get("progressDetail") or {}
+    current, total = detail.get("current"), detail.get("total")
+    status = str(event.get("status", ""))
+    # In "Pulling from REPO" Docker's id is the tag, not a layer.
+    layer = None if status.startswith("Pulling from") else event.get("id")
+    return PullProgress(
+        status=status,
+        layer=layer,
+        current=int(current) if current is not None else None,
+        total=int(total) if total is not None else None,
+    )
+
+
+def _container_summary(container: aiodocker.containers.DockerContainer) -> ContainerSummary:
+    names = container["Names"] or [""]
+    return ContainerSummary(
+        id=container["Id"],
+        name=names[0].lstrip("/"),
+        image_id=container["ImageID"] or "",
+        state=container["State"] or "",
+        labels=container["Labels"] or {},
+    )

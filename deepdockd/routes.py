@@ -8,6 +8,9 @@ from aiohttp import web
 from deepdockd import views
 
 ROUTES = [
+    web.get("/images", views.list_images, allow_head=False),
+    web.post("/images", views.pull_image),
+    web.delete("/images/{image_ref:.+}", views.delete_image),
     web.get("/healthz", views.healthz, allow_head=False),
 ]
 

@@ -5,6 +5,8 @@ from aiohttp import web
 
 from deepdockd.config import Config
 from deepdockd.docker import Docker
+from deepdockd.images import ImageService
 
 CONFIG = web.AppKey("config", Config)
 DOCKER = web.AppKey("docker", Docker)
+IMAGES = web.AppKey("images", ImageService)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
 from aiohttp import web
 
 from deepdockd import __version__
-from deepdockd.docker import DockerUnavailable
-from deepdockd.typedefs import DOCKER
+from deepdockd.docker import DockerUnavailable, Image, PullProgress
+from deepdockd.errors import ApiError, InvalidInput
+from deepdockd.images import Credentials, PullResult
+from deepdockd.schemas import PullImageSchema, load_body
+from deepdockd.typedefs import DOCKER, IMAGES
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+MIB = 1024 * 1024
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -14,11 +28,114 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         version = await request.app[DOCKER].version()
     except DockerUnavailable as exc:
-        body = {
-            "status": "unavailable",
-            "version": __version__,
-            "docker": {"ok": False, "error": exc.message},
-        }
-        return web.json_response(body, status=503)
+        docker: dict[str, Any] = {"ok": False, "error": exc.message}
+        return web.json_response(
+            {"status": "unavailable", "version": __version__, "docker": docker}, status=503
+        )
     docker = {"ok": True, "version": version.version, "api_version": version.api_version}
     return web.json_response({"status": "ok", "version": __version__, "docker": docker})
+
+
+# --- images ---
+
+
+async def list_images(request: web.Request) -> web.Response:
+    images = await request.app[IMAGES].list_images()
+    return web.json_response({"count": len(images), "images": [_image(i) for i in images]})
+
+
+async def pull_image(request: web.Request) -> web.StreamResponse:
+    """The seed's answer at the end; or, for ``Accept: application/x-ndjson``, one line per
+    progress event and then that answer (or an error object) as the last line."""
+    body = await load_body(request, PullImageSchema())
+    credentials = Credentials(**body["auth"]) if "auth" in body else None
+    events = request.app[IMAGES].pull(body["repo_tag"], credentials)
+    async with contextlib.aclosing(events):
+        if NDJSON in request.headers.get("Accept", ""):
+            return await _stream_pull(request, events)
+        async for item in events:
+            if isinstance(item, PullResult):
+                return web.json_response(_pull_result(item))
+    raise ApiError("the pull ended without a result")
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    image_ref = request.match_info["image_ref"]
+    force = _bool_query(request, "force")
+    answer = await request.app[IMAGES].remove(image_ref, force=force)
+    return web.json_response(
+        {
+            "message": f"Image '{image_ref}' removed successfully.",
+            "untagged": [a["Untagged"] for a in answer if "Untagged" in a],
+            "deleted": [a["Deleted"] for a in answer if "Deleted" in a],
+        }
+    )
+
+
+def _image(image: Image) -> dict[str, Any]:
+    return {
+        "id": image.short_id,
+        "tag": image.tags[0] if image.tags else "<none>:<none>",
+        "digest": image.digests[0] if image.digests else None,
+        "size_mb": _mib(image.size_bytes),
+        "tags": list(image.tags),
+        "created": image.created,
+    }
+
+
+def _pull_result(result: PullResult) -> dict[str, Any]:
+    return {
+        "message": f"Image '{result.reference}' pulled successfully.",
+        "id": result.image.short_id,
+        "tags": list(result.image.tags),
+        "size_mb": _mib(result.image.size_bytes),
+    }
+
+
+def _progress(event: PullProgress) -> dict[str, Any]:
+    return {
+        "status": event.status,
+        "layer": event.layer,
+        "current": event.current,
+        "total": event.total,
+    }
+
+
+async def _stream_pull(
+    request: web.Request, events: AsyncGenerator[PullProgress | PullResult]
+) -> web.StreamResponse:
+    # Wait for the first event before answering, so that a pull that cannot even start
+    # (bad registry, Docker down) is an ordinary error answer with its own status.
+    item = await anext(events)
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    try:
+        while True:
+            if isinstance(item, PullResult):
+                await _write_line(response, _pull_result(item))
+                break
+            await _write_line(response, _progress(item))
+            item = await anext(events)
+    except ApiError as exc:
+        error = {"code": exc.code, "message": exc.message, "details": exc.details}
+        await _write_line(response, {"error": error})
+    except ConnectionResetError:
+        log.info("client of %s %s went away; the pull goes on", request.method, request.path)
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _write_line(response: web.StreamResponse, obj: dict[str, Any]) -> None:
+    await response.write(json.dumps(obj).encode() + b"\n")
+
+
+def _bool_query(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidInput(f"{name}: must be true or false", details={"field": name})
+    return value in ("true", "1")
+
+
+def _mib(size_bytes: int) -> float:
+    return round(size_bytes / MIB, 2)

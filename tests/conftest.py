@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
 import socket
+import tarfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,9 +17,10 @@ from aiohttp.test_utils import TestClient
 from deepdockd.app import create_app
 from deepdockd.config import Config
 
-from rig import Rig
+from rig import REGISTRY_ADDR, Rig
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +58,40 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def registry_image(rig: Rig) -> Iterator[Callable[..., str]]:
+    """Factory: push a new image of random content to a rig registry and remove it from the
+    engine, so that pulling it downloads real layers. Returns ``registry/repo:tag``."""
+    made: list[str] = []
+
+    def make(
+        *, size_mb: int = 1, registry: str = REGISTRY_ADDR, tags: tuple[str, ...] = ("v1",)
+    ) -> str:
+        repository = f"{registry}/deepdockd-test/rand-{uuid.uuid4().hex[:10]}"
+        references = [f"{repository}:{tag}" for tag in tags]
+        rig.docker("import", "-", references[0], input=random_layer_tar(size_mb))
+        for reference in references[1:]:
+            rig.docker("tag", references[0], reference)
+        for reference in references:
+            rig.docker("push", reference)
+        rig.docker("rmi", *references)
+        made.extend(references)
+        return references[0]
+
+    yield make
+    for reference in made:
+        if rig.image_exists(reference):
+            rig.docker("rmi", "--force", reference)
+
+
+def random_layer_tar(size_mb: int) -> bytes:
+    """A tar of one file of random bytes: a layer no other image shares."""
+    payload = os.urandom(size_mb * 1024 * 1024)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("random.bin")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()

@@ -18,6 +18,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_ROOT = Path("/var/tmp/deepdockd-rig")
 
@@ -35,7 +37,13 @@ BUSYBOX_IMAGE = "deepdockd-test/busybox:latest"
 DEBIAN_SSH_IMAGE = "deepdockd-test/debian-ssh:bookworm"
 DEBIAN_NOSSH_IMAGE = "deepdockd-test/debian-nossh:bookworm"
 
+TEST_IMAGES = (BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, DEBIAN_NOSSH_IMAGE)
+
 REGISTRY_ADDR = "127.0.0.1:5000"
+# A second registry that wants a user name and password (htpasswd), for private pulls.
+PRIVATE_REGISTRY_ADDR = "127.0.0.1:5001"
+PRIVATE_REGISTRY_USER = "tester"
+REGISTRIES = {"registry": REGISTRY_ADDR, "private-registry": PRIVATE_REGISTRY_ADDR}
 
 # A bridge of the rig's own, so the private engine never shares docker0 with another engine.
 BRIDGE = "ddrig0"
@@ -160,26 +168,28 @@ class Rig:
         return self.root / "dockerd.log"
 
     @property
-    def registry_log(self) -> Path:
-        return self.root / "registry.log"
+    def private_registry_password(self) -> str:
+        """Made anew at each start, so that a test can look for it in logs."""
+        return (self.root / "private-registry.password").read_text()
 
     # --- whole rig ---
 
     def start(self) -> None:
         if os.geteuid() != 0:
             raise RigError("the test rig must run as root: it starts a private dockerd")
-        for sub in ("data", "exec", "bin", "cache", "registry"):
+        for sub in ("data", "exec", "bin", "cache", "client", *REGISTRIES):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.stop()  # whatever a killed run left behind
         self._write_files()
         self._setup_bridge()
         self.start_docker()
-        self._remove_leftover_containers()
-        self.start_registry()
+        self._remove_leftovers()
+        self.start_registries()
         self.build_images()
+        self.docker_login(PRIVATE_REGISTRY_ADDR)
 
     def stop(self) -> None:
-        self.stop_registry()
+        self.stop_registries()
         self.stop_docker()
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
@@ -234,8 +244,10 @@ class Rig:
 
     def docker(self, *args: str, input: bytes | None = None) -> str:
         """Run the docker client against the private engine; its stdout, or RigError."""
+        # A client config of the rig's own: logins never touch ~/.docker.
+        client = [_docker_cli(), "--config", str(self.root / "client"), "--host", self.docker_host]
         result = subprocess.run(
-            [_docker_cli(), "--host", self.docker_host, *args],
+            [*client, *args],
             input=input,
             capture_output=True,
             check=False,
@@ -244,37 +256,53 @@ class Rig:
             raise RigError(f"docker {' '.join(args)}: {result.stderr.decode().strip()}")
         return result.stdout.decode()
 
-    def _remove_leftover_containers(self) -> None:
+    def docker_login(self, addr: str) -> None:
+        password = self.private_registry_password.encode()
+        self.docker(
+            "login", "--username", PRIVATE_REGISTRY_USER, "--password-stdin", addr, input=password
+        )
+
+    def _remove_leftovers(self) -> None:
+        """Containers and images that an earlier run left (the test images stay)."""
         ids = self.docker("ps", "--all", "--quiet").split()
         if ids:
             self.docker("rm", "--force", "--volumes", *ids)
+        listing = self.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
+        for line in listing.splitlines():
+            reference, image_id = line.split()
+            if reference not in TEST_IMAGES:
+                self.docker("rmi", "--force", image_id if "<none>" in reference else reference)
 
-    # --- the registry ---
+    # --- the registries ---
 
-    def start_registry(self) -> None:
-        if _read_pid(self.root / "registry.pid", str(self.root)) is not None:
+    def start_registries(self) -> None:
+        for name, addr in REGISTRIES.items():
+            self._start_registry(name, addr)
+
+    def stop_registries(self) -> None:
+        for name in REGISTRIES:
+            pid = _read_pid(self.root / f"{name}.pid", str(self.root))
+            if pid is not None:
+                _stop_pid(pid, timeout_s=10)
+            self._reap(name)
+            (self.root / f"{name}.pid").unlink(missing_ok=True)
+
+    def _start_registry(self, name: str, addr: str) -> None:
+        if _read_pid(self.root / f"{name}.pid", str(self.root)) is not None:
             return
-        if _port_open(REGISTRY_ADDR):
-            raise RigError(
-                f"{REGISTRY_ADDR} is taken by another process; the rig's registry needs it"
-            )
-        with self.registry_log.open("ab") as log:
-            process = self._children["registry"] = subprocess.Popen(
-                ["docker-registry", "serve", str(self.root / "registry.yml")],
+        if _port_open(addr):
+            raise RigError(f"{addr} is taken by another process; the rig's {name} needs it")
+        log_path = self.root / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = self._children[name] = subprocess.Popen(
+                ["docker-registry", "serve", str(self.root / f"{name}.yml")],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
                 close_fds=True,
             )
-        (self.root / "registry.pid").write_text(str(process.pid))
-        _wait_for(lambda: _port_open(REGISTRY_ADDR), "registry", 30, self.registry_log)
-
-    def stop_registry(self) -> None:
-        pid = _read_pid(self.root / "registry.pid", str(self.root))
-        if pid is not None:
-            _stop_pid(pid, timeout_s=10)
-        self._reap("registry")
-        (self.root / "registry.pid").unlink(missing_ok=True)
+        (self.root / f"{name}.pid").write_text(str(process.pid))
+        _wait_for(lambda: _port_open(addr), name, 30, log_path)
 
     def _reap(self, name: str) -> None:
         child = self._children.pop(name, None)
@@ -289,17 +317,31 @@ class Rig:
         hook.chmod(0o755)
         # An empty config of our own, so the host's /etc/docker/daemon.json is never read.
         (self.root / "daemon.json").write_text("{}\n")
-        registry_config = {
-            "version": 0.1,
-            "log": {"level": "warn"},
-            "storage": {
-                "filesystem": {"rootdirectory": str(self.root / "registry")},
-                "delete": {"enabled": True},
-            },
-            "http": {"addr": REGISTRY_ADDR},
-        }
-        # JSON is YAML, and the registry reads YAML.
-        (self.root / "registry.yml").write_text(json.dumps(registry_config, indent=2))
+        password = secrets.token_urlsafe(16)
+        (self.root / "private-registry.password").write_text(password)
+        htpasswd = subprocess.run(
+            ["htpasswd", "-Bbn", PRIVATE_REGISTRY_USER, password],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (self.root / "htpasswd").write_text(htpasswd.stdout)
+        for name, addr in REGISTRIES.items():
+            config: dict[str, Any] = {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": {
+                    "filesystem": {"rootdirectory": str(self.root / name)},
+                    "delete": {"enabled": True},
+                },
+                "http": {"addr": addr, "secret": secrets.token_hex(16)},
+            }
+            if addr == PRIVATE_REGISTRY_ADDR:
+                config["auth"] = {
+                    "htpasswd": {"realm": "deepdockd-test", "path": str(self.root / "htpasswd")}
+                }
+            # JSON is YAML, and the registry reads YAML.
+            (self.root / f"{name}.yml").write_text(json.dumps(config, indent=2))
 
     def _setup_bridge(self) -> None:
         ip = ["ip", "link", "show", BRIDGE]
@@ -389,7 +431,8 @@ def main(argv: list[str]) -> int:
     rig = Rig.from_env()
     if argv[1:] == ["start"]:
         rig.start()
-        print(f"rig up: DOCKER_HOST={rig.docker_host}, registry on {REGISTRY_ADDR}")
+        registries = ", ".join(REGISTRIES.values())
+        print(f"rig up: DOCKER_HOST={rig.docker_host}, registries on {registries}")
     elif argv[1:] == ["stop"]:
         rig.stop()
     else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 from aiohttp import web
+from openapi_spec_validator import validate
 
 from deepdockd.app import create_app
 from deepdockd.config import Config
@@ -43,3 +44,7 @@ def test_spec_is_openapi_3_0_3_with_one_error_schema() -> None:
         "message",
         "details",
     }
+
+
+def test_spec_is_valid() -> None:
+    validate(SPEC)
