@@ -7,10 +7,13 @@ PREFIX ?= /opt/deepdockd
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv install run test lint format clean rig-start rig-stop
+NVML_SIM := build/nvml-sim/libnvidia-ml.so.1
+
+.PHONY: help venv install run run-sim nvml-sim test lint format clean rig-start rig-stop
 
 help:
 	@echo "make run      serve the API on 127.0.0.1:8000 against the host's Docker (ARGS=... for flags)"
+	@echo "make run-sim  the same with 4 simulated GPUs (a simulated NVML), for a host without GPUs"
 	@echo "make test     the whole test suite, on a private dockerd, registry and test images"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
 	@echo "make install  install deepdockd into $(PREFIX) and link /usr/local/bin/deepdockd"
@@ -35,9 +38,22 @@ run: venv
 	scripts/ensure-docker.sh
 	$(BIN)/deepdockd $(ARGS)
 
+# The simulated NVML library (tests/nvml-sim): GPUs for hosts that have none.
+$(NVML_SIM): tests/nvml-sim/nvml_sim.c
+	@test -e /usr/include/cjson/cJSON.h || scripts/install-test-deps.sh
+	mkdir -p $(dir $@)
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -Wl,-soname,libnvidia-ml.so.1 -o $@ $< -lcjson
+
+nvml-sim: $(NVML_SIM)
+
+run-sim: venv nvml-sim
+	scripts/ensure-docker.sh
+	LD_LIBRARY_PATH=$(CURDIR)/build/nvml-sim NVML_SIM_CONFIG=$(CURDIR)/tests/nvml-sim/demo-4gpu.json \
+		$(BIN)/deepdockd $(ARGS)
+
 test:
 	scripts/install-test-deps.sh
-	$(MAKE) venv
+	$(MAKE) venv nvml-sim
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -8,24 +8,41 @@ from aiohttp import web
 
 from deepdockd.config import Config
 from deepdockd.docker import Docker
+from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images import ImageService
+from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
 from deepdockd.routes import setup_routes
-from deepdockd.typedefs import CONFIG, DOCKER, IMAGES
+from deepdockd.typedefs import CONFIG, DOCKER, GPUS, IMAGES, METRICS
 
 # Request bodies here are small JSON documents.
 CLIENT_MAX_SIZE = 1024 * 1024
 
 
-def create_app(config: Config, *, docker: Docker | None = None) -> web.Application:
-    """``docker`` is a seam for tests; None means a client for ``config.docker_host``."""
+def create_app(
+    config: Config, *, docker: Docker | None = None, gpus: GpuSampler | None = None
+) -> web.Application:
+    """``docker`` and ``gpus`` are seams for tests; None means the real thing, made from
+    ``config``."""
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[CONFIG] = config
     app[DOCKER] = docker if docker is not None else Docker(config.docker_host)
+    app[GPUS] = gpus if gpus is not None else _sampler(config)
     app[IMAGES] = ImageService(app[DOCKER])
+    app[METRICS] = MetricsService(app[GPUS], app[DOCKER], config.namespace)
     app.cleanup_ctx.append(_docker_client)
+    app.cleanup_ctx.append(_gpu_sampler)
     setup_routes(app)
     return app
+
+
+def _sampler(config: Config) -> GpuSampler:
+    return GpuSampler(
+        interval_s=config.gpu_sample_interval,
+        bucket_s=config.gpu_bucket,
+        retention_s=config.gpu_retention,
+        retry_interval_s=config.gpu_retry_interval,
+    )
 
 
 async def _docker_client(app: web.Application) -> AsyncIterator[None]:
@@ -34,3 +51,10 @@ async def _docker_client(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[IMAGES].close()
     await docker.close()
+
+
+async def _gpu_sampler(app: web.Application) -> AsyncIterator[None]:
+    sampler = app[GPUS]
+    await sampler.start()
+    yield
+    await sampler.stop()

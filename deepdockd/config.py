@@ -8,6 +8,7 @@ and where the value came from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -39,6 +40,12 @@ class Config:
     state_dir: Path = Path("/var/lib/deepdockd")
     namespace: str = "deepdock"
     log_level: str = "info"
+    # GPU metrics: sample every interval, average each bucket into one point, keep retention.
+    gpu_sample_interval: float = 1.0
+    gpu_bucket: float = 10.0
+    gpu_retention: float = 24 * 3600.0
+    # How often to look again for NVML when there is none (a driver loaded later is found).
+    gpu_retry_interval: float = 30.0
 
 
 # --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
@@ -87,6 +94,15 @@ def _parse_log_level(raw: object) -> str:
     return raw.lower()
 
 
+def _parse_seconds(raw: object) -> float:
+    if isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            raw = float(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0.001 <= raw <= 2678400:
+        raise ValueError("must be a number of seconds from 0.001 to 2678400 (31 days)")
+    return float(raw)
+
+
 PARSERS: Mapping[str, Callable[[object], Any]] = {
     "host": _parse_host,
     "port": _parse_port,
@@ -94,6 +110,10 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "state_dir": _parse_state_dir,
     "namespace": _parse_namespace,
     "log_level": _parse_log_level,
+    "gpu_sample_interval": _parse_seconds,
+    "gpu_bucket": _parse_seconds,
+    "gpu_retention": _parse_seconds,
+    "gpu_retry_interval": _parse_seconds,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 
@@ -125,7 +145,23 @@ def load_config(
             values[key] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{key}: {raw!r} {exc} (from {source})") from None
-    return Config(**values)
+    config = Config(**values)
+    _check_together(config)
+    return config
+
+
+def _check_together(config: Config) -> None:
+    """Settings that are each fine alone but not together."""
+    if config.gpu_bucket < config.gpu_sample_interval:
+        raise ConfigError(
+            f"gpu_bucket: {config.gpu_bucket:g} s is shorter than gpu_sample_interval "
+            f"({config.gpu_sample_interval:g} s); a bucket averages one or more samples"
+        )
+    if config.gpu_retention < config.gpu_bucket:
+        raise ConfigError(
+            f"gpu_retention: {config.gpu_retention:g} s is shorter than gpu_bucket "
+            f"({config.gpu_bucket:g} s); it must keep at least one point"
+        )
 
 
 def _layers(

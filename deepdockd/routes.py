@@ -11,6 +11,9 @@ ROUTES = [
     web.get("/images", views.list_images, allow_head=False),
     web.post("/images", views.pull_image),
     web.delete("/images/{image_ref:.+}", views.delete_image),
+    web.get("/metrics", views.host_metrics, allow_head=False),
+    web.get("/metrics/gpus", views.gpu_metrics, allow_head=False),
+    web.get("/gpus", views.list_gpus, allow_head=False),
     web.get("/healthz", views.healthz, allow_head=False),
 ]
 

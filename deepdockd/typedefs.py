@@ -5,8 +5,12 @@ from aiohttp import web
 
 from deepdockd.config import Config
 from deepdockd.docker import Docker
+from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images import ImageService
+from deepdockd.metrics import MetricsService
 
 CONFIG = web.AppKey("config", Config)
 DOCKER = web.AppKey("docker", Docker)
 IMAGES = web.AppKey("images", ImageService)
+GPUS = web.AppKey("gpus", GpuSampler)
+METRICS = web.AppKey("metrics", MetricsService)

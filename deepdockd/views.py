@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +14,11 @@ from aiohttp import web
 from deepdockd import __version__
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
 from deepdockd.errors import ApiError, InvalidInput
+from deepdockd.gpu.sampler import GpuPoint
 from deepdockd.images import Credentials, PullResult
+from deepdockd.metrics import GpuEntry
 from deepdockd.schemas import PullImageSchema, load_body
-from deepdockd.typedefs import DOCKER, IMAGES
+from deepdockd.typedefs import DOCKER, GPUS, IMAGES, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +27,80 @@ MIB = 1024 * 1024
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while Docker answers, 503 with the reason while it does not."""
+    """200 while Docker answers, 503 with the reason while it does not. No GPUs (no NVML)
+    is a normal state: ``gpus`` says why, and the status stays 200."""
+    sampler = request.app[GPUS]
+    gpus: dict[str, Any] = {"ok": sampler.available, "count": len(sampler.gpus)}
+    if sampler.available:
+        gpus["driver_version"] = sampler.driver_version
+    else:
+        gpus["error"] = sampler.unavailable_reason
     try:
         version = await request.app[DOCKER].version()
     except DockerUnavailable as exc:
         docker: dict[str, Any] = {"ok": False, "error": exc.message}
-        return web.json_response(
-            {"status": "unavailable", "version": __version__, "docker": docker}, status=503
-        )
+        body = {"status": "unavailable", "version": __version__, "docker": docker, "gpus": gpus}
+        return web.json_response(body, status=503)
     docker = {"ok": True, "version": version.version, "api_version": version.api_version}
-    return web.json_response({"status": "ok", "version": __version__, "docker": docker})
+    body = {"status": "ok", "version": __version__, "docker": docker, "gpus": gpus}
+    return web.json_response(body)
+
+
+# --- metrics ---
+
+
+async def host_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    host = await metrics.host()
+    return web.json_response(
+        {
+            "gpu_count": metrics.gpu_count,
+            "ram_total_mb": host.ram_total_mb,
+            "ram_available_mb": host.ram_available_mb,
+            "cpu_cores": host.cpu_cores,
+            "cpu_logical_cores": host.cpu_logical_cores,
+            "load_average": list(host.load_average),
+        }
+    )
+
+
+async def gpu_metrics(request: web.Request) -> web.Response:
+    """Every GPU's time series: ``{"0": [point, ...], ...}``; ``since`` and ``limit`` cut it."""
+    since = _time_query(request, "since")
+    limit = _int_query(request, "limit")
+    history = request.app[METRICS].gpu_history(since, limit)
+    return web.json_response(
+        {str(index): [_point(p) for p in points] for index, points in history.items()}
+    )
+
+
+async def list_gpus(request: web.Request) -> web.Response:
+    entries = await request.app[METRICS].gpus()
+    return web.json_response({"count": len(entries), "gpus": [_gpu(e) for e in entries]})
+
+
+def _point(point: GpuPoint) -> dict[str, Any]:
+    return {
+        "timestamp": point.timestamp.isoformat(),
+        "memory_used": point.memory_used_mib,
+        "utilization": point.utilization_pct,
+        "power_usage": point.power_w,
+        "temperature": point.temperature_c,
+        "fan_speed": point.fan_pct,
+        "samples": point.samples,
+    }
+
+
+def _gpu(entry: GpuEntry) -> dict[str, Any]:
+    return {
+        "index": entry.info.index,
+        "uuid": entry.info.uuid,
+        "name": entry.info.name,
+        "memory_total_mib": entry.info.memory_total_mib,
+        "power_limit_w": entry.info.power_limit_w,
+        "containers": entry.holders,
+        "health": "ok" if entry.error is None else entry.error,
+    }
 
 
 # --- images ---
@@ -135,6 +202,29 @@ def _bool_query(request: web.Request, name: str) -> bool:
     if value not in ("true", "false", "1", "0"):
         raise InvalidInput(f"{name}: must be true or false", details={"field": name})
     return value in ("true", "1")
+
+
+def _time_query(request: web.Request, name: str) -> datetime | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"{name}: {text!r} is not an ISO 8601 timestamp (e.g. 2025-12-01T19:02:30+00:00)",
+            details={"field": name},
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _int_query(request: web.Request, name: str) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"{name}: must be a whole number of 1 or more", details={"field": name})
+    return int(text)
 
 
 def _mib(size_bytes: int) -> float:

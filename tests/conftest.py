@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
+import json
 import os
 import socket
 import tarfile
@@ -95,3 +97,58 @@ def random_layer_tar(size_mb: int) -> bytes:
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
     return buffer.getvalue()
+
+
+# --- simulated GPUs ---
+
+NVML_SIM_LIBRARY = Path(__file__).parents[1] / "build" / "nvml-sim" / "libnvidia-ml.so.1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nvml_sim_library() -> None:
+    """Load the simulated NVML before pynvml looks for libnvidia-ml.so.1: the loader then
+    hands pynvml this library (same soname), and the real pynvml code runs against it.
+    DEEPDOCKD_TEST_REAL_NVML=1 (the ``gpu`` tests on a GPU host) leaves the real one."""
+    if os.environ.get("DEEPDOCKD_TEST_REAL_NVML") == "1":
+        return
+    if not NVML_SIM_LIBRARY.exists():
+        pytest.fail(
+            f"{NVML_SIM_LIBRARY} is missing: run the tests with `make test`, which builds it"
+        )
+    ctypes.CDLL(str(NVML_SIM_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+
+
+@pytest.fixture(autouse=True)
+def no_sim_gpus_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test has GPUs only when it asks for them (``sim_gpus``)."""
+    monkeypatch.delenv("NVML_SIM_CONFIG", raising=False)
+
+
+def sim_gpu(index: int, **overrides: object) -> dict[str, object]:
+    """One simulated GPU: an H100 without a fan, readings that move."""
+    gpu: dict[str, object] = {
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": f"GPU-d0c0d0c0-0000-4000-8000-{index:012d}",
+        "memory_total_mib": 81559,
+        "power_limit_w": 700,
+        "memory_used_mib": [1000 + index, 2000, 3000, 4500],
+        "utilization": [5, 17, 42, 88, 100, 63],
+        "power_w": [70.125, 95.5, 300.25, 650],
+        "temperature_c": [35, 41, 58, 66, 70],
+        "fan_pct": None,
+    }
+    gpu.update(overrides)
+    return gpu
+
+
+@pytest.fixture
+def sim_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Factory: describe simulated GPUs (NVML_SIM_CONFIG) for apps made after the call."""
+
+    def describe(*gpus: dict[str, object], driver_version: str = "550.54.15") -> Path:
+        path = tmp_path / "nvml-sim.json"
+        path.write_text(json.dumps({"driver_version": driver_version, "gpus": list(gpus)}))
+        monkeypatch.setenv("NVML_SIM_CONFIG", str(path))
+        return path
+
+    return describe

@@ -142,6 +142,17 @@ BAD_STARTS = [
         {},
         "config: '/nonexistent/deepdockd.toml' is not a readable file",
     ),
+    (
+        [],
+        {"DEEPDOCKD_GPU_RETENTION": "forever"},
+        "gpu_retention: 'forever' must be a number of seconds",
+    ),
+    (
+        [],
+        {"DEEPDOCKD_GPU_BUCKET": "0.5"},
+        "gpu_bucket: 0.5 s is shorter than gpu_sample_interval (1 s)",
+    ),
+    ([], {"DEEPDOCKD_GPU_RETENTION": "5"}, "gpu_retention: 5 s is shorter than gpu_bucket (10 s)"),
 ]
 
 

@@ -1,0 +1,219 @@
+"""The GPU sampler: one asyncio task that reads every GPU each interval, averages each bucket
+into one point, and keeps the points in one bounded deque per GPU.
+
+Every NVML call runs in one worker thread of the sampler's own, so the event loop never
+waits on the driver. The ticks do not drift: the next tick is the previous deadline plus
+the interval, on the monotonic clock (as nvitop's sampling loop does). No NVML is a normal
+state, tried again every ``retry_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from deepdockd.gpu import nvml
+from deepdockd.gpu.nvml import GpuInfo, GpuReading, NvmlInventory, NvmlUnavailable
+
+log = logging.getLogger(__name__)
+
+_READING_FIELDS = tuple(f.name for f in fields(GpuReading) if f.name != "error")
+
+
+@dataclass(frozen=True)
+class GpuPoint:
+    """The mean of the samples of one bucket; a field is None when no sample had it."""
+
+    timestamp: datetime  # when the bucket closed, UTC
+    memory_used_mib: float | None
+    utilization_pct: float | None
+    power_w: float | None
+    temperature_c: float | None
+    fan_pct: float | None
+    samples: int
+
+
+@dataclass
+class _Bucket:
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_READING_FIELDS, 0.0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_READING_FIELDS, 0))
+    samples: int = 0
+
+    def add(self, reading: GpuReading) -> None:
+        self.samples += 1
+        for name in _READING_FIELDS:
+            value = getattr(reading, name)
+            if value is not None:
+                self.sums[name] += value
+                self.counts[name] += 1
+
+    def mean(self, name: str) -> float | None:
+        count = self.counts[name]
+        return self.sums[name] / count if count else None
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    info: GpuInfo
+    error: str | None  # what the last sample met; None: healthy
+
+
+class GpuSampler:
+    def __init__(
+        self,
+        *,
+        interval_s: float,
+        bucket_s: float,
+        retention_s: float,
+        retry_interval_s: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.interval_s = interval_s
+        self.bucket_s = bucket_s
+        self.retry_interval_s = retry_interval_s
+        self.max_points = max(1, math.ceil(retention_s / bucket_s))
+        self._clock = clock
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inventory: NvmlInventory | None = None
+        self.unavailable_reason: str | None = "NVML not tried yet"
+        self._errors: dict[int, str | None] = {}
+        self._history: dict[int, deque[GpuPoint]] = {}
+        self._buckets: dict[int, _Bucket] = {}
+        self._bucket_ends = 0.0  # loop time at which the open buckets close
+
+    # --- what the API reads ---
+
+    @property
+    def available(self) -> bool:
+        return self._inventory is not None
+
+    @property
+    def driver_version(self) -> str | None:
+        return self._inventory.driver_version if self._inventory else None
+
+    @property
+    def gpus(self) -> tuple[GpuInfo, ...]:
+        return self._inventory.gpus if self._inventory else ()
+
+    def statuses(self) -> list[GpuStatus]:
+        return [GpuStatus(info, self._errors.get(info.index)) for info in self.gpus]
+
+    def history(self, index: int) -> deque[GpuPoint]:
+        return self._history.get(index, deque())
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._task = asyncio.create_task(self._run(), name="gpu-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._executor is not None:
+            if self._inventory is not None:
+                await self._in_worker(nvml.stop)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._inventory = None
+
+    async def _in_worker(self, call: Callable[..., Any], *args: Any) -> Any:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    # --- the loop ---
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        next_try = next_tick
+        while True:
+            if self._inventory is None and loop.time() >= next_try:
+                await self._try_start()
+                next_try = loop.time() + self.retry_interval_s
+            if self._inventory is not None:
+                try:
+                    await self._sample_once(loop.time())
+                except Exception:  # never let one bad tick stop the sampler
+                    log.exception("GPU sample failed")
+            next_tick += self.interval_s
+            now = loop.time()
+            if next_tick < now:  # late (a slow driver): skip the missed ticks, keep the phase
+                next_tick += math.ceil((now - next_tick) / self.interval_s) * self.interval_s
+            await asyncio.sleep(next_tick - now)
+
+    async def _try_start(self) -> None:
+        try:
+            inventory: NvmlInventory = await self._in_worker(nvml.start)
+        except NvmlUnavailable as exc:
+            if self.unavailable_reason != str(exc):
+                log.info(
+                    "no GPU metrics: %s (looking again every %g s)", exc, self.retry_interval_s
+                )
+            self.unavailable_reason = str(exc)
+            return
+        self._inventory = inventory
+        self.unavailable_reason = None
+        for info in inventory.gpus:
+            self._history.setdefault(info.index, deque(maxlen=self.max_points))
+            self._buckets[info.index] = _Bucket()
+        self._bucket_ends = asyncio.get_running_loop().time() + self.bucket_s
+        names = ", ".join(f"{g.index}: {g.name}" for g in inventory.gpus) or "none"
+        log.info("NVML %s: %d GPU(s) (%s)", inventory.driver_version, len(inventory.gpus), names)
+
+    async def _sample_once(self, now: float) -> None:
+        readings: list[GpuReading] = await self._in_worker(_read_all, len(self.gpus))
+        if now >= self._bucket_ends:
+            self._close_buckets()
+            self._bucket_ends += (
+                math.floor((now - self._bucket_ends) / self.bucket_s + 1) * self.bucket_s
+            )
+        for index, reading in enumerate(readings):
+            if reading.error != self._errors.get(index):
+                if reading.error:
+                    log.warning("GPU %d: %s", index, reading.error)
+                else:
+                    log.info("GPU %d: healthy again", index)
+            self._errors[index] = reading.error
+            self._buckets[index].add(reading)
+
+    def _close_buckets(self) -> None:
+        timestamp = self._clock()
+        for index, bucket in self._buckets.items():
+            if bucket.samples:
+                self._history[index].append(
+                    GpuPoint(
+                        timestamp=timestamp,
+                        memory_used_mib=bucket.mean("memory_used_mib"),
+                        utilization_pct=bucket.mean("utilization_pct"),
+                        power_w=bucket.mean("power_w"),
+                        temperature_c=bucket.mean("temperature_c"),
+                        fan_pct=bucket.mean("fan_pct"),
+                        samples=bucket.samples,
+                    )
+                )
+            self._buckets[index] = _Bucket()
+
+
+def _read_all(count: int) -> list[GpuReading]:
+    return [nvml.read(index) for index in range(count)]
+
+
+def points_since(
+    points: Iterable[GpuPoint], since: datetime | None, limit: int | None
+) -> list[GpuPoint]:
+    """The points after ``since``, the last ``limit`` of them."""
+    selected = [p for p in points if since is None or p.timestamp > since]
+    return selected[-limit:] if limit is not None else selected

@@ -1,0 +1,25 @@
+"""The Docker labels that make a container ours. Docker is the only store of truth: every
+fact deepdockd needs to rebuild its state after a restart is in these labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+PREFIX = "deepdockd."
+NAMESPACE = PREFIX + "namespace"
+OWNER = PREFIX + "owner"
+SSH_USER = PREFIX + "ssh-user"
+SSH_PORT = PREFIX + "ssh-port"
+GPU_INDICES = PREFIX + "gpu-indices"  # "0,1"
+GPU_UUIDS = PREFIX + "gpu-uuids"  # "GPU-...,GPU-..."
+CREATED = PREFIX + "created"  # RFC 3339 with nanoseconds, as Docker's own "Created"
+
+
+def namespace_filter(namespace: str) -> dict[str, list[str]]:
+    """The Docker list filter for the containers of one namespace."""
+    return {"label": [f"{NAMESPACE}={namespace}"]}
+
+
+def gpu_indices(labels: Mapping[str, str]) -> list[int]:
+    text = labels.get(GPU_INDICES, "")
+    return [int(i) for i in text.split(",") if i.strip().isdigit()]

@@ -1,0 +1,64 @@
+"""Host and GPU metrics, as the API shows them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+from deepdockd import labels
+from deepdockd.docker import Docker, DockerUnavailable
+from deepdockd.gpu.nvml import GpuInfo
+from deepdockd.gpu.sampler import GpuPoint, GpuSampler, points_since
+from deepdockd.host import HostMetrics, read_host_metrics
+
+
+@dataclass(frozen=True)
+class GpuEntry:
+    info: GpuInfo
+    error: str | None
+    holders: list[str] | None  # running managed containers holding it; None: Docker is down
+
+
+class MetricsService:
+    def __init__(self, sampler: GpuSampler, docker: Docker, namespace: str) -> None:
+        self._sampler = sampler
+        self._docker = docker
+        self._namespace = namespace
+
+    async def host(self) -> HostMetrics:
+        return await asyncio.to_thread(read_host_metrics)
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self._sampler.gpus)
+
+    def gpu_history(self, since: datetime | None, limit: int | None) -> dict[int, list[GpuPoint]]:
+        return {
+            info.index: points_since(self._sampler.history(info.index), since, limit)
+            for info in self._sampler.gpus
+        }
+
+    async def gpus(self) -> list[GpuEntry]:
+        statuses = self._sampler.statuses()
+        holders: dict[int, list[str]] | None = {s.info.index: [] for s in statuses}
+        if statuses:
+            try:
+                containers = await self._docker.list_containers(
+                    filters=labels.namespace_filter(self._namespace) | {"status": ["running"]}
+                )
+            except DockerUnavailable:
+                holders = None
+            else:
+                assert holders is not None
+                for container in containers:
+                    for index in labels.gpu_indices(container.labels):
+                        holders.setdefault(index, []).append(container.name)
+        return [
+            GpuEntry(
+                info=s.info,
+                error=s.error,
+                holders=sorted(holders[s.info.index]) if holders is not None else None,
+            )
+            for s in statuses
+        ]

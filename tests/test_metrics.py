@@ -1,0 +1,349 @@
+"""Host and GPU metrics, on simulated GPUs that the real pynvml reads through the simulated
+NVML library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from deepdockd.app import create_app
+from deepdockd.config import Config
+from deepdockd.typedefs import GPUS
+
+from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, sim_gpu
+from daemon import Daemon, http_get
+from rig import BUSYBOX_IMAGE, Rig
+
+SimGpus = Callable[..., Path]
+
+# The seed's examples (deepdock-api-reference.md, section 3).
+SEED_HOST = {"gpu_count": 1, "ram_total_mb": 20006, "ram_available_mb": 17092, "cpu_cores": 4}
+SEED_POINT_KEYS = {
+    "timestamp",
+    "memory_used",
+    "utilization",
+    "power_usage",
+    "temperature",
+    "fan_speed",
+}
+
+# Fast sampling, so that tests see many buckets in a second.
+FAST = {"gpu_sample_interval": 0.02, "gpu_bucket": 0.1, "gpu_retention": 60.0}
+
+
+def fast_config(config: Config, **overrides: float) -> Config:
+    return Config(**{**config.__dict__, **FAST, **overrides})
+
+
+async def get_json(client: Client, path: str, status: int = 200) -> Any:
+    response = await client.get(path)
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def wait_for(
+    client: Client, path: str, condition: Callable[[Any], bool], timeout_s: float = 15
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = await get_json(client, path)
+        if condition(body):
+            return body
+        assert time.monotonic() < deadline, f"{path} never met the condition; last: {body}"
+        await asyncio.sleep(0.05)
+
+
+def expected_means(values: list[float], counts: list[int], offset: int = 0) -> list[float]:
+    """The means of consecutive runs of ``counts`` samples of the cycling ``values``."""
+    means, done = [], offset
+    for count in counts:
+        taken = [values[(done + i) % len(values)] for i in range(count)]
+        means.append(sum(taken) / count)
+        done += count
+    return means
+
+
+# --- host ---
+
+
+async def test_host_metrics_in_the_seeds_shape(client: Client) -> None:
+    body = await get_json(client, "/metrics")
+
+    assert SEED_HOST.keys() <= body.keys()
+    assert all(type(body[k]) is int for k in SEED_HOST)
+    memory = psutil.virtual_memory()
+    assert body["ram_total_mb"] == memory.total // 2**20
+    assert abs(body["ram_available_mb"] - memory.available // 2**20) < 512
+    assert body["cpu_cores"] == (psutil.cpu_count(logical=False) or psutil.cpu_count())
+    assert body["cpu_logical_cores"] == psutil.cpu_count()
+    assert len(body["load_average"]) == 3
+    assert body["gpu_count"] == 0  # no NVML in this test
+
+
+# --- GPU series ---
+
+
+async def test_points_are_bucket_means_of_the_simulators_samples(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    gpus = [sim_gpu(0), sim_gpu(1, fan_pct=[20, 35, 50])]
+    sim_gpus(*gpus)
+    client = await aiohttp_client(create_app(fast_config(config)))
+
+    body = await wait_for(
+        client, "/metrics/gpus", lambda b: all(len(b.get(k, [])) >= 4 for k in ("0", "1"))
+    )
+
+    assert set(body) == {"0", "1"}
+    for index, gpu in enumerate(gpus):
+        points = body[str(index)]
+        assert all(set(p) == SEED_POINT_KEYS | {"samples"} for p in points)
+        counts = [p["samples"] for p in points]
+        assert all(c >= 1 for c in counts)
+        # The samples come in order from the first: each point averages the next `samples`.
+        for key, field in [
+            ("utilization", "utilization"),
+            ("power_usage", "power_w"),
+            ("temperature", "temperature_c"),
+        ]:
+            assert [p[key] for p in points] == pytest.approx(expected_means(gpu[field], counts)), (
+                key
+            )
+        # Listing the GPUs at start read memory once: the samples begin at the second value.
+        assert [p["memory_used"] for p in points] == pytest.approx(
+            expected_means(gpu["memory_used_mib"], counts, offset=1)
+        )
+    assert all(p["fan_speed"] is None for p in body["0"])  # a data-centre GPU: no fan
+    assert [p["fan_speed"] for p in body["1"]] == pytest.approx(
+        expected_means([20, 35, 50], [p["samples"] for p in body["1"]])
+    )
+    timestamps = [p["timestamp"] for p in body["0"]]
+    assert timestamps == sorted(timestamps)
+    assert all(t.endswith("+00:00") for t in timestamps)
+
+
+async def test_since_and_limit_cut_the_history(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    sim_gpus(sim_gpu(0))
+    client = await aiohttp_client(create_app(fast_config(config)))
+    full = (await wait_for(client, "/metrics/gpus", lambda b: len(b.get("0", [])) >= 5))["0"]
+
+    since = full[1]["timestamp"]
+    after = (await get_json(client, f"/metrics/gpus?since={since.replace('+', '%2B')}"))["0"]
+    last_two = (await get_json(client, "/metrics/gpus?limit=2"))["0"]
+    later = (await get_json(client, "/metrics/gpus"))["0"]
+
+    assert after[: len(full) - 2] == full[2:]  # strictly after `since`; newer points may follow
+    assert all(p["timestamp"] > since for p in after)
+    assert len(last_two) == 2
+    start = later.index(last_two[0])
+    assert later[start : start + 2] == last_two
+    assert start >= len(full) - 2
+
+
+async def test_retention_bounds_the_history(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    sim_gpus(sim_gpu(0))
+    app = create_app(fast_config(config, gpu_retention=0.3))  # 3 buckets of 0.1 s
+    client = await aiohttp_client(app)
+
+    await wait_for(client, "/metrics/gpus", lambda b: len(b.get("0", [])) >= 1)
+    deadline = time.monotonic() + 2  # about 20 buckets
+    lengths = []
+    while time.monotonic() < deadline:
+        lengths.append(len((await get_json(client, "/metrics/gpus"))["0"]))
+        await asyncio.sleep(0.05)
+
+    assert max(lengths) == 3
+    assert app[GPUS].history(0).maxlen == 3
+
+
+async def test_a_lost_gpu_shows_nulls_and_unhealthy_while_the_others_go_on(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus, tmp_path: Path
+) -> None:
+    lost_flag = tmp_path / "gpu1.lost"
+    sim_gpus(sim_gpu(0), sim_gpu(1, lost_if_exists=str(lost_flag)), sim_gpu(2))
+    client = await aiohttp_client(create_app(fast_config(config)))
+    await wait_for(
+        client, "/metrics/gpus", lambda b: all(len(b.get(k, [])) >= 2 for k in ("0", "1", "2"))
+    )
+
+    lost_flag.touch()  # the GPU falls off the bus
+    gpus = await wait_for(client, "/gpus", lambda b: b["gpus"][1]["health"] != "ok")
+    assert gpus["gpus"][1]["health"] == "GPU is lost"
+    assert [g["health"] for g in gpus["gpus"]] == ["ok", "GPU is lost", "ok"]
+
+    def lost_point_and_more_for_others(body: Any) -> bool:
+        nulls = [p for p in body["1"] if p["utilization"] is None]
+        return bool(nulls) and all(p["utilization"] is not None for p in body["0"][-2:])
+
+    body = await wait_for(client, "/metrics/gpus", lost_point_and_more_for_others)
+    lost = [p for p in body["1"] if p["utilization"] is None][-1]
+    assert {k: lost[k] for k in SEED_POINT_KEYS - {"timestamp"}} == dict.fromkeys(
+        SEED_POINT_KEYS - {"timestamp"}
+    )
+    assert body["0"][-1]["timestamp"] >= lost["timestamp"]  # GPU 0 still samples
+
+    lost_flag.unlink()  # back on the bus
+    await wait_for(client, "/gpus", lambda b: b["gpus"][1]["health"] == "ok")
+
+
+async def test_a_slow_driver_does_not_hold_up_the_api(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    sim_gpus(sim_gpu(0, delay_ms=400))  # five readings a sample: 2 s of driver time each
+    client = await aiohttp_client(create_app(fast_config(config)))
+    await wait_for(client, "/metrics", lambda b: b["gpu_count"] == 1)
+
+    started = time.monotonic()
+    for _ in range(5):
+        await get_json(client, "/metrics")
+    elapsed = time.monotonic() - started
+
+    # Were NVML calls made on the event loop, each request would wait up to 2 s.
+    assert elapsed < 1.0
+
+
+async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus, rig: Rig
+) -> None:
+    sim_gpus(sim_gpu(0), sim_gpu(1))
+    client = await aiohttp_client(create_app(fast_config(config)))
+    ours = f"{config.namespace}-holder"
+    stopped = f"{config.namespace}-stopped"
+    foreign = f"{config.namespace}-foreign"
+
+    def run(name: str, namespace: str, gpus: str, *, start: bool = True) -> None:
+        labels = [
+            "--label",
+            f"deepdockd.namespace={namespace}",
+            "--label",
+            f"deepdockd.gpu-indices={gpus}",
+        ]
+        rig.docker("create", "--name", name, *labels, BUSYBOX_IMAGE, "sleep", "60")
+        if start:
+            rig.docker("start", name)
+
+    try:
+        run(ours, config.namespace, "1")
+        run(stopped, config.namespace, "0", start=False)
+        run(foreign, "someone-else", "0")
+        body = await wait_for(client, "/gpus", lambda b: b["count"] == 2)
+    finally:
+        rig.docker("rm", "--force", ours, stopped, foreign)
+
+    assert body["gpus"] == [
+        {
+            "index": 0,
+            "uuid": sim_gpu(0)["uuid"],
+            "name": "NVIDIA H100 80GB HBM3",
+            "memory_total_mib": 81559.0,
+            "power_limit_w": 700.0,
+            "containers": [],
+            "health": "ok",
+        },
+        {
+            "index": 1,
+            "uuid": sim_gpu(1)["uuid"],
+            "name": "NVIDIA H100 80GB HBM3",
+            "memory_total_mib": 81559.0,
+            "power_limit_w": 700.0,
+            "containers": [ours],
+            "health": "ok",
+        },
+    ]
+
+
+# --- no GPUs ---
+
+
+async def test_a_host_without_nvml_answers_the_cpu_only_way(client: Client) -> None:
+    await asyncio.sleep(0.1)  # let the sampler try once
+
+    assert (await get_json(client, "/metrics"))["gpu_count"] == 0
+    assert await get_json(client, "/metrics/gpus") == {}
+    assert await get_json(client, "/gpus") == {"count": 0, "gpus": []}
+    health = await get_json(client, "/healthz")
+    assert health["status"] == "ok"
+    assert health["gpus"] == {"ok": False, "count": 0, "error": "NVML: Driver Not Loaded"}
+
+
+async def test_a_driver_loaded_later_is_found(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    client = await aiohttp_client(create_app(fast_config(config, gpu_retry_interval=0.2)))
+    await wait_for(client, "/healthz", lambda b: b["gpus"]["error"] == "NVML: Driver Not Loaded")
+
+    sim_gpus(sim_gpu(0), sim_gpu(1), driver_version="555.42.06")  # the driver comes
+
+    health = await wait_for(client, "/healthz", lambda b: b["gpus"]["ok"])
+    assert health["gpus"] == {"ok": True, "count": 2, "driver_version": "555.42.06"}
+    await wait_for(client, "/metrics/gpus", lambda b: len(b.get("1", [])) >= 1)
+
+
+def test_a_daemon_without_the_library_at_all(rig: Rig, tmp_path: Path, free_port: int) -> None:
+    env = {"LD_LIBRARY_PATH": "/nonexistent"}  # and no libnvidia-ml.so.1 on this machine
+    daemon = Daemon(
+        "--port", str(free_port), "--docker-host", rig.docker_host,
+        "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        daemon.wait_until_serving(f"{base}/healthz")
+        health = json.loads(http_get(f"{base}/healthz")[1])
+        metrics = json.loads(http_get(f"{base}/metrics")[1])
+        series = json.loads(http_get(f"{base}/metrics/gpus")[1])
+    finally:
+        status, log = daemon.stop()
+
+    assert health["status"] == "ok"
+    assert health["gpus"]["error"] == "NVML: NVML Shared Library Not Found"
+    assert metrics["gpu_count"] == 0
+    assert series == {}
+    assert status == 0
+    assert "Traceback" not in log
+
+
+def test_run_sim_daemon_shows_the_four_demo_gpus(rig: Rig, tmp_path: Path, free_port: int) -> None:
+    demo = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
+    env = {"LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent), "NVML_SIM_CONFIG": str(demo)}
+    daemon = Daemon(
+        "--port", str(free_port), "--docker-host", rig.docker_host,
+        "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        daemon.wait_until_serving(f"{base}/healthz")
+        gpus = json.loads(http_get(f"{base}/gpus")[1])
+    finally:
+        daemon.stop()
+
+    described = json.loads(demo.read_text())["gpus"]
+    assert [g["uuid"] for g in gpus["gpus"]] == [g["uuid"] for g in described]
+    assert [g["name"] for g in gpus["gpus"]] == [g["name"] for g in described]
+
+
+# --- bad queries ---
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("since=yesterday", "since: 'yesterday' is not an ISO 8601 timestamp"),
+        ("limit=0", "limit: must be a whole number of 1 or more"),
+        ("limit=-3", "limit: must be a whole number of 1 or more"),
+        ("limit=many", "limit: must be a whole number of 1 or more"),
+    ],
+)
+async def test_bad_query_is_422(client: Client, query: str, message: str) -> None:
+    body = await get_json(client, f"/metrics/gpus?{query}", status=422)
+    assert body["error"]["message"].startswith(message)
