@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from deepdockd.config import Config
+from deepdockd.containers import ContainerService
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images import ImageService
 from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
 from deepdockd.routes import setup_routes
-from deepdockd.typedefs import CONFIG, DOCKER, GPUS, IMAGES, METRICS
+from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS
 
 # Request bodies here are small JSON documents.
 CLIENT_MAX_SIZE = 1024 * 1024
@@ -30,6 +31,7 @@ def create_app(
     app[GPUS] = gpus if gpus is not None else _sampler(config)
     app[IMAGES] = ImageService(app[DOCKER])
     app[METRICS] = MetricsService(app[GPUS], app[DOCKER], config.namespace)
+    app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config)
     app.cleanup_ctx.append(_docker_client)
     app.cleanup_ctx.append(_gpu_sampler)
     setup_routes(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -46,6 +47,13 @@ class Config:
     gpu_retention: float = 24 * 3600.0
     # How often to look again for NVML when there is none (a driver loaded later is found).
     gpu_retry_interval: float = 30.0
+    # Containers: SSH ports are allocated from this range and published on this address.
+    ssh_port_range: tuple[int, int] = (22000, 22999)
+    ssh_bind_address: str = "0.0.0.0"
+    # How long a create waits for the container's sshd (installing one can take minutes).
+    ssh_ready_timeout: float = 300.0
+    # Let two running containers hold the same GPU.
+    gpu_sharing: bool = False
 
 
 # --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
@@ -103,6 +111,28 @@ def _parse_seconds(raw: object) -> float:
     return float(raw)
 
 
+def _parse_port_range(raw: object) -> tuple[int, int]:
+    low, _, high = str(raw).partition("-") if isinstance(raw, str) else ("", "", "")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+        raise ValueError('must be "LOW-HIGH", two TCP ports with LOW <= HIGH, as in "22000-22999"')
+    return int(low), int(high)
+
+
+def _parse_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.lower() in ("true", "1", "yes")
+    raise ValueError("must be true or false")
+
+
+def _parse_ip_address(raw: object) -> str:
+    try:
+        return str(ipaddress.ip_address(raw if isinstance(raw, str) else ""))
+    except ValueError:
+        raise ValueError("must be an IP address, as in 0.0.0.0 or 127.0.0.1") from None
+
+
 PARSERS: Mapping[str, Callable[[object], Any]] = {
     "host": _parse_host,
     "port": _parse_port,
@@ -114,6 +144,10 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "gpu_bucket": _parse_seconds,
     "gpu_retention": _parse_seconds,
     "gpu_retry_interval": _parse_seconds,
+    "ssh_port_range": _parse_port_range,
+    "ssh_bind_address": _parse_ip_address,
+    "ssh_ready_timeout": _parse_seconds,
+    "gpu_sharing": _parse_bool,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -83,9 +84,19 @@ class PullProgress:
 class ContainerSummary:
     id: str
     name: str
+    image: str  # the reference it was created from (or the image id, once that tag moved)
     image_id: str
-    state: str
+    state: str  # created, running, paused, restarting, removing, exited, dead
     labels: Mapping[str, str]
+    published: Mapping[int, int]  # container TCP port -> host port, while running
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    status: str
+    exit_code: int
+    restart_count: int
 
 
 class Docker:
@@ -168,6 +179,58 @@ class Docker:
             containers = await self.client.containers.list(**params)
         return [_container_summary(container) for container in containers]
 
+    async def create_container(self, name: str, config: Mapping[str, Any]) -> str:
+        """Create (not start) a container; its full id."""
+        async with self.translate_errors():
+            container = await self.client.containers.create(dict(config), name=name)
+        return container.id
+
+    async def put_archive(self, container_id: str, path: str, tar: bytes) -> None:
+        """Unpack ``tar`` at ``path`` in the container (docker cp); works before it starts."""
+        async with self.translate_errors():
+            container = self.client.containers.container(container_id)
+            await container.put_archive(path, tar)  # type: ignore[no-untyped-call]
+
+    async def start_container(self, container_id: str) -> None:
+        async with self.translate_errors(timeout_s=60):
+            await self.client.containers.container(container_id).start()
+
+    async def stop_container(self, container_id: str, *, grace_s: int = 10) -> None:
+        async with self.translate_errors(timeout_s=grace_s + 30):
+            await self.client.containers.container(container_id).stop(t=grace_s)
+
+    async def restart_container(self, container_id: str, *, grace_s: int = 10) -> None:
+        async with self.translate_errors(timeout_s=grace_s + 60):
+            await self.client.containers.container(container_id).restart(t=grace_s)
+
+    async def remove_container(self, container_id: str, *, force: bool) -> None:
+        async with self.translate_errors(timeout_s=60):
+            await self.client.containers.container(container_id).delete(force=force, v=True)
+
+    async def container_state(self, container_id: str) -> ContainerState | None:
+        """The container's state, or None when it is gone."""
+        try:
+            async with self.translate_errors():
+                data = await self.client.containers.container(container_id).show()
+        except DockerFailed as exc:
+            if exc.docker_status == 404:
+                return None
+            raise
+        state = data.get("State") or {}
+        return ContainerState(
+            running=bool(state.get("Running")),
+            status=str(state.get("Status", "")),
+            exit_code=int(state.get("ExitCode") or 0),
+            restart_count=int(data.get("RestartCount") or 0),
+        )
+
+    async def container_logs(self, container_id: str, *, tail: int = 40) -> str:
+        async with self.translate_errors():
+            lines = await self.client.containers.container(container_id).log(
+                stdout=True, stderr=True, tail=tail
+            )
+        return "".join(lines)
+
     @asynccontextmanager
     async def translate_errors(
         self, *, timeout_s: float | None = QUICK_CALL_TIMEOUT_S
@@ -193,11 +256,10 @@ class Docker:
 
 
 def _connection_reason(exc: aiodocker.DockerError) -> str:
-    # aiodocker's message is "Cannot connect to Docker Engine via URL [reason]"; keep the reason.
-    message = exc.message
-    if message.endswith("]") and "[" in message:
-        return message[message.rindex("[") + 1 : -1]
-    return message
+    # aiodocker's message is "Cannot connect to Docker Engine via URL [... [reason]]": keep
+    # the innermost reason.
+    reasons = re.findall(r"\[([^\[\]]+)\]", exc.message)
+    return reasons[-1] if reasons else exc.message
 
 
 def _iso_from_unix(seconds: int) -> str:
@@ -245,10 +307,17 @@ def _progress(event: Mapping[str, Any]) -> PullProgress:
 
 def _container_summary(container: aiodocker.containers.DockerContainer) -> ContainerSummary:
     names = container["Names"] or [""]
+    published = {
+        int(port["PrivatePort"]): int(port["PublicPort"])
+        for port in container["Ports"] or []
+        if port.get("PublicPort") and port.get("Type") == "tcp"
+    }
     return ContainerSummary(
         id=container["Id"],
         name=names[0].lstrip("/"),
+        image=container["Image"] or "",
         image_id=container["ImageID"] or "",
         state=container["State"] or "",
         labels=container["Labels"] or {},
+        published=published,
     )

@@ -4,6 +4,7 @@ services can import them without import cycles."""
 from aiohttp import web
 
 from deepdockd.config import Config
+from deepdockd.containers import ContainerService
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images import ImageService
@@ -14,3 +15,4 @@ DOCKER = web.AppKey("docker", Docker)
 IMAGES = web.AppKey("images", ImageService)
 GPUS = web.AppKey("gpus", GpuSampler)
 METRICS = web.AppKey("metrics", MetricsService)
+CONTAINERS = web.AppKey("containers", ContainerService)

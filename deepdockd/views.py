@@ -12,13 +12,14 @@ from typing import Any
 from aiohttp import web
 
 from deepdockd import __version__
+from deepdockd.containers import CreateRequest, ManagedContainer
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
 from deepdockd.errors import ApiError, InvalidInput
 from deepdockd.gpu.sampler import GpuPoint
 from deepdockd.images import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
-from deepdockd.schemas import PullImageSchema, load_body
-from deepdockd.typedefs import DOCKER, GPUS, IMAGES, METRICS
+from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
+from deepdockd.typedefs import CONTAINERS, DOCKER, GPUS, IMAGES, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,76 @@ async def healthz(request: web.Request) -> web.Response:
     docker = {"ok": True, "version": version.version, "api_version": version.api_version}
     body = {"status": "ok", "version": __version__, "docker": docker, "gpus": gpus}
     return web.json_response(body)
+
+
+# --- containers ---
+
+# The owner of containers made without a token (before tokens, or with auth off).
+ANONYMOUS_OWNER = "anonymous"
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    containers = await request.app[CONTAINERS].list_all()
+    return web.json_response({"containers": [_container(c) for c in containers]})
+
+
+async def get_container(request: web.Request) -> web.Response:
+    container = await request.app[CONTAINERS].get(request.match_info["name"])
+    return web.json_response(_container(container))
+
+
+async def create_container(request: web.Request) -> web.Response:
+    body = await load_body(request, CreateContainerSchema())
+    container = await request.app[CONTAINERS].create(CreateRequest(**body, owner=ANONYMOUS_OWNER))
+    return web.json_response(
+        {
+            "message": "container created",
+            "id": container.short_id,
+            "name": container.name,
+            "ssh-port": container.ssh_port,
+        },
+        status=201,
+    )
+
+
+async def start_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].start(name)
+    return web.json_response({"message": f"container '{name}' started"})
+
+
+async def stop_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].stop(name)
+    return web.json_response({"message": f"container '{name}' stopped"})
+
+
+async def restart_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].restart(name)
+    return web.json_response({"message": f"container '{name}' restarted"})
+
+
+async def delete_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].remove(name, force=_bool_query(request, "force"))
+    return web.json_response({"message": f"container '{name}' removed"})
+
+
+def _container(container: ManagedContainer) -> dict[str, Any]:
+    running = container.state == "running"
+    return {
+        "id": container.short_id,
+        "name": container.name,
+        "status": container.state,
+        "image": [container.image],
+        "created": container.created,
+        "ssh-port": container.published_ssh_port if running else None,
+        "gpus": [str(i) for i in container.gpu_indices],
+        "gpu_uuids": container.gpu_uuids,
+        "owner": container.owner,
+        "ssh_user": container.ssh_user,
+    }
 
 
 # --- metrics ---

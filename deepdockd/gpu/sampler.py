@@ -89,6 +89,7 @@ class GpuSampler:
         self._history: dict[int, deque[GpuPoint]] = {}
         self._buckets: dict[int, _Bucket] = {}
         self._bucket_ends = 0.0  # loop time at which the open buckets close
+        self._tried = asyncio.Event()  # set once NVML has been tried
 
     # --- what the API reads ---
 
@@ -106,6 +107,10 @@ class GpuSampler:
 
     def statuses(self) -> list[GpuStatus]:
         return [GpuStatus(info, self._errors.get(info.index)) for info in self.gpus]
+
+    async def wait_until_tried(self) -> None:
+        """Return once NVML has been tried, so that callers read a settled inventory."""
+        await self._tried.wait()
 
     def history(self, index: int) -> deque[GpuPoint]:
         return self._history.get(index, deque())
@@ -142,6 +147,7 @@ class GpuSampler:
         while True:
             if self._inventory is None and loop.time() >= next_try:
                 await self._try_start()
+                self._tried.set()
                 next_try = loop.time() + self.retry_interval_s
             if self._inventory is not None:
                 try:

@@ -1,0 +1,392 @@
+"""Containers: create (with GPUs and an SSH login), list, start, stop, restart, remove.
+
+Only containers labelled with this daemon's namespace exist here; any other container is
+invisible, even by name. Everything the service knows is in those labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+from deepdockd import labels
+from deepdockd.allocation import (
+    SSH_CONTAINER_PORT,
+    Gpu,
+    check_gpus_free,
+    choose_ssh_port,
+)
+from deepdockd.config import Config
+from deepdockd.docker import ContainerSummary, Docker, DockerFailed
+from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
+from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.images import ImageService, parse_image_reference
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_DIR = "/.deepdockd"
+_FAILED_MARK = "deepdockd-bootstrap: FAILED: "
+# Docker's words for a host port that something else holds.
+_PORT_TAKEN = ("port is already allocated", "address already in use")
+
+
+class SshUnavailable(InvalidInput):
+    """The image cannot give the container an SSH login."""
+
+    code = "ssh_unavailable"
+
+
+class SshTimeout(ApiError):
+    status = 504
+    code = "ssh_timeout"
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    image: str
+    user_name: str
+    password: str
+    env: dict[str, str]
+    gpu_ids: list[int]
+    owner: str
+
+    def __repr__(self) -> str:  # never let a password reach a log line or a traceback
+        return f"CreateRequest(name={self.name!r}, image={self.image!r}, user={self.user_name!r})"
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    id: str
+    name: str
+    state: str
+    image: str
+    created: str  # RFC 3339 with nanoseconds
+    ssh_port: int | None  # the allocated port, running or not
+    published_ssh_port: int | None  # the port SSH answers on now (None unless running)
+    gpu_indices: list[int]
+    gpu_uuids: list[str]
+    owner: str
+    ssh_user: str
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @classmethod
+    def from_summary(cls, summary: ContainerSummary) -> ManagedContainer:
+        label = summary.labels.get
+        port = label(labels.SSH_PORT, "")
+        return cls(
+            id=summary.id,
+            name=summary.name,
+            state=summary.state,
+            image=summary.image,
+            created=label(labels.CREATED, ""),
+            ssh_port=int(port) if port.isdigit() else None,
+            published_ssh_port=summary.published.get(SSH_CONTAINER_PORT),
+            gpu_indices=labels.gpu_indices(summary.labels),
+            gpu_uuids=[u for u in label(labels.GPU_UUIDS, "").split(",") if u],
+            owner=label(labels.OWNER, ""),
+            ssh_user=label(labels.SSH_USER, ""),
+        )
+
+
+class ContainerService:
+    def __init__(
+        self, docker: Docker, images: ImageService, gpus: GpuSampler, config: Config
+    ) -> None:
+        self._docker = docker
+        self._images = images
+        self._gpus = gpus
+        self._config = config
+        # Held from the choice of a port or GPU until Docker has the container running.
+        self._allocation = asyncio.Lock()
+
+    # --- reading ---
+
+    async def list_all(self) -> list[ManagedContainer]:
+        """All of this namespace's containers: one Docker call, whatever their number."""
+        summaries = await self._docker.list_containers(filters=self._ours())
+        return [ManagedContainer.from_summary(s) for s in summaries]
+
+    async def get(self, name: str) -> ManagedContainer:
+        filters = self._ours() | {"name": [f"^/{re.escape(name)}$"]}
+        found = await self._docker.list_containers(filters=filters)
+        if not found:
+            raise NotFound(f"no container {name!r}", details={"name": name})
+        return ManagedContainer.from_summary(found[0])
+
+    # --- create ---
+
+    async def create(self, request: CreateRequest) -> ManagedContainer:
+        """Create and start the container, and wait until its sshd answers. Anything that
+        fails after Docker made it removes it, which gives back its port and GPUs."""
+        await self._ensure_image(request.image)
+        gpus = await self._resolve_gpus(request.gpu_ids)
+        async with self._allocation:
+            everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
+            if not self._config.gpu_sharing:
+                check_gpus_free(gpus, everyone)
+            port = choose_ssh_port(
+                everyone, self._config.ssh_port_range, address=self._config.ssh_bind_address
+            )
+            container_id = await self._make(request, gpus, port)
+            try:
+                await self._docker.put_archive(container_id, "/", _bootstrap_tar(request))
+                await self._start(container_id, port)
+            except BaseException:
+                await self._discard(container_id, request.name)
+                raise
+        try:
+            await self._wait_for_sshd(container_id, port)
+        except ApiError as exc:
+            await self._discard(container_id, request.name)
+            exc.message += "; container removed"
+            raise
+        except BaseException:
+            await self._discard(container_id, request.name)
+            raise
+        log.info(
+            "created container %s for %s: ssh port %d, GPUs %s",
+            request.name, request.owner, port, [g.index for g in gpus] or "none",
+        )  # fmt: skip
+        return await self.get(request.name)
+
+    async def _ensure_image(self, image: str) -> None:
+        reference = parse_image_reference(image, field="image")
+        if await self._docker.inspect_image(image) is not None:
+            return
+        log.info("image %s is not on this host: pulling it first", reference)
+        async for _ in self._images.pull(image):
+            pass
+
+    async def _resolve_gpus(self, gpu_ids: list[int]) -> list[Gpu]:
+        if not gpu_ids:
+            return []
+        await self._gpus.wait_until_tried()
+        if not self._gpus.available:
+            # NVML cannot list them (no library here, say): pin by index, as asked.
+            return [Gpu(index=i, uuid=None) for i in gpu_ids]
+        known = {g.index: g for g in self._gpus.gpus}
+        unknown = [i for i in gpu_ids if i not in known]
+        if unknown:
+            listing = "; ".join(f"{g.index}: {g.name}" for g in known.values()) or "none"
+            raise InvalidInput(
+                f"gpu_ids: {', '.join(map(str, unknown))} is not a GPU of this host "
+                f"(its GPUs: {listing})",
+                details={"field": "gpu_ids", "gpus": sorted(known)},
+            )
+        return [Gpu(index=i, uuid=known[i].uuid) for i in gpu_ids]
+
+    async def _make(self, request: CreateRequest, gpus: list[Gpu], port: int) -> str:
+        try:
+            return await self._docker.create_container(
+                request.name, self._container_config(request, gpus, port)
+            )
+        except DockerFailed as exc:
+            if exc.docker_status == 409:
+                raise Conflict(
+                    f"the name {request.name!r} is taken; choose another",
+                    details={"name": request.name},
+                ) from None
+            raise
+
+    def _container_config(
+        self, request: CreateRequest, gpus: list[Gpu], port: int
+    ) -> dict[str, object]:
+        env = [f"{key}={value}" for key, value in request.env.items()]
+        host_config: dict[str, object] = {
+            "Init": True,
+            "PortBindings": {
+                f"{SSH_CONTAINER_PORT}/tcp": [
+                    {"HostIp": self._config.ssh_bind_address, "HostPort": str(port)}
+                ]
+            },
+            "RestartPolicy": {"Name": "unless-stopped"},
+        }
+        if gpus:
+            device_ids = [g.uuid or str(g.index) for g in gpus]
+            host_config["DeviceRequests"] = [
+                {"Driver": "nvidia", "DeviceIDs": device_ids, "Capabilities": [["gpu"]]}
+            ]
+        else:
+            # An image whose default is "all GPUs" (NVIDIA's CUDA images) must see none.
+            env.append("NVIDIA_VISIBLE_DEVICES=void")
+        return {
+            "Image": request.image,
+            "Entrypoint": ["/bin/sh", f"{BOOTSTRAP_DIR}/bootstrap.sh"],
+            "Cmd": [request.user_name],
+            "Env": env,
+            "Hostname": request.name[:63],
+            "ExposedPorts": {f"{SSH_CONTAINER_PORT}/tcp": {}},
+            "Labels": {
+                labels.NAMESPACE: self._config.namespace,
+                labels.OWNER: request.owner,
+                labels.SSH_USER: request.user_name,
+                labels.SSH_PORT: str(port),
+                labels.GPU_INDICES: ",".join(str(g.index) for g in gpus),
+                labels.GPU_UUIDS: ",".join(g.uuid for g in gpus if g.uuid),
+                labels.CREATED: _now_rfc3339_ns(),
+            },
+            "HostConfig": host_config,
+        }
+
+    async def _start(self, container_id: str, port: int | None) -> None:
+        try:
+            await self._docker.start_container(container_id)
+        except DockerFailed as exc:
+            if any(text in exc.docker_message for text in _PORT_TAKEN):
+                raise Conflict(
+                    f"SSH port {port} is taken on the host: {exc.docker_message}",
+                    details={"ssh_port": port},
+                ) from None
+            raise
+
+    async def _wait_for_sshd(
+        self, container_id: str, port: int | None, *, restarts_before: int = 0
+    ) -> None:
+        """Until sshd greets on the published port; the bootstrap's error if it gives up
+        (the container stops, or Docker restarts it)."""
+        deadline = time.monotonic() + self._config.ssh_ready_timeout
+        address = self._config.ssh_bind_address
+        host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+        while True:
+            state = await self._docker.container_state(container_id)
+            if state is None or not state.running or state.restart_count > restarts_before:
+                raise SshUnavailable(await self._bootstrap_error(container_id))
+            if port is None:  # not ours to wait for (a container without an SSH port label)
+                return
+            if await _ssh_greets(host, port):
+                return
+            if time.monotonic() > deadline:
+                raise SshTimeout(
+                    f"sshd did not answer on port {port} within "
+                    f"{self._config.ssh_ready_timeout:g} s (ssh_ready_timeout)"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _bootstrap_error(self, container_id: str) -> str:
+        with contextlib.suppress(ApiError):
+            output = await self._docker.container_logs(container_id)
+            failures = [
+                line.split(_FAILED_MARK, 1)[1]
+                for line in output.splitlines()
+                if _FAILED_MARK in line
+            ]
+            if failures:
+                return f"the container could not provide SSH: {failures[-1]}"
+            tail = " | ".join(output.strip().splitlines()[-3:])
+            if tail:
+                return f"the container stopped before its sshd answered: {tail}"
+        return "the container stopped before its sshd answered"
+
+    async def _discard(self, container_id: str, name: str) -> None:
+        """Remove a container whose create failed; never raises, even when cancelled."""
+        try:
+            await asyncio.shield(self._docker.remove_container(container_id, force=True))
+        except (ApiError, asyncio.CancelledError) as exc:
+            log.error(
+                "could not remove the failed container %s (%s): %s", name, container_id[:12], exc
+            )
+        else:
+            log.info("removed the failed container %s", name)
+
+    # --- life cycle ---
+
+    async def start(self, name: str) -> None:
+        """Start it and wait until its sshd answers (a login works when this returns)."""
+        async with self._allocation:
+            container = await self.get(name)
+            if container.state == "running":
+                return
+            await self._check_own_gpus_free(container)
+            restarts = await self._restart_count(container.id)
+            await self._start(container.id, container.ssh_port)
+        await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
+
+    async def stop(self, name: str) -> None:
+        container = await self.get(name)
+        await self._docker.stop_container(container.id)
+
+    async def restart(self, name: str) -> None:
+        async with self._allocation:
+            container = await self.get(name)
+            if container.state != "running":
+                await self._check_own_gpus_free(container)
+            restarts = await self._restart_count(container.id)
+            await self._docker.restart_container(container.id)
+        await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
+
+    async def _restart_count(self, container_id: str) -> int:
+        state = await self._docker.container_state(container_id)
+        return state.restart_count if state else 0
+
+    async def remove(self, name: str, *, force: bool) -> None:
+        container = await self.get(name)
+        if container.state in ("running", "restarting", "paused") and not force:
+            raise Conflict(
+                f"container {name!r} is {container.state}; stop it first, or ask again with "
+                "?force=true",
+                details={"name": name, "state": container.state},
+            )
+        await self._docker.remove_container(container.id, force=force)
+
+    async def _check_own_gpus_free(self, container: ManagedContainer) -> None:
+        if self._config.gpu_sharing or not container.gpu_indices:
+            return
+        uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
+        gpus = [Gpu(index=i, uuid=u) for i, u in zip(container.gpu_indices, uuids, strict=False)]
+        everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
+        check_gpus_free(gpus, everyone, exclude_id=container.id)
+
+    def _ours(self) -> dict[str, list[str]]:
+        return labels.namespace_filter(self._config.namespace)
+
+
+def _bootstrap_tar(request: CreateRequest) -> bytes:
+    """The bootstrap script and the password file, to unpack at / before the container starts.
+    The password never leaves this process any other way."""
+    script = resources.files("deepdockd").joinpath("bootstrap.sh").read_bytes()
+    secret = f"{request.user_name}:{request.password}\n".encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        directory = tarfile.TarInfo(BOOTSTRAP_DIR.lstrip("/"))
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o700
+        tar.addfile(directory)
+        for name, data, mode in (("bootstrap.sh", script, 0o755), ("secret", secret, 0o600)):
+            info = tarfile.TarInfo(f"{BOOTSTRAP_DIR.lstrip('/')}/{name}")
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def _ssh_greets(host: str, port: int) -> bool:
+    """Whether an SSH server sends its greeting ("SSH-2.0-...") on host:port."""
+    try:
+        async with asyncio.timeout(2):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                greeting = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return greeting.startswith(b"SSH-")
+
+
+def _now_rfc3339_ns() -> str:
+    """Now as Docker writes times: RFC 3339 in UTC with nanoseconds."""
+    ns = time.time_ns()
+    seconds = datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{seconds}.{ns % 1_000_000_000:09d}Z"
