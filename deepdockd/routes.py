@@ -22,6 +22,10 @@ ROUTES = [
     web.get("/metrics/gpus", views.gpu_metrics, allow_head=False),
     web.get("/gpus", views.list_gpus, allow_head=False),
     web.get("/healthz", views.healthz, allow_head=False),
+    web.get("/openapi.yaml", views.openapi_yaml, allow_head=False),
+    web.get("/openapi.json", views.openapi_json, allow_head=False),
+    web.get("/docs", views.docs_page, allow_head=False),
+    web.get("/docs/{file}", views.docs_file, allow_head=False),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -11,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from deepdockd import __version__
+from deepdockd import __version__, docs
 from deepdockd.containers import CreateRequest, ManagedContainer
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
-from deepdockd.errors import ApiError, InvalidInput
+from deepdockd.errors import ApiError, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuPoint
 from deepdockd.images import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
@@ -45,6 +46,31 @@ async def healthz(request: web.Request) -> web.Response:
     docker = {"ok": True, "version": version.version, "api_version": version.api_version}
     body = {"status": "ok", "version": __version__, "docker": docker, "gpus": gpus}
     return web.json_response(body)
+
+
+# --- documentation ---
+
+
+async def openapi_yaml(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(docs.spec_yaml)
+    return web.Response(body=body, content_type="application/yaml")
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(docs.spec_json)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def docs_page(request: web.Request) -> web.Response:
+    return web.Response(text=docs.PAGE, content_type="text/html")
+
+
+async def docs_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["file"]
+    path = docs.swagger_file(name)
+    if path is None:
+        raise NotFound(f"no documentation file {name!r}")
+    return web.FileResponse(path)
 
 
 # --- containers ---

@@ -20,9 +20,24 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 
 from rig import REGISTRY_ADDR, Rig
+from spec import response_checker
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: ClientFactory) -> Iterator[ClientFactory]:
+    """pytest-aiohttp's client factory, with every answer checked against openapi.yaml: a
+    test whose app answered outside the spec fails, whatever it asserted itself."""
+    failures: list[str] = []
+
+    async def make(app: web.Application) -> Client:
+        app.middlewares.insert(0, response_checker(failures))
+        return await aiohttp_client(app)
+
+    yield make
+    assert not failures, "answers outside openapi.yaml:\n" + "\n".join(failures)
 
 
 @pytest.fixture(scope="session")
