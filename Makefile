@@ -16,7 +16,7 @@ help:
 	@echo "make run-sim  the same with 4 simulated GPUs (a simulated NVML), for a host without GPUs"
 	@echo "make test     the whole test suite, on a private dockerd, registry and test images"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
-	@echo "make install  install deepdockd into $(PREFIX) and link /usr/local/bin/deepdockd"
+	@echo "make install  deepdockd into $(PREFIX), its systemd unit, /etc/deepdockd/deepdockd.toml"
 	@echo "make clean    remove the virtual environment and caches"
 
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -28,11 +28,23 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The package into its own virtual environment, the systemd unit, and the default config
+# (an existing config is kept).
 install:
 	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --upgrade pip
 	$(PREFIX)/bin/pip install -q .
 	ln -sf $(PREFIX)/bin/deepdockd /usr/local/bin/deepdockd
-	@echo "installed: /usr/local/bin/deepdockd (deepdockd --help)"
+	install -D -m 0644 systemd/deepdockd.service /etc/systemd/system/deepdockd.service
+	install -d -m 0755 /etc/deepdockd
+	@if [ -e /etc/deepdockd/deepdockd.toml ]; then \
+		echo "kept the existing /etc/deepdockd/deepdockd.toml"; \
+	else \
+		install -m 0644 systemd/deepdockd.toml /etc/deepdockd/deepdockd.toml; \
+	fi
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed /usr/local/bin/deepdockd, its unit and /etc/deepdockd/deepdockd.toml."
+	@echo "next: systemctl enable --now deepdockd"
 
 run: venv
 	scripts/ensure-docker.sh

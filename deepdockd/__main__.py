@@ -6,24 +6,24 @@ This is the only module that reads the environment and the config file.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from deepdockd import __version__
-from deepdockd.app import create_app
 from deepdockd.config import (
     DEFAULT_CONFIG_FILE,
+    LOG_FORMATS,
     LOG_LEVELS,
     Config,
     ConfigError,
     flag_name,
     load_config,
 )
-from deepdockd.logs import ACCESS_LOG_FORMAT, ACCESS_LOGGER, setup_logging
+from deepdockd.logs import setup_logging
+from deepdockd.server import serve
 
 # Exit status for a configuration that cannot be used (as for a bad command line).
 EXIT_BAD_CONFIG = 2
@@ -38,6 +38,7 @@ _FLAG_HELP = {
     "state_dir": "directory for the daemon's own files (default /var/lib/deepdockd)",
     "namespace": "label namespace of the containers this daemon manages (default deepdock)",
     "log_level": f"one of {', '.join(LOG_LEVELS)} (default info)",
+    "log_format": f"one of {', '.join(LOG_FORMATS)} (default text; json for log shippers)",
 }
 
 
@@ -72,24 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"deepdockd: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    setup_logging(config.log_level)
-    log.info(
-        "deepdockd %s listening on http://%s:%d, Docker at %s, namespace %r",
-        __version__,
-        config.host,
-        config.port,
-        config.docker_host,
-        config.namespace,
-    )
+    setup_logging(config.log_level, config.log_format)
     try:
-        web.run_app(
-            create_app(config),
-            host=config.host,
-            port=config.port,
-            access_log=logging.getLogger(ACCESS_LOGGER),
-            access_log_format=ACCESS_LOG_FORMAT,
-            print=None,
-        )
+        asyncio.run(serve(config))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

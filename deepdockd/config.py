@@ -22,6 +22,7 @@ from typing import Any
 DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
 ENV_PREFIX = "DEEPDOCKD_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 # Docker's own rule for label-safe names is looser; ours keeps the namespace usable as a
 # label value, a container-name prefix and a file name.
@@ -41,6 +42,9 @@ class Config:
     state_dir: Path = Path("/var/lib/deepdockd")
     namespace: str = "deepdock"
     log_level: str = "info"
+    log_format: str = "text"
+    # On SIGTERM, how long requests in flight may take to finish.
+    shutdown_timeout: float = 30.0
     # GPU metrics: sample every interval, average each bucket into one point, keep retention.
     gpu_sample_interval: float = 1.0
     gpu_bucket: float = 10.0
@@ -102,6 +106,12 @@ def _parse_log_level(raw: object) -> str:
     return raw.lower()
 
 
+def _parse_log_format(raw: object) -> str:
+    if not isinstance(raw, str) or raw.lower() not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return raw.lower()
+
+
 def _parse_seconds(raw: object) -> float:
     if isinstance(raw, str):
         with contextlib.suppress(ValueError):
@@ -140,6 +150,8 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "state_dir": _parse_state_dir,
     "namespace": _parse_namespace,
     "log_level": _parse_log_level,
+    "log_format": _parse_log_format,
+    "shutdown_timeout": _parse_seconds,
     "gpu_sample_interval": _parse_seconds,
     "gpu_bucket": _parse_seconds,
     "gpu_retention": _parse_seconds,

@@ -4,7 +4,7 @@
 # present, so a second run costs nothing.
 set -euo pipefail
 
-packages=(docker.io docker-registry apache2-utils debootstrap busybox-static iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium)
+packages=(docker.io docker-registry apache2-utils debootstrap busybox-static iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium systemd)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "make test needs root: the test rig starts a private dockerd, a bridge and a registry." >&2

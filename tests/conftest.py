@@ -49,6 +49,7 @@ def rig() -> Iterator[Rig]:
         yield the_rig
     finally:
         the_rig.stop()
+        the_rig.release()
 
 
 @pytest.fixture

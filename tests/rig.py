@@ -15,6 +15,7 @@ session fixture that stops it when the run ends, pass or fail.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -29,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEFAULT_ROOT = Path("/var/tmp/deepdockd-rig")
 
@@ -148,6 +149,7 @@ class Rig:
     root: Path = DEFAULT_ROOT
     # The processes this rig started, kept so that they are reaped when stopped.
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _lock_file: IO[str] | None = None
 
     @classmethod
     def from_env(cls) -> Rig:
@@ -179,6 +181,7 @@ class Rig:
             raise RigError("the test rig must run as root: it starts a private dockerd")
         for sub in ("data", "exec", "bin", "cache", "client", *REGISTRIES):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock()
         self.stop()  # whatever a killed run left behind
         self._write_files()
         self._setup_bridge()
@@ -192,6 +195,24 @@ class Rig:
         self.stop_registries()
         self.stop_docker()
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+
+    def _lock(self) -> None:
+        """One test run at a time: the bridge and the registries' ports are the machine's.
+        A second run waits for the first (the lock goes with the process that holds it)."""
+        if self._lock_file is not None:
+            return
+        self._lock_file = (self.root / "rig.lock").open("w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another test run holds the rig at {self.root}; waiting for it", file=sys.stderr)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Let the next test run have the rig."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     # --- the private dockerd ---
 

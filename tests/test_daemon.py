@@ -35,7 +35,7 @@ def test_daemon_serves_healthz_and_logs_each_request(
     assert status == 200
     assert json.loads(body)["docker"]["ok"] is True
     assert re.search(
-        r'deepdockd\.access: 127\.0\.0\.1 "GET /healthz HTTP/1\.1" 200 \d+ [\d.]+s', log
+        r"deepdockd\.access: GET /healthz 200 [\d.]+ms user=- client=127\.0\.0\.1", log
     ), log
     assert exit_status == 0
     assert "Traceback" not in log

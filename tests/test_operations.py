@@ -1,0 +1,261 @@
+"""Operations: the systemd unit and default config, sd_notify and the watchdog, riding out a
+Docker restart, a clean stop on SIGTERM, and JSON logs."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from deepdockd.config import PARSERS, Config, load_config
+
+from daemon import Daemon, http_get
+from rig import DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
+
+ROOT = Path(__file__).parents[1]
+UNIT = ROOT / "systemd" / "deepdockd.service"
+SAMPLE_CONFIG = ROOT / "systemd" / "deepdockd.toml"
+
+
+def post(url: str, fields: dict[str, Any] | None = None, timeout_s: float = 120) -> tuple[int, Any]:
+    data = json.dumps(fields).encode() if fields is not None else b""
+    request = urllib.request.Request(url, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get(url: str) -> tuple[int, Any]:
+    status, body = http_get(url)
+    return status, json.loads(body)
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
+        time.sleep(0.2)
+
+
+# --- the unit and the default config ---
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    # A root with the system's units and an executable where `make install` puts deepdockd.
+    shutil.copytree("/lib/systemd/system", tmp_path / "lib/systemd/system", symlinks=True)
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(UNIT, tmp_path / "etc/systemd/system/deepdockd.service")
+    (tmp_path / "usr/local/bin").mkdir(parents=True)
+    shutil.copy(ROOT / ".venv/bin/deepdockd", tmp_path / "usr/local/bin/deepdockd")
+
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={tmp_path}", "deepdockd.service"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr == ""
+
+
+def test_the_unit_is_a_notify_service_that_survives_docker_restarts() -> None:
+    unit = configparser.ConfigParser(strict=False)
+    unit.read(UNIT)
+
+    assert unit["Service"]["Type"] == "notify"
+    assert unit["Service"]["Restart"] == "on-failure"
+    assert int(unit["Service"]["WatchdogSec"]) > 0
+    assert unit["Service"]["StateDirectory"] == "deepdockd"
+    assert "docker.service" in unit["Unit"]["Wants"]
+    assert "docker.service" in unit["Unit"]["After"]
+    assert "Requires" not in unit["Unit"]
+    for option in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges"):
+        assert option in unit["Service"]
+    assert "PrivateDevices" not in unit["Service"]  # it would hide /dev/nvidia*
+
+
+def test_the_default_config_shows_every_key_with_its_default(tmp_path: Path) -> None:
+    lines = SAMPLE_CONFIG.read_text().splitlines()
+    settings = [line.removeprefix("# ") for line in lines if re.match(r"# [a-z_]+ = ", line)]
+    uncommented = tmp_path / "all.toml"
+    uncommented.write_text("\n".join(settings) + "\n")
+
+    assert tomllib.loads(SAMPLE_CONFIG.read_text()) == {}  # everything commented
+    assert {s.split(" = ")[0] for s in settings} == set(PARSERS)
+    assert load_config({"config": str(uncommented)}, {}) == Config()
+
+
+# --- systemd's notifications ---
+
+
+def test_ready_once_listening_then_watchdog_pings_then_stopping(
+    rig: Rig, tmp_path: Path, free_port: int
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(20)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}  # a ping every 0.1 s
+    daemon = Daemon(
+        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
+        env=env, log=tmp_path / "daemon.log",
+    )  # fmt: skip
+    try:
+        ready = listener.recv(4096).decode()
+        assert ready.startswith("READY=1")
+        with socket.create_connection(("127.0.0.1", free_port), timeout=2):
+            pass  # listening when READY=1 came
+        pings = [listener.recv(4096).decode() for _ in range(5)]
+        assert pings == ["WATCHDOG=1"] * 5
+    finally:
+        status, log = daemon.stop()
+    messages = []
+    listener.settimeout(2)
+    while not messages or messages[-1] == "WATCHDOG=1":
+        messages.append(listener.recv(4096).decode())
+    listener.close()
+
+    assert messages[-1] == "STOPPING=1"
+    assert status == 0
+    assert "Traceback" not in log
+
+
+# --- Docker going away and coming back ---
+
+
+def test_a_docker_restart_is_ridden_out_without_restarting_deepdockd(
+    rig: Rig, tmp_path: Path, free_port: int, namespace: str
+) -> None:
+    base = f"http://127.0.0.1:{free_port}"
+    env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999"}
+    daemon = Daemon(
+        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
+        env=env, log=tmp_path / "daemon.log",
+    )  # fmt: skip
+    try:
+        daemon.wait_until_serving(f"{base}/healthz")
+        fields = {
+            "name": f"{namespace}-kept",
+            "image": DEBIAN_SSH_IMAGE,
+            "user_name": "ops",
+            "password": "pw",
+        }
+        assert post(f"{base}/containers/create", fields)[0] == 201
+
+        with rig.docker_stopped():
+            containers = get(f"{base}/containers")
+            images = get(f"{base}/images")
+            metrics = get(f"{base}/metrics")
+            health = get(f"{base}/healthz")
+
+        assert containers[0] == images[0] == 503
+        assert containers[1]["error"]["code"] == "docker_unavailable"
+        assert "Docker is not reachable" in containers[1]["error"]["message"]
+        assert metrics[0] == 200
+        assert health[0] == 503
+        assert health[1]["docker"]["ok"] is False
+
+        def listed_running() -> bool:
+            status, body = get(f"{base}/containers")
+            return status == 200 and [c["status"] for c in body["containers"]] == ["running"]
+
+        wait_until(listed_running, "the container listed as running again")
+        name = fields["name"]
+        assert post(f"{base}/containers/{name}/stop")[0] == 200
+        assert post(f"{base}/containers/{name}/start")[0] == 200
+        assert get(f"{base}/healthz")[0] == 200
+        assert daemon.process.poll() is None  # the same process all along
+    finally:
+        status, log = daemon.stop()
+        ids = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}").split()
+        if ids:
+            rig.docker("rm", "--force", *ids)
+    assert status == 0
+    assert "Traceback" not in log
+
+
+# --- stopping ---
+
+
+def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
+    rig: Rig, tmp_path: Path, free_port: int, namespace: str
+) -> None:
+    base = f"http://127.0.0.1:{free_port}"
+    env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999"}
+    daemon = Daemon(
+        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
+        env=env, log=tmp_path / "daemon.log",
+    )  # fmt: skip
+    name = f"{namespace}-slow"
+    answer: list[tuple[int, Any]] = []
+    try:
+        daemon.wait_until_serving(f"{base}/healthz")
+        # Installing openssh-server in an image without it takes seconds: a slow request.
+        fields = {"name": name, "image": DEBIAN_NOSSH_IMAGE, "user_name": "ops", "password": "pw"}
+        request = threading.Thread(
+            target=lambda: answer.append(post(f"{base}/containers/create", fields))
+        )
+        request.start()
+        wait_until(
+            lambda: rig.docker("ps", "-q", "--filter", f"name=^{name}$").strip(),
+            "the create in flight",
+        )
+
+        daemon.process.send_signal(signal.SIGTERM)
+        request.join(timeout=120)
+        exit_status, log = daemon.wait_for_exit(timeout_s=60)
+    finally:
+        if daemon.process.poll() is None:
+            daemon.stop()
+        ids = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}").split()
+        if ids:
+            rig.docker("rm", "--force", *ids)
+
+    assert answer, "the create got no answer"
+    assert answer[0][0] == 201, answer
+    assert exit_status == 0
+    assert "Traceback" not in log
+    assert log.index("stopping: finishing the requests in flight") < log.index(
+        "POST /containers/create 201"
+    )
+    assert log.rstrip().endswith("deepdockd: stopped")
+
+
+# --- logs ---
+
+
+def test_json_logs_are_one_object_a_line(rig: Rig, tmp_path: Path, free_port: int) -> None:
+    daemon = Daemon(
+        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
+        "--log-format", "json", log=tmp_path / "daemon.log",
+    )  # fmt: skip
+    try:
+        daemon.wait_until_serving(f"http://127.0.0.1:{free_port}/healthz")
+        http_get(f"http://127.0.0.1:{free_port}/no/such/route")
+    finally:
+        status, log = daemon.stop()
+
+    entries = [json.loads(line) for line in log.splitlines()]
+    assert status == 0
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    [access] = [
+        e for e in entries if e["logger"] == "deepdockd.access" and e["path"] == "/no/such/route"
+    ]
+    assert {k: access[k] for k in ("method", "status", "user", "client")} == {
+        "method": "GET", "status": 404, "user": "-", "client": "127.0.0.1",
+    }  # fmt: skip
+    assert access["duration_ms"] >= 0
