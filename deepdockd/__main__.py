@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from deepdockd import __version__
+from deepdockd import __version__, token_cli
 from deepdockd.config import (
     DEFAULT_CONFIG_FILE,
     LOG_FORMATS,
@@ -24,6 +24,7 @@ from deepdockd.config import (
 )
 from deepdockd.logs import setup_logging
 from deepdockd.server import serve
+from deepdockd.tokens import TokenError, TokenStore
 
 # Exit status for a configuration that cannot be used (as for a bad command line).
 EXIT_BAD_CONFIG = 2
@@ -53,6 +54,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
     for key, help_text in _FLAG_HELP.items():
         parser.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=help_text)
     parser.add_argument("--version", action="version", version=f"deepdockd {__version__}")
+    parser.epilog = (parser.epilog or "") + " Tokens: deepdockd token add|list|revoke (see --help)."
     return vars(parser.parse_args(argv))
 
 
@@ -66,14 +68,26 @@ def prepare_state_dir(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    flags = parse_args(sys.argv[1:] if argv is None else argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["token"]:
+        return token_cli.main(arguments[1:])
+    flags = parse_args(arguments)
     try:
         config = load_config(flags, os.environ)
         prepare_state_dir(config)
-    except ConfigError as exc:
+        admin_token = TokenStore(config.state_dir).ensure_admin() if config.auth else None
+    except (ConfigError, TokenError) as exc:
         print(f"deepdockd: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.log_level, config.log_format)
+    if admin_token is not None:
+        log.warning(
+            "first start: made an admin token and wrote it to %s (mode 0600); use it as "
+            "Authorization: Bearer TOKEN, and `deepdockd token add USER` for the others",
+            admin_token,
+        )
+    if not config.auth:
+        log.warning("auth is off: every caller on %s is an admin", config.host)
     try:
         asyncio.run(serve(config))
     except OSError as exc:

@@ -74,9 +74,14 @@ def choose_ssh_port(
 
 
 def check_gpus_free(
-    wanted: Sequence[Gpu], containers: Iterable[ContainerSummary], *, exclude_id: str | None = None
+    wanted: Sequence[Gpu],
+    containers: Iterable[ContainerSummary],
+    *,
+    exclude_id: str | None = None,
+    viewer: str | None = None,
 ) -> None:
-    """409 naming the GPU and its holder when a running container holds one of ``wanted``."""
+    """409 naming the GPU and its holder when a running container holds one of ``wanted``.
+    For a ``viewer`` (a user who is not an admin) another user's container stays unnamed."""
     for container in containers:
         if container.id == exclude_id or container.state not in _HOLDING_STATES:
             continue
@@ -85,6 +90,11 @@ def check_gpus_free(
         for gpu in wanted:
             # By UUID where both sides know it (indices can change across reboots).
             clash = gpu.uuid in held_uuids if gpu.uuid and held_uuids else gpu.index in held_indices
+            if clash and viewer is not None and container.labels.get(labels.OWNER) != viewer:
+                raise GpuBusy(
+                    f"GPU {gpu.index} is held by another user's running container",
+                    details={"gpu": gpu.index},
+                )
             if clash:
                 raise GpuBusy(
                     f"GPU {gpu.index} is held by running container {container.name!r}",

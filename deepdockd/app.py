@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from deepdockd.auth import audit_middleware, auth_middleware
 from deepdockd.config import Config
 from deepdockd.containers import ContainerService
 from deepdockd.docker import Docker
@@ -14,10 +15,8 @@ from deepdockd.images import ImageService
 from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
 from deepdockd.routes import setup_routes
+from deepdockd.tokens import TokenStore
 from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS
-
-# Request bodies here are small JSON documents.
-CLIENT_MAX_SIZE = 1024 * 1024
 
 
 def create_app(
@@ -25,7 +24,11 @@ def create_app(
 ) -> web.Application:
     """``docker`` and ``gpus`` are seams for tests; None means the real thing, made from
     ``config``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    tokens = TokenStore(config.state_dir) if config.auth else None
+    app = web.Application(
+        middlewares=[audit_middleware, error_middleware, auth_middleware(tokens)],
+        client_max_size=config.max_body_size,
+    )
     app[CONFIG] = config
     app[DOCKER] = docker if docker is not None else Docker(config.docker_host)
     app[GPUS] = gpus if gpus is not None else _sampler(config)

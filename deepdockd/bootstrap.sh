@@ -56,7 +56,12 @@ login_shell() {
 }
 
 add_user() {
-    id "$user_name" >/dev/null 2>&1 && return 0
+    if id "$user_name" >/dev/null 2>&1; then
+        uid=$(id -u "$user_name")
+        # An account of the image's own (a service's) must not become a login.
+        [ "$uid" -ge 1000 ] || fail "user $user_name is a system account of the image (uid $uid); choose another user_name"
+        return 0
+    fi
     shell=$(login_shell)
     if command -v useradd >/dev/null 2>&1; then
         useradd --create-home --shell "$shell" "$user_name" || fail "useradd $user_name failed"

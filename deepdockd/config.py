@@ -45,6 +45,10 @@ class Config:
     log_format: str = "text"
     # On SIGTERM, how long requests in flight may take to finish.
     shutdown_timeout: float = 30.0
+    # Bearer tokens on every route but health and documentation. Off only on loopback.
+    auth: bool = True
+    # The largest request body accepted, in bytes.
+    max_body_size: int = 1024 * 1024
     # GPU metrics: sample every interval, average each bucket into one point, keep retention.
     gpu_sample_interval: float = 1.0
     gpu_bucket: float = 10.0
@@ -136,6 +140,14 @@ def _parse_bool(raw: object) -> bool:
     raise ValueError("must be true or false")
 
 
+def _parse_body_size(raw: object) -> int:
+    if isinstance(raw, str) and raw.isdigit():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1024 <= raw <= 64 * 1024 * 1024:
+        raise ValueError("must be a number of bytes from 1024 to 67108864 (64 MiB)")
+    return raw
+
+
 def _parse_ip_address(raw: object) -> str:
     try:
         return str(ipaddress.ip_address(raw if isinstance(raw, str) else ""))
@@ -160,6 +172,8 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "ssh_bind_address": _parse_ip_address,
     "ssh_ready_timeout": _parse_seconds,
     "gpu_sharing": _parse_bool,
+    "auth": _parse_bool,
+    "max_body_size": _parse_body_size,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 
@@ -198,6 +212,12 @@ def load_config(
 
 def _check_together(config: Config) -> None:
     """Settings that are each fine alone but not together."""
+    if not config.auth and not is_loopback(config.host):
+        raise ConfigError(
+            f"auth: false is allowed only when the daemon listens on a loopback address "
+            f"(127.0.0.1, ::1, localhost); host is {config.host}, so anyone who reaches it "
+            "could run containers on this machine"
+        )
     if config.gpu_bucket < config.gpu_sample_interval:
         raise ConfigError(
             f"gpu_bucket: {config.gpu_bucket:g} s is shorter than gpu_sample_interval "
@@ -249,3 +269,13 @@ def _read_toml(path: Path) -> list[tuple[str, object]]:
             f"config: unknown key {unknown[0]!r} in {path} (known keys: {', '.join(PARSERS)})"
         )
     return list(document.items())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -29,6 +29,7 @@ from deepdockd.docker import ContainerSummary, Docker, DockerFailed
 from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images import ImageService, parse_image_reference
+from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,16 @@ class ContainerService:
 
     # --- reading ---
 
-    async def list_all(self) -> list[ManagedContainer]:
-        """All of this namespace's containers: one Docker call, whatever their number."""
-        summaries = await self._docker.list_containers(filters=self._ours())
+    async def list_all(self, caller: Caller) -> list[ManagedContainer]:
+        """The caller's containers (an admin's: all of this namespace's), from one Docker
+        call, whatever their number."""
+        summaries = await self._docker.list_containers(filters=self._visible_to(caller))
         return [ManagedContainer.from_summary(s) for s in summaries]
 
-    async def get(self, name: str) -> ManagedContainer:
-        filters = self._ours() | {"name": [f"^/{re.escape(name)}$"]}
+    async def get(self, name: str, caller: Caller) -> ManagedContainer:
+        """The container, if the caller may see it: another user's is as absent as one that
+        does not exist, so that names do not leak."""
+        filters = self._visible_to(caller) | {"name": [f"^/{re.escape(name)}$"]}
         found = await self._docker.list_containers(filters=filters)
         if not found:
             raise NotFound(f"no container {name!r}", details={"name": name})
@@ -127,7 +131,7 @@ class ContainerService:
 
     # --- create ---
 
-    async def create(self, request: CreateRequest) -> ManagedContainer:
+    async def create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
         """Create and start the container, and wait until its sshd answers. Anything that
         fails after Docker made it removes it, which gives back its port and GPUs."""
         await self._ensure_image(request.image)
@@ -135,7 +139,7 @@ class ContainerService:
         async with self._allocation:
             everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
             if not self._config.gpu_sharing:
-                check_gpus_free(gpus, everyone)
+                check_gpus_free(gpus, everyone, viewer=_viewer(caller))
             port = choose_ssh_port(
                 everyone, self._config.ssh_port_range, address=self._config.ssh_bind_address
             )
@@ -159,7 +163,7 @@ class ContainerService:
             "created container %s for %s: ssh port %d, GPUs %s",
             request.name, request.owner, port, [g.index for g in gpus] or "none",
         )  # fmt: skip
-        return await self.get(request.name)
+        return await self.get(request.name, caller)
 
     async def _ensure_image(self, image: str) -> None:
         reference = parse_image_reference(image, field="image")
@@ -302,26 +306,26 @@ class ContainerService:
 
     # --- life cycle ---
 
-    async def start(self, name: str) -> None:
+    async def start(self, name: str, caller: Caller) -> None:
         """Start it and wait until its sshd answers (a login works when this returns)."""
         async with self._allocation:
-            container = await self.get(name)
+            container = await self.get(name, caller)
             if container.state == "running":
                 return
-            await self._check_own_gpus_free(container)
+            await self._check_own_gpus_free(container, caller)
             restarts = await self._restart_count(container.id)
             await self._start(container.id, container.ssh_port)
         await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
 
-    async def stop(self, name: str) -> None:
-        container = await self.get(name)
+    async def stop(self, name: str, caller: Caller) -> None:
+        container = await self.get(name, caller)
         await self._docker.stop_container(container.id)
 
-    async def restart(self, name: str) -> None:
+    async def restart(self, name: str, caller: Caller) -> None:
         async with self._allocation:
-            container = await self.get(name)
+            container = await self.get(name, caller)
             if container.state != "running":
-                await self._check_own_gpus_free(container)
+                await self._check_own_gpus_free(container, caller)
             restarts = await self._restart_count(container.id)
             await self._docker.restart_container(container.id)
         await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
@@ -330,8 +334,8 @@ class ContainerService:
         state = await self._docker.container_state(container_id)
         return state.restart_count if state else 0
 
-    async def remove(self, name: str, *, force: bool) -> None:
-        container = await self.get(name)
+    async def remove(self, name: str, caller: Caller, *, force: bool) -> None:
+        container = await self.get(name, caller)
         if container.state in ("running", "restarting", "paused") and not force:
             raise Conflict(
                 f"container {name!r} is {container.state}; stop it first, or ask again with "
@@ -340,16 +344,24 @@ class ContainerService:
             )
         await self._docker.remove_container(container.id, force=force)
 
-    async def _check_own_gpus_free(self, container: ManagedContainer) -> None:
+    async def _check_own_gpus_free(self, container: ManagedContainer, caller: Caller) -> None:
         if self._config.gpu_sharing or not container.gpu_indices:
             return
         uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
         gpus = [Gpu(index=i, uuid=u) for i, u in zip(container.gpu_indices, uuids, strict=False)]
         everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
-        check_gpus_free(gpus, everyone, exclude_id=container.id)
+        check_gpus_free(gpus, everyone, exclude_id=container.id, viewer=_viewer(caller))
 
-    def _ours(self) -> dict[str, list[str]]:
-        return labels.namespace_filter(self._config.namespace)
+    def _visible_to(self, caller: Caller) -> dict[str, list[str]]:
+        filters = labels.namespace_filter(self._config.namespace)
+        if not caller.is_admin:
+            filters["label"].append(f"{labels.OWNER}={caller.user}")
+        return filters
+
+
+def _viewer(caller: Caller) -> str | None:
+    """Whose containers a caller may see named: None for an admin (everyone's)."""
+    return None if caller.is_admin else caller.user
 
 
 def _bootstrap_tar(request: CreateRequest) -> bytes:

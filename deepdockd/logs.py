@@ -14,8 +14,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 ACCESS_LOGGER = "deepdockd.access"
-# Key of the request under which authentication puts the user's name.
-REQUEST_USER = "deepdockd.user"
+# Where authentication puts the user's name, for the access log.
+REQUEST_USER = web.RequestKey("user", str)
 
 # The attributes every LogRecord has; anything else was passed in `extra`.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}

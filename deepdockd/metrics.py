@@ -11,6 +11,7 @@ from deepdockd.docker import Docker, DockerUnavailable
 from deepdockd.gpu.nvml import GpuInfo
 from deepdockd.gpu.sampler import GpuPoint, GpuSampler, points_since
 from deepdockd.host import HostMetrics, read_host_metrics
+from deepdockd.tokens import Caller
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class MetricsService:
             for info in self._sampler.gpus
         }
 
-    async def gpus(self) -> list[GpuEntry]:
+    async def gpus(self, caller: Caller) -> list[GpuEntry]:
+        """Each GPU with the running containers that hold it: all of them for an admin, the
+        caller's own for a user (another user's container names do not leak)."""
         statuses = self._sampler.statuses()
         holders: dict[int, list[str]] | None = {s.info.index: [] for s in statuses}
         if statuses:
@@ -52,6 +55,8 @@ class MetricsService:
             else:
                 assert holders is not None
                 for container in containers:
+                    if not caller.is_admin and container.labels.get(labels.OWNER) != caller.user:
+                        continue
                     for index in labels.gpu_indices(container.labels):
                         holders.setdefault(index, []).append(container.name)
         return [

@@ -29,7 +29,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers=exc.headers)
     except web.HTTPException as exc:
         # aiohttp's own answers: no route, wrong method, body too large.
         if exc.status < 400:

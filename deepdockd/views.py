@@ -13,9 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from deepdockd import __version__, docs
+from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers import CreateRequest, ManagedContainer
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
-from deepdockd.errors import ApiError, InvalidInput, NotFound
+from deepdockd.errors import ApiError, Forbidden, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuPoint
 from deepdockd.images import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
@@ -75,23 +76,23 @@ async def docs_file(request: web.Request) -> web.FileResponse:
 
 # --- containers ---
 
-# The owner of containers made without a token (before tokens, or with auth off).
-ANONYMOUS_OWNER = "anonymous"
-
 
 async def list_containers(request: web.Request) -> web.Response:
-    containers = await request.app[CONTAINERS].list_all()
+    containers = await request.app[CONTAINERS].list_all(caller_of(request))
     return web.json_response({"containers": [_container(c) for c in containers]})
 
 
 async def get_container(request: web.Request) -> web.Response:
-    container = await request.app[CONTAINERS].get(request.match_info["name"])
+    container = await request.app[CONTAINERS].get(request.match_info["name"], caller_of(request))
     return web.json_response(_container(container))
 
 
 async def create_container(request: web.Request) -> web.Response:
     body = await load_body(request, CreateContainerSchema())
-    container = await request.app[CONTAINERS].create(CreateRequest(**body, owner=ANONYMOUS_OWNER))
+    request[AUDIT_TARGET] = body["name"]
+    caller = caller_of(request)
+    create = CreateRequest(**body, owner=caller.user)
+    container = await request.app[CONTAINERS].create(create, caller)
     return web.json_response(
         {
             "message": "container created",
@@ -105,25 +106,26 @@ async def create_container(request: web.Request) -> web.Response:
 
 async def start_container(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    await request.app[CONTAINERS].start(name)
+    await request.app[CONTAINERS].start(name, caller_of(request))
     return web.json_response({"message": f"container '{name}' started"})
 
 
 async def stop_container(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    await request.app[CONTAINERS].stop(name)
+    await request.app[CONTAINERS].stop(name, caller_of(request))
     return web.json_response({"message": f"container '{name}' stopped"})
 
 
 async def restart_container(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    await request.app[CONTAINERS].restart(name)
+    await request.app[CONTAINERS].restart(name, caller_of(request))
     return web.json_response({"message": f"container '{name}' restarted"})
 
 
 async def delete_container(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    await request.app[CONTAINERS].remove(name, force=_bool_query(request, "force"))
+    force = _bool_query(request, "force")
+    await request.app[CONTAINERS].remove(name, caller_of(request), force=force)
     return web.json_response({"message": f"container '{name}' removed"})
 
 
@@ -172,7 +174,7 @@ async def gpu_metrics(request: web.Request) -> web.Response:
 
 
 async def list_gpus(request: web.Request) -> web.Response:
-    entries = await request.app[METRICS].gpus()
+    entries = await request.app[METRICS].gpus(caller_of(request))
     return web.json_response({"count": len(entries), "gpus": [_gpu(e) for e in entries]})
 
 
@@ -212,6 +214,7 @@ async def pull_image(request: web.Request) -> web.StreamResponse:
     """The seed's answer at the end; or, for ``Accept: application/x-ndjson``, one line per
     progress event and then that answer (or an error object) as the last line."""
     body = await load_body(request, PullImageSchema())
+    request[AUDIT_TARGET] = body["repo_tag"]
     credentials = Credentials(**body["auth"]) if "auth" in body else None
     events = request.app[IMAGES].pull(body["repo_tag"], credentials)
     async with contextlib.aclosing(events):
@@ -224,6 +227,8 @@ async def pull_image(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_image(request: web.Request) -> web.Response:
+    if not caller_of(request).is_admin:
+        raise Forbidden("only admins may remove images: other users' containers may need them")
     image_ref = request.match_info["image_ref"]
     force = _bool_query(request, "force")
     answer = await request.app[IMAGES].remove(image_ref, force=force)

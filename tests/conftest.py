@@ -60,7 +60,11 @@ def namespace() -> str:
 
 @pytest.fixture
 def config(rig: Rig, tmp_path: Path, namespace: str) -> Config:
-    return Config(docker_host=rig.docker_host, state_dir=tmp_path / "state", namespace=namespace)
+    """The daemon's config for a test: the rig's Docker, a namespace of its own, and auth off
+    (tests of auth turn it on)."""
+    return Config(
+        docker_host=rig.docker_host, state_dir=tmp_path / "state", namespace=namespace, auth=False
+    )
 
 
 @pytest.fixture

@@ -44,14 +44,17 @@ def http_get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
 
 class Daemon:
     """A deepdockd process started in the background; ``stop()`` sends SIGTERM and returns
-    its exit status and everything it logged."""
+    its exit status and everything it logged. Auth is off unless ``auth`` (tests of other
+    things than auth need no token)."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None, log: Path) -> None:
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, log: Path, auth: bool = False
+    ) -> None:
         self.log = log
         self._log_file = log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "deepdockd", *args],
-            env=clean_env(env),
+            env=clean_env({"DEEPDOCKD_AUTH": str(auth).lower(), **(env or {})}),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             text=True,

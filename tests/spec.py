@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from openapi_core import OpenAPI
 from openapi_core.contrib.aiohttp import AIOHTTPOpenAPIWebRequest, AIOHTTPOpenAPIWebResponse
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
@@ -16,7 +16,7 @@ SPEC_PATH = Path(__file__).parents[1] / "openapi.yaml"
 SPEC = OpenAPI.from_file_path(str(SPEC_PATH))
 
 
-def response_checker(failures: list[str]) -> web._Middleware:
+def response_checker(failures: list[str]) -> Middleware:
     """A middleware, outermost, that records each answer that breaks the spec."""
 
     @web.middleware

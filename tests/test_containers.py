@@ -510,7 +510,9 @@ def test_a_killed_daemon_comes_back_without_double_booking(
 async def test_container_routes_answer_503_when_docker_is_down(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    client = await aiohttp_client(create_app(Config(docker_host=f"unix://{tmp_path}/none.sock")))
+    client = await aiohttp_client(
+        create_app(Config(docker_host=f"unix://{tmp_path}/none.sock", auth=False))
+    )
 
     answers = [
         await client.get("/containers"),

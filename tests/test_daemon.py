@@ -25,6 +25,7 @@ def test_daemon_serves_healthz_and_logs_each_request(
         "--state-dir",
         str(tmp_path / "state"),
         log=tmp_path / "daemon.log",
+        auth=True,  # the default; /healthz needs no token
     )
     try:
         daemon.wait_until_serving(url)

@@ -15,7 +15,7 @@ from conftest import ClientFactory
 
 
 async def test_unknown_route_is_a_json_404(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(create_app(Config()))
+    client = await aiohttp_client(create_app(Config(auth=False)))
 
     response = await client.get("/no/such/route")
 
@@ -26,7 +26,7 @@ async def test_unknown_route_is_a_json_404(aiohttp_client: ClientFactory) -> Non
 
 
 async def test_wrong_method_is_a_json_405_with_allow(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(create_app(Config()))
+    client = await aiohttp_client(create_app(Config(auth=False)))
 
     response = await client.post("/healthz")
 
@@ -45,7 +45,7 @@ async def test_project_error_keeps_its_status_and_details(aiohttp_client: Client
     async def taken(request: web.Request) -> web.Response:
         raise Conflict("name 'x' is taken", details={"name": "x"})
 
-    app = create_app(Config())
+    app = create_app(Config(auth=False))
     app.router.add_get("/test-conflict", taken)
     client = await aiohttp_client(app)
 
@@ -63,7 +63,7 @@ async def test_unexpected_error_is_logged_and_answered_without_internals(
     async def broken(request: web.Request) -> web.Response:
         raise KeyError("secret-internal-detail")
 
-    app = create_app(Config())
+    app = create_app(Config(auth=False))
     app.router.add_get("/test-broken", broken)
     client = await aiohttp_client(app)
 

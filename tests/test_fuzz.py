@@ -1,6 +1,6 @@
-"""A property-based run of schemathesis against a live daemon on the real rig: generated
-requests for every operation of openapi.yaml, bounded in time. No answer may be an
-unexpected server error or break the spec."""
+"""A property-based run of schemathesis against a live daemon on the real rig, with auth on
+(as an admin): generated requests for every operation of openapi.yaml, bounded in time. No
+answer may be an unexpected server error or break the spec."""
 
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ def test_generated_requests_get_answers_within_the_spec(
     base = f"http://127.0.0.1:{free_port}"
     daemon = Daemon(
         "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
-        env=env, log=tmp_path / "daemon.log",
+        env=env, log=tmp_path / "daemon.log", auth=True,
     )  # fmt: skip
     try:
         daemon.wait_until_serving(f"{base}/healthz")
+        admin_token = (tmp_path / "s" / "admin.token").read_text().strip()
         run = subprocess.run(
             [
                 sys.executable, "-m", "schemathesis.cli", "run", str(ROOT / "openapi.yaml"),
-                "--url", base, "--workers", "1", "--seed", "20261127", "--max-examples", "25",
+                "--url", base, "--header", f"Authorization: Bearer {admin_token}", "--workers", "1", "--seed", "20261127", "--max-examples", "25",
                 "--max-time", str(FUZZ_SECONDS), "--request-timeout", "60",
                 "--phases", "examples,coverage,fuzzing",
                 "--checks", "response_schema_conformance,status_code_conformance,content_type_conformance",

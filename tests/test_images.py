@@ -336,7 +336,9 @@ async def test_pull_errors_say_what_went_wrong(
 async def test_image_routes_answer_503_when_docker_is_down(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    client = await aiohttp_client(create_app(Config(docker_host=f"unix://{tmp_path}/none.sock")))
+    client = await aiohttp_client(
+        create_app(Config(docker_host=f"unix://{tmp_path}/none.sock", auth=False))
+    )
 
     answers = [
         await client.get("/images"),

@@ -245,7 +245,7 @@ def test_json_logs_are_one_object_a_line(rig: Rig, tmp_path: Path, free_port: in
     )  # fmt: skip
     try:
         daemon.wait_until_serving(f"http://127.0.0.1:{free_port}/healthz")
-        http_get(f"http://127.0.0.1:{free_port}/no/such/route")
+        http_get(f"http://127.0.0.1:{free_port}/no/such/route")  # auth off: a 404
     finally:
         status, log = daemon.stop()
 
@@ -256,6 +256,6 @@ def test_json_logs_are_one_object_a_line(rig: Rig, tmp_path: Path, free_port: in
         e for e in entries if e["logger"] == "deepdockd.access" and e["path"] == "/no/such/route"
     ]
     assert {k: access[k] for k in ("method", "status", "user", "client")} == {
-        "method": "GET", "status": 404, "user": "-", "client": "127.0.0.1",
+        "method": "GET", "status": 404, "user": "anonymous", "client": "127.0.0.1",
     }  # fmt: skip
     assert access["duration_ms"] >= 0

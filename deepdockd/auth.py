@@ -1,0 +1,85 @@
+"""Who is calling: bearer tokens checked on every route but the public ones, and an audit
+line for every request that changes something."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from deepdockd.errors import Unauthorized
+from deepdockd.logs import REQUEST_USER
+from deepdockd.tokens import Caller, TokenStore
+
+audit_log = logging.getLogger("deepdockd.audit")
+
+# Where authentication puts the Caller.
+REQUEST_CALLER = web.RequestKey("caller", Caller)
+# Where a handler names what a request acted on, where the path does not say it.
+AUDIT_TARGET = web.RequestKey("audit_target", str)
+
+# Health and documentation need no token.
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.yaml", "/openapi.json", "/docs"})
+PUBLIC_PREFIXES = ("/docs/",)
+# With auth off (allowed on loopback only), every caller is this admin.
+ANONYMOUS = Caller(user="anonymous", role="admin")
+
+_CHALLENGE = 'Bearer realm="deepdockd"'
+
+
+def caller_of(request: web.Request) -> Caller:
+    return request[REQUEST_CALLER]
+
+
+def auth_middleware(tokens: TokenStore | None) -> Middleware:
+    """``tokens`` None: auth is off."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if tokens is None:
+            request[REQUEST_CALLER] = ANONYMOUS
+        elif not _public(request.path):
+            request[REQUEST_CALLER] = _check(request, tokens)
+        if REQUEST_CALLER in request:
+            request[REQUEST_USER] = request[REQUEST_CALLER].user
+        return await handler(request)
+
+    return authenticate
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _check(request: web.Request, tokens: TokenStore) -> Caller:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "this route needs a token: send the header Authorization: Bearer TOKEN",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    caller = tokens.authenticate(token.strip())
+    if caller is None:
+        raise Unauthorized(
+            "the token is not valid: it was mistyped or revoked",
+            headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+        )
+    return caller
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line for each request that changes something: who, what, on what, and how it
+    ended. Outermost, so that it sees the answer to every request, errors included."""
+    response = await handler(request)
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        target = request.get(AUDIT_TARGET) or "/".join(request.match_info.values()) or "-"
+        user = request.get(REQUEST_USER, "-")
+        audit_log.info(
+            "user=%s action=%s target=%s outcome=%d",
+            user, f"{request.method} {request.path}", target, response.status,
+            extra={"user": user, "action": f"{request.method} {request.path}", "target": target,
+                   "outcome": response.status},
+        )  # fmt: skip
+    return response

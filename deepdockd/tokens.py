@@ -1,0 +1,178 @@
+"""Bearer tokens: who may call the API, as which user and role.
+
+Only SHA-256 hashes of the tokens are kept (``STATE_DIR/tokens.json``, mode 0600); a token is
+32 random bytes, so a fast hash is enough, and hashes are compared in constant time. The
+daemon re-reads the file when it changes, so ``deepdockd token revoke`` takes effect at once.
+At first start an admin token is made and written, once, to ``STATE_DIR/admin.token``
+(mode 0600) for the operator to pick up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROLES = ("admin", "user")
+ADMIN_USER = "admin"
+TOKEN_PREFIX = "ddk_"
+# The user names tokens may carry (they become container owner labels and log fields).
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+
+
+class TokenError(Exception):
+    """A token file that cannot be used, or a bad request to the token store."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    user: str
+    role: str
+    created: str
+    token_hash: str
+
+
+def hash_token(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "tokens.json"
+        self.admin_token_path = state_dir / "admin.token"
+        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
+        self._by_hash: dict[str, TokenEntry] = {}
+
+    # --- the daemon ---
+
+    def authenticate(self, token: str) -> Caller | None:
+        """The caller a token belongs to, or None. Re-reads the file if it changed."""
+        self._refresh()
+        presented = hash_token(token)
+        found = None
+        for token_hash, entry in self._by_hash.items():
+            # Compare with every entry, in constant time each: no early exit to time.
+            if hmac.compare_digest(token_hash, presented):
+                found = entry
+        return Caller(found.user, found.role) if found else None
+
+    def _refresh(self) -> None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._seen, self._by_hash = None, {}
+            return
+        seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if seen != self._seen:
+            self._by_hash = {e.token_hash: e for e in self.entries()}
+            self._seen = seen
+
+    def ensure_admin(self) -> Path | None:
+        """At first start: make the admin token and write it to admin.token. The path when
+        one was made, else None. Refuses token files others could read."""
+        self.check_modes()
+        if any(e.role == "admin" for e in self.entries()):
+            return None
+        token = self.add(ADMIN_USER, "admin")
+        _write_private(self.admin_token_path, token + "\n")
+        return self.admin_token_path
+
+    def check_modes(self) -> None:
+        for path in (self.path, self.admin_token_path):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077:
+                raise TokenError(
+                    f"{path} has mode {mode:04o}: others could read a token from it; "
+                    f"run chmod 600 {path}"
+                )
+            if info.st_uid != os.geteuid():
+                raise TokenError(
+                    f"{path} belongs to uid {info.st_uid}, not to the daemon's user "
+                    f"(uid {os.geteuid()}); run chown {os.geteuid()} {path}"
+                )
+
+    # --- the `deepdockd token` command ---
+
+    def entries(self) -> list[TokenEntry]:
+        try:
+            document = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise TokenError(f"cannot read {self.path}: {exc}") from None
+        return [
+            TokenEntry(user, e["role"], e["created"], e["hash"])
+            for user, e in document.get("users", {}).items()
+        ]
+
+    def add(self, user: str, role: str) -> str:
+        """Make a token for a new user; the token itself is returned, never stored."""
+        if not USER_NAME.match(user):
+            raise TokenError(
+                f"{user!r} is not a valid user name (lower-case letters, digits, '_', '.', '-')"
+            )
+        if role not in ROLES:
+            raise TokenError(f"role must be one of {', '.join(ROLES)}")
+        entries = {e.user: e for e in self.entries()}
+        if user in entries:
+            raise TokenError(f"{user!r} has a token already; revoke it first")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        entries[user] = TokenEntry(user, role, created, hash_token(token))
+        self._save(entries.values())
+        return token
+
+    def revoke(self, user: str) -> None:
+        entries = {e.user: e for e in self.entries()}
+        if user not in entries:
+            raise TokenError(f"{user!r} has no token")
+        del entries[user]
+        self._save(entries.values())
+        if user == ADMIN_USER:
+            with contextlib.suppress(FileNotFoundError):
+                self.admin_token_path.unlink()
+
+    def _save(self, entries: Iterable[TokenEntry]) -> None:
+        users = {
+            e.user: {"role": e.role, "created": e.created, "hash": e.token_hash} for e in entries
+        }
+        _write_private(self.path, json.dumps({"users": users}, indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically, mode 0600 from the first byte."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
