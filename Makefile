@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 
 NVML_SIM := build/nvml-sim/libnvidia-ml.so.1
 
-.PHONY: help venv install run run-sim nvml-sim test lint format clean rig-start rig-stop
+.PHONY: help venv install run run-sim nvml-sim test bench lint format clean rig-start rig-stop
 
 help:
 	@echo "make run      serve the API on 127.0.0.1:8000 against the host's Docker (ARGS=... for flags)"
 	@echo "make run-sim  the same with 4 simulated GPUs (a simulated NVML), for a host without GPUs"
 	@echo "make test     the whole test suite, on a private dockerd, registry and test images"
+	@echo "make bench    the benchmarks: ratios against baselines measured in the same run"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
 	@echo "make install  deepdockd into $(PREFIX), its systemd unit, /etc/deepdockd/deepdockd.toml"
 	@echo "make clean    remove the virtual environment and caches"
@@ -76,6 +77,12 @@ lint: venv
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Benchmarks on the test rig: one table, and bench/results.json.
+bench:
+	scripts/install-test-deps.sh
+	$(MAKE) venv nvml-sim
+	$(BIN)/python bench/run.py
 
 rig-start: venv
 	$(BIN)/python tests/rig.py start

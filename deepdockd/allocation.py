@@ -59,7 +59,7 @@ def choose_ssh_port(
     stopped one starts again on its port) and that nothing on the host binds."""
     held = set()
     for container in containers:
-        if container.labels.get(labels.SSH_PORT, "").isdigit():
+        if container.labels.get(labels.SSH_PORT, "").isdecimal():
             held.add(int(container.labels[labels.SSH_PORT]))
         held.update(container.published.values())
     low, high = port_range

@@ -74,7 +74,7 @@ def _parse_host(raw: object) -> str:
 
 
 def _parse_port(raw: object) -> int:
-    if isinstance(raw, str) and raw.isdigit():
+    if isinstance(raw, str) and raw.isdecimal():
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
         raise ValueError("must be a TCP port number from 1 to 65535")
@@ -127,7 +127,7 @@ def _parse_seconds(raw: object) -> float:
 
 def _parse_port_range(raw: object) -> tuple[int, int]:
     low, _, high = str(raw).partition("-") if isinstance(raw, str) else ("", "", "")
-    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+    if not (low.isdecimal() and high.isdecimal() and 1 <= int(low) <= int(high) <= 65535):
         raise ValueError('must be "LOW-HIGH", two TCP ports with LOW <= HIGH, as in "22000-22999"')
     return int(low), int(high)
 
@@ -141,7 +141,7 @@ def _parse_bool(raw: object) -> bool:
 
 
 def _parse_body_size(raw: object) -> int:
-    if isinstance(raw, str) and raw.isdigit():
+    if isinstance(raw, str) and raw.isdecimal():
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1024 <= raw <= 64 * 1024 * 1024:
         raise ValueError("must be a number of bytes from 1024 to 67108864 (64 MiB)")

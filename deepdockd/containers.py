@@ -34,6 +34,8 @@ from deepdockd.tokens import Caller
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_DIR = "/.deepdockd"
+# How often a create looks for sshd's greeting: each look is a Docker inspect and a connect.
+SSH_POLL_INTERVAL_S = 0.05
 _FAILED_MARK = "deepdockd-bootstrap: FAILED: "
 # Docker's words for a host port that something else holds.
 _PORT_TAKEN = ("port is already allocated", "address already in use")
@@ -92,7 +94,7 @@ class ManagedContainer:
             state=summary.state,
             image=summary.image,
             created=label(labels.CREATED, ""),
-            ssh_port=int(port) if port.isdigit() else None,
+            ssh_port=int(port) if port.isdecimal() else None,
             published_ssh_port=summary.published.get(SSH_CONTAINER_PORT),
             gpu_indices=labels.gpu_indices(summary.labels),
             gpu_uuids=[u for u in label(labels.GPU_UUIDS, "").split(",") if u],
@@ -276,7 +278,7 @@ class ContainerService:
                     f"sshd did not answer on port {port} within "
                     f"{self._config.ssh_ready_timeout:g} s (ssh_ready_timeout)"
                 )
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(SSH_POLL_INTERVAL_S)
 
     async def _bootstrap_error(self, container_id: str) -> str:
         with contextlib.suppress(ApiError):

@@ -22,4 +22,4 @@ def namespace_filter(namespace: str) -> dict[str, list[str]]:
 
 def gpu_indices(labels: Mapping[str, str]) -> list[int]:
     text = labels.get(GPU_INDICES, "")
-    return [int(i) for i in text.split(",") if i.strip().isdigit()]
+    return [int(i) for i in text.split(",") if i.strip().isdecimal()]

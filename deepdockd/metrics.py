@@ -19,6 +19,7 @@ class GpuEntry:
     info: GpuInfo
     error: str | None
     holders: list[str] | None  # running managed containers holding it; None: Docker is down
+    points: int  # points of its time series held now
 
 
 class MetricsService:
@@ -64,6 +65,7 @@ class MetricsService:
                 info=s.info,
                 error=s.error,
                 holders=sorted(holders[s.info.index]) if holders is not None else None,
+                points=len(self._sampler.history(s.info.index)),
             )
             for s in statuses
         ]

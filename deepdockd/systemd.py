@@ -28,7 +28,7 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
     systemd does not watch this process."""
     usec = environ.get("WATCHDOG_USEC", "")
     pid = environ.get("WATCHDOG_PID")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    if not usec.isdecimal() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 1_000_000 / 2
 

@@ -109,6 +109,7 @@ BAD_STARTS = [
         "port: 'http' must be a TCP port number from 1 to 65535 (from --port)",
     ),
     (["--port", "70000"], {}, "port: '70000' must be a TCP port number"),
+    (["--port", "²"], {}, "port: '²' must be a TCP port number"),
     (
         [],
         {"DEEPDOCKD_PORT": "0"},

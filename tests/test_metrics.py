@@ -165,6 +165,7 @@ async def test_retention_bounds_the_history(
 
     assert max(lengths) == 3
     assert app[GPUS].history(0).maxlen == 3
+    assert (await get_json(client, "/gpus"))["gpus"][0]["points"] == 3
 
 
 async def test_a_lost_gpu_shows_nulls_and_unhealthy_while_the_others_go_on(
@@ -241,6 +242,8 @@ async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
     finally:
         rig.docker("rm", "--force", ours, stopped, foreign)
 
+    points = [g.pop("points") for g in body["gpus"]]
+    assert all(n >= 0 for n in points)
     assert body["gpus"] == [
         {
             "index": 0,
@@ -339,9 +342,11 @@ def test_run_sim_daemon_shows_the_four_demo_gpus(rig: Rig, tmp_path: Path, free_
     ("query", "message"),
     [
         ("since=yesterday", "since: 'yesterday' is not an ISO 8601 timestamp"),
-        ("limit=0", "limit: must be a whole number of 1 or more"),
-        ("limit=-3", "limit: must be a whole number of 1 or more"),
-        ("limit=many", "limit: must be a whole number of 1 or more"),
+        ("limit=0", "limit: must be a whole number from 1 to 10000000"),
+        ("limit=-3", "limit: must be a whole number from 1 to 10000000"),
+        ("limit=many", "limit: must be a whole number from 1 to 10000000"),
+        ("limit=18493424992250241024", "limit: must be a whole number from 1 to 10000000"),
+        ("limit=%C2%B2", "limit: must be a whole number from 1 to 10000000"),
     ],
 )
 async def test_bad_query_is_422(client: Client, query: str, message: str) -> None:

@@ -80,9 +80,9 @@ async def test_sampler_keeps_points_for_every_real_gpu() -> None:
         for gpu in sampler.gpus:
             points = list(sampler.history(gpu.index))
             assert len(points) >= 2
-            assert all(
-                p.memory_used_mib is not None and p.temperature_c is not None for p in points
-            )
+            fields = [p.fields() for p in points]
+            assert all(f["memory_used"] is not None for f in fields)
+            assert all(f["temperature"] is not None for f in fields)
             assert [s.error for s in sampler.statuses()] == [None] * len(sampler.gpus)
     finally:
         await sampler.stop()
