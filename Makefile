@@ -21,7 +21,8 @@ help:
 	@echo "make clean    remove the virtual environment and caches"
 
 $(BIN)/.installed: setup.cfg pyproject.toml
-	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || scripts/install-test-deps.sh
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,lint]'

@@ -10,6 +10,7 @@ import socket
 import tarfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from deepdockd.app import create_app
 from deepdockd.config import Config
 
+from daemon import Daemon
 from rig import REGISTRY_ADDR, Rig
 from spec import response_checker
 
@@ -72,6 +74,44 @@ async def client(
     aiohttp_client: ClientFactory, config: Config
 ) -> TestClient[web.Request, web.Application]:
     return await aiohttp_client(create_app(config))
+
+
+@dataclass
+class RunningDaemon:
+    """A deepdockd process serving on the rig: its process, URL and state directory."""
+
+    daemon: Daemon
+    base: str
+    state_dir: Path
+
+    def stop(self) -> tuple[int, str]:
+        return self.daemon.stop()
+
+
+@pytest.fixture
+def rig_daemon(rig: Rig, tmp_path: Path, free_port: int) -> Iterator[Callable[..., RunningDaemon]]:
+    """Factory: deepdockd as a real process on the rig's Docker and this test's free port,
+    with a state directory of its own, once it serves. Whatever is left running is stopped
+    when the test ends."""
+    started: list[Daemon] = []
+
+    def start(
+        *args: str, env: dict[str, str] | None = None, auth: bool = False, name: str = "daemon"
+    ) -> RunningDaemon:
+        state_dir = tmp_path / f"state-{name}"
+        daemon = Daemon(
+            "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(state_dir),
+            *args, env=env, log=tmp_path / f"{name}.log", auth=auth,
+        )  # fmt: skip
+        started.append(daemon)
+        base = f"http://127.0.0.1:{free_port}"
+        daemon.wait_until_serving(f"{base}/healthz")
+        return RunningDaemon(daemon, base, state_dir)
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.stop()
 
 
 @pytest.fixture

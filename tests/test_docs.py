@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from conftest import Client
-from daemon import Daemon
-from rig import Rig
+from conftest import Client, RunningDaemon
 
 ROOT = Path(__file__).parents[1]
 SPEC_TEXT = (ROOT / "openapi.yaml").read_bytes()
@@ -48,15 +47,13 @@ async def test_the_docs_page_loads_only_its_own_files(client: Client) -> None:
     assert (await missing.json())["error"]["message"] == "no documentation file 'index.html'"
 
 
-def test_chromium_renders_every_operation_offline(rig: Rig, tmp_path: Path, free_port: int) -> None:
-    base = f"http://127.0.0.1:{free_port}"
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
-        log=tmp_path / "daemon.log",
-    )  # fmt: skip
+def test_chromium_renders_every_operation_offline(
+    rig_daemon: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    daemon = rig_daemon()
+    base = daemon.base
     netlog = tmp_path / "netlog.json"
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
         browser = subprocess.run(
             [
                 "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from conftest import NVML_SIM_LIBRARY
-from daemon import Daemon
+from conftest import NVML_SIM_LIBRARY, RunningDaemon
 from rig import Rig
 
 ROOT = Path(__file__).parents[1]
@@ -18,7 +18,7 @@ FUZZ_SECONDS = 60
 
 
 def test_generated_requests_get_answers_within_the_spec(
-    rig: Rig, tmp_path: Path, free_port: int, namespace: str
+    rig: Rig, rig_daemon: Callable[..., RunningDaemon], namespace: str
 ) -> None:
     env = {
         "LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent),
@@ -26,14 +26,10 @@ def test_generated_requests_get_answers_within_the_spec(
         "DEEPDOCKD_NAMESPACE": namespace,
         "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999",
     }
-    base = f"http://127.0.0.1:{free_port}"
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
-        env=env, log=tmp_path / "daemon.log", auth=True,
-    )  # fmt: skip
+    daemon = rig_daemon(env=env, auth=True)
+    base = daemon.base
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
-        admin_token = (tmp_path / "s" / "admin.token").read_text().strip()
+        admin_token = (daemon.state_dir / "admin.token").read_text().strip()
         run = subprocess.run(
             [
                 sys.executable, "-m", "schemathesis.cli", "run", str(ROOT / "openapi.yaml"),

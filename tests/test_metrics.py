@@ -17,8 +17,8 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 from deepdockd.typedefs import GPUS
 
-from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, sim_gpu
-from daemon import Daemon, http_get
+from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, RunningDaemon, sim_gpu
+from daemon import http_get
 from rig import BUSYBOX_IMAGE, Rig
 
 SimGpus = Callable[..., Path]
@@ -293,15 +293,11 @@ async def test_a_driver_loaded_later_is_found(
     await wait_for(client, "/metrics/gpus", lambda b: len(b.get("1", [])) >= 1)
 
 
-def test_a_daemon_without_the_library_at_all(rig: Rig, tmp_path: Path, free_port: int) -> None:
-    env = {"LD_LIBRARY_PATH": "/nonexistent"}  # and no libnvidia-ml.so.1 on this machine
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host,
-        "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{free_port}"
+def test_a_daemon_without_the_library_at_all(rig_daemon: Callable[..., RunningDaemon]) -> None:
+    # ...and there is no libnvidia-ml.so.1 on this machine.
+    daemon = rig_daemon(env={"LD_LIBRARY_PATH": "/nonexistent"})
+    base = daemon.base
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
         health = json.loads(http_get(f"{base}/healthz")[1])
         metrics = json.loads(http_get(f"{base}/metrics")[1])
         series = json.loads(http_get(f"{base}/metrics/gpus")[1])
@@ -316,16 +312,12 @@ def test_a_daemon_without_the_library_at_all(rig: Rig, tmp_path: Path, free_port
     assert "Traceback" not in log
 
 
-def test_run_sim_daemon_shows_the_four_demo_gpus(rig: Rig, tmp_path: Path, free_port: int) -> None:
+def test_run_sim_daemon_shows_the_four_demo_gpus(rig_daemon: Callable[..., RunningDaemon]) -> None:
     demo = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
     env = {"LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent), "NVML_SIM_CONFIG": str(demo)}
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host,
-        "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{free_port}"
+    daemon = rig_daemon(env=env)
+    base = daemon.base
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
         gpus = json.loads(http_get(f"{base}/gpus")[1])
     finally:
         daemon.stop()

@@ -14,11 +14,13 @@ import threading
 import time
 import tomllib
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from deepdockd.config import PARSERS, Config, load_config
 
+from conftest import RunningDaemon
 from daemon import Daemon, http_get
 from rig import DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
 
@@ -105,6 +107,7 @@ def test_the_default_config_shows_every_key_with_its_default(tmp_path: Path) -> 
 def test_ready_once_listening_then_watchdog_pings_then_stopping(
     rig: Rig, tmp_path: Path, free_port: int
 ) -> None:
+    # A daemon of its own: READY=1 must come before anything else talks to it.
     notify_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify_path))
@@ -138,16 +141,12 @@ def test_ready_once_listening_then_watchdog_pings_then_stopping(
 
 
 def test_a_docker_restart_is_ridden_out_without_restarting_deepdockd(
-    rig: Rig, tmp_path: Path, free_port: int, namespace: str
+    rig: Rig, rig_daemon: Callable[..., RunningDaemon], namespace: str
 ) -> None:
-    base = f"http://127.0.0.1:{free_port}"
     env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999"}
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
-        env=env, log=tmp_path / "daemon.log",
-    )  # fmt: skip
+    daemon = rig_daemon(env=env)
+    base = daemon.base
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
         fields = {
             "name": f"{namespace}-kept",
             "image": DEBIAN_SSH_IMAGE,
@@ -178,7 +177,7 @@ def test_a_docker_restart_is_ridden_out_without_restarting_deepdockd(
         assert post(f"{base}/containers/{name}/stop")[0] == 200
         assert post(f"{base}/containers/{name}/start")[0] == 200
         assert get(f"{base}/healthz")[0] == 200
-        assert daemon.process.poll() is None  # the same process all along
+        assert daemon.daemon.process.poll() is None  # the same process all along
     finally:
         status, log = daemon.stop()
         ids = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}").split()
@@ -192,18 +191,14 @@ def test_a_docker_restart_is_ridden_out_without_restarting_deepdockd(
 
 
 def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
-    rig: Rig, tmp_path: Path, free_port: int, namespace: str
+    rig: Rig, rig_daemon: Callable[..., RunningDaemon], namespace: str
 ) -> None:
-    base = f"http://127.0.0.1:{free_port}"
     env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999"}
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
-        env=env, log=tmp_path / "daemon.log",
-    )  # fmt: skip
+    running = rig_daemon(env=env)
+    daemon, base = running.daemon, running.base
     name = f"{namespace}-slow"
     answer: list[tuple[int, Any]] = []
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
         # Installing openssh-server in an image without it takes seconds: a slow request.
         fields = {"name": name, "image": DEBIAN_NOSSH_IMAGE, "user_name": "ops", "password": "pw"}
         request = threading.Thread(
@@ -219,8 +214,6 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
         request.join(timeout=120)
         exit_status, log = daemon.wait_for_exit(timeout_s=60)
     finally:
-        if daemon.process.poll() is None:
-            daemon.stop()
         ids = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}").split()
         if ids:
             rig.docker("rm", "--force", *ids)
@@ -238,14 +231,10 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
 # --- logs ---
 
 
-def test_json_logs_are_one_object_a_line(rig: Rig, tmp_path: Path, free_port: int) -> None:
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(tmp_path / "s"),
-        "--log-format", "json", log=tmp_path / "daemon.log",
-    )  # fmt: skip
+def test_json_logs_are_one_object_a_line(rig_daemon: Callable[..., RunningDaemon]) -> None:
+    daemon = rig_daemon("--log-format", "json")
     try:
-        daemon.wait_until_serving(f"http://127.0.0.1:{free_port}/healthz")
-        http_get(f"http://127.0.0.1:{free_port}/no/such/route")  # auth off: a 404
+        http_get(f"{daemon.base}/no/such/route")  # auth off: a 404
     finally:
         status, log = daemon.stop()
 

@@ -21,8 +21,8 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory, sim_gpu
-from daemon import Daemon, clean_env, run_deepdockd
+from conftest import Client, ClientFactory, RunningDaemon, sim_gpu
+from daemon import clean_env, run_deepdockd
 from rig import DEBIAN_SSH_IMAGE, Rig
 
 MakeImage = Callable[..., str]
@@ -172,16 +172,11 @@ def token_command(state_dir: Path, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_first_start_makes_an_admin_token_and_tokens_can_be_added_and_revoked(
-    rig: Rig, tmp_path: Path, free_port: int
+    rig_daemon: Callable[..., RunningDaemon],
 ) -> None:
-    state = tmp_path / "state"
-    base = f"http://127.0.0.1:{free_port}"
-    daemon = Daemon(
-        "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(state),
-        log=tmp_path / "daemon.log", auth=True,
-    )  # fmt: skip
+    daemon = rig_daemon(auth=True)
+    state, base = daemon.state_dir, daemon.base
     try:
-        daemon.wait_until_serving(f"{base}/healthz")
         admin_token = (state / "admin.token").read_text().strip()
         added = token_command(state, "add", "carol", "--role", "user")
         carol = added.stdout.strip()
