@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import re
@@ -366,10 +367,15 @@ def _viewer(caller: Caller) -> str | None:
     return None if caller.is_admin else caller.user
 
 
+@functools.cache
+def _bootstrap_script() -> bytes:
+    return resources.files("deepdockd").joinpath("bootstrap.sh").read_bytes()
+
+
 def _bootstrap_tar(request: CreateRequest) -> bytes:
     """The bootstrap script and the password file, to unpack at / before the container starts.
     The password never leaves this process any other way."""
-    script = resources.files("deepdockd").joinpath("bootstrap.sh").read_bytes()
+    script = _bootstrap_script()
     secret = f"{request.user_name}:{request.password}\n".encode()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:

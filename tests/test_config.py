@@ -3,12 +3,13 @@ bad value."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from deepdockd.__main__ import parse_args
-from deepdockd.config import Config, ConfigError, load_config
+from deepdockd.config import PARSERS, Config, ConfigError, load_config
 
 from daemon import run_deepdockd
 
@@ -202,3 +203,9 @@ def test_bad_config_file_stops_the_start_with_one_line(
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("deepdockd: " + message.format(file=config))
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.MULTILINE))
+    assert documented == set(PARSERS)
