@@ -157,8 +157,7 @@ class ContainerService:
             await self._wait_for_sshd(container_id, port)
         except ApiError as exc:
             await self._discard(container_id, request.name)
-            exc.message += "; container removed"
-            raise
+            raise type(exc)(f"{exc.message}; container removed", details=exc.details) from None
         except BaseException:
             await self._discard(container_id, request.name)
             raise

@@ -94,13 +94,18 @@ class ImageService:
                 self._run_pull(pull, reference, credentials), name=f"pull {key}"
             )
         queue = pull.listen()
-        while True:
-            item = await queue.get()
-            if isinstance(item, ApiError):
-                raise item
-            yield item
-            if isinstance(item, PullResult):
-                return
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, ApiError):
+                    raise item
+                yield item
+                if isinstance(item, PullResult):
+                    return
+        finally:
+            # A caller that went away (a streaming client that hung up) stops listening; the
+            # pull goes on for the others.
+            pull.listeners.remove(queue)
 
     async def _run_pull(
         self, pull: _Pull, reference: ImageReference, credentials: Credentials | None

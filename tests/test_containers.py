@@ -505,23 +505,3 @@ def test_a_killed_daemon_comes_back_without_double_booking(
     assert other[0] == 201
     assert other[1]["ssh-port"] != held["ssh-port"]
     assert leftovers() == ["kept", "other"]
-
-
-async def test_container_routes_answer_503_when_docker_is_down(
-    aiohttp_client: ClientFactory, tmp_path: Path
-) -> None:
-    client = await aiohttp_client(
-        create_app(Config(docker_host=f"unix://{tmp_path}/none.sock", auth=False))
-    )
-
-    answers = [
-        await client.get("/containers"),
-        await client.get("/containers/x1"),
-        await client.post("/containers/create", json=body("x1", image=BUSYBOX_IMAGE)),
-        await client.post("/containers/x1/start"),
-        await client.delete("/containers/x1"),
-    ]
-
-    for response in answers:
-        assert response.status == 503
-        assert (await response.json())["error"]["code"] == "docker_unavailable"

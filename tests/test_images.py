@@ -8,16 +8,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from deepdockd.app import create_app
-from deepdockd.config import Config
-
-from conftest import Client, ClientFactory
+from conftest import Client
 from rig import BUSYBOX_IMAGE, PRIVATE_REGISTRY_ADDR, PRIVATE_REGISTRY_USER, REGISTRY_ADDR, Rig
 
 MakeImage = Callable[..., str]
@@ -331,23 +327,3 @@ async def test_pull_errors_say_what_went_wrong(
         assert error["code"] == code
         assert repo_tag in error["message"]
         assert says in error["message"]
-
-
-async def test_image_routes_answer_503_when_docker_is_down(
-    aiohttp_client: ClientFactory, tmp_path: Path
-) -> None:
-    client = await aiohttp_client(
-        create_app(Config(docker_host=f"unix://{tmp_path}/none.sock", auth=False))
-    )
-
-    answers = [
-        await client.get("/images"),
-        await client.post("/images", json={"repo_tag": "busybox:latest"}),
-        await client.delete("/images/busybox:latest"),
-    ]
-
-    for response in answers:
-        assert response.status == 503
-        error = (await response.json())["error"]
-        assert error["code"] == "docker_unavailable"
-        assert "Docker is not reachable" in error["message"]
