@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -35,6 +36,8 @@ def create_app(
     app[IMAGES] = ImageService(app[DOCKER])
     app[METRICS] = MetricsService(app[GPUS], app[DOCKER], config.namespace)
     app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config)
+    if tokens is not None:
+        app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
     app.cleanup_ctx.append(_gpu_sampler)
     setup_routes(app)
@@ -48,6 +51,11 @@ def _sampler(config: Config) -> GpuSampler:
         retention_s=config.gpu_retention,
         retry_interval_s=config.gpu_retry_interval,
     )
+
+
+async def _load_tokens(tokens: TokenStore, app: web.Application) -> None:
+    # At start, so that a file broken later leaves the daemon the tokens it started with.
+    tokens.refresh()
 
 
 async def _docker_client(app: web.Application) -> AsyncIterator[None]:

@@ -271,7 +271,7 @@ class ContainerService:
                 raise SshUnavailable(await self._bootstrap_error(container_id))
             if port is None:  # not ours to wait for (a container without an SSH port label)
                 return
-            if await _ssh_greets(host, port):
+            if await ssh_greets(host, port):
                 return
             if time.monotonic() > deadline:
                 raise SshTimeout(
@@ -388,7 +388,7 @@ def _bootstrap_tar(request: CreateRequest) -> bytes:
     return buffer.getvalue()
 
 
-async def _ssh_greets(host: str, port: int) -> bool:
+async def ssh_greets(host: str, port: int) -> bool:
     """Whether an SSH server sends its greeting ("SSH-2.0-...") on host:port."""
     try:
         async with asyncio.timeout(2):

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiodocker
 import aiohttp
@@ -24,7 +24,8 @@ from deepdockd.errors import ApiError, ServiceUnavailable
 # aiodocker's status for "could not connect to the socket".
 _NO_CONNECTION = 900
 
-# A quick call (version, list, inspect) that takes longer than this means the engine is stuck.
+# A quick call (version, list, inspect) that takes longer than this means the engine is stuck
+# (the default of Docker(quick_call_timeout_s=...)).
 QUICK_CALL_TIMEOUT_S = 10.0
 
 
@@ -102,8 +103,9 @@ class ContainerState:
 class Docker:
     """An aiodocker client for one Docker address, opened and closed by the app."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, quick_call_timeout_s: float = QUICK_CALL_TIMEOUT_S) -> None:
         self.url = url
+        self.quick_call_timeout_s = quick_call_timeout_s
         self._client: aiodocker.Docker | None = None
 
     async def open(self) -> None:
@@ -233,10 +235,13 @@ class Docker:
 
     @asynccontextmanager
     async def translate_errors(
-        self, *, timeout_s: float | None = QUICK_CALL_TIMEOUT_S
+        self, *, timeout_s: float | Literal["quick"] | None = "quick"
     ) -> AsyncIterator[None]:
         """Run a block of Docker calls; an unreachable or stuck engine becomes
-        :class:`DockerUnavailable`, any other Docker error :class:`DockerFailed`."""
+        :class:`DockerUnavailable`, any other Docker error :class:`DockerFailed`.
+        ``timeout_s`` "quick" is the limit of a quick call, None no limit."""
+        if timeout_s == "quick":
+            timeout_s = self.quick_call_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 yield

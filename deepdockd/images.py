@@ -18,6 +18,23 @@ log = logging.getLogger(__name__)
 # Docker's messages for a registry that refused or wanted credentials (distribution 2.x and
 # Docker Hub).
 _AUTH_FAILURES = ("unauthorized", "authentication required", "no basic auth credentials")
+# Go's network errors as Docker passes them on (net, crypto/tls, net/http): the registry could
+# not be reached at all. Anything else came from a registry that answered, or from Docker.
+_UNREACHABLE = (
+    "dial tcp",
+    "no such host",
+    "server misbehaving",
+    "name resolution",
+    "connection refused",
+    "connection reset",
+    "network is unreachable",
+    "no route to host",
+    "timeout",
+    "deadline exceeded",
+    "tls:",
+    "x509:",
+    "server gave http response to https client",
+)
 
 
 class RegistryAuthFailed(BadGateway):
@@ -26,6 +43,13 @@ class RegistryAuthFailed(BadGateway):
 
 class RegistryUnreachable(BadGateway):
     code = "registry_unreachable"
+
+
+class PullFailed(BadGateway):
+    """The registry answered, but the pull did not succeed: a layer it cannot serve, content
+    that does not match its digest, an engine that could not store it."""
+
+    code = "pull_failed"
 
 
 @dataclass(frozen=True)
@@ -196,4 +220,8 @@ def _pull_error(key: str, exc: DockerFailed, *, with_credentials: bool) -> ApiEr
         return RegistryAuthFailed(f"{why}: {message}", details=details)
     if exc.docker_status == 404 or "not found" in message or "does not exist" in message:
         return NotFound(f"{key} was not found in its registry: {message}", details=details)
-    return RegistryUnreachable(f"cannot pull {key} from its registry: {message}", details=details)
+    if any(text in message.lower() for text in _UNREACHABLE):
+        return RegistryUnreachable(
+            f"cannot pull {key} from its registry: {message}", details=details
+        )
+    return PullFailed(f"the pull of {key} failed: {message}", details=details)

@@ -10,6 +10,7 @@ import logging
 import signal
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from deepdockd import __version__, systemd
 from deepdockd.app import create_app
@@ -18,18 +19,68 @@ from deepdockd.logs import ACCESS_LOGGER, AccessLogger
 
 log = logging.getLogger("deepdockd")
 
+# When shutdown_timeout runs out, the requests still in flight are cancelled, and get this
+# long to undo what they half did (a create removes its container) while Docker's client is
+# still open. It also bounds aiohttp's own wait for answers still being written.
+CANCEL_GRACE_S = 5.0
+
+
+class RequestsInFlight:
+    """The tasks of the requests being handled, so that a stop can wait for them and, when
+    shutdown_timeout runs out, cancel them and wait for their clean-up."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[asyncio.Task[object], str] = {}  # task -> "METHOD /path"
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs each request in a task of its own
+        self._tasks[task] = f"{request.method} {request.path}"
+        try:
+            return await handler(request)
+        finally:
+            del self._tasks[task]
+
+    async def finish(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the requests in flight (and any that come on an open
+        connection meanwhile); then cancel the rest, and wait CANCEL_GRACE_S for them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._tasks and loop.time() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
+        if not self._tasks:
+            return
+        late = dict(self._tasks)
+        log.warning(
+            "shutdown_timeout (%g s) ran out: cancelling %d request(s) still in flight: %s",
+            timeout_s, len(late), ", ".join(sorted(late.values())),
+        )  # fmt: skip
+        for task in late:
+            task.cancel()
+        _, stuck = await asyncio.wait(late, timeout=CANCEL_GRACE_S)
+        if stuck:
+            log.error(
+                "%d cancelled request(s) did not end within %g s: %s",
+                len(stuck), CANCEL_GRACE_S, ", ".join(sorted(late[t] for t in stuck)),
+            )  # fmt: skip
+
 
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT; OSError when the address cannot be listened on."""
+    app = create_app(config)
+    in_flight = RequestsInFlight()
+    app.middlewares.insert(0, in_flight.middleware)  # outermost: it sees every request
     runner = web.AppRunner(
-        create_app(config),
+        app,
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
-        shutdown_timeout=config.shutdown_timeout,
+        shutdown_timeout=CANCEL_GRACE_S,
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.port).start()
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
         log.info(
             "deepdockd %s listening on http://%s:%d, Docker at %s, namespace %r",
             __version__, config.host, config.port, config.docker_host, config.namespace,
@@ -38,6 +89,10 @@ async def serve(config: Config) -> None:
         await _until_stopped()
         log.info("stopping: finishing the requests in flight (up to %g s)", config.shutdown_timeout)
         systemd.notify("STOPPING=1")
+        await site.stop()  # no new connections
+        if runner.server is not None:
+            runner.server.pre_shutdown()  # idle keep-alive connections close; no new requests
+        await in_flight.finish(config.shutdown_timeout)
     finally:
         await runner.cleanup()
     log.info("stopped")

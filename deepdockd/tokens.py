@@ -3,6 +3,9 @@
 Only SHA-256 hashes of the tokens are kept (``STATE_DIR/tokens.json``, mode 0600); a token is
 32 random bytes, so a fast hash is enough, and hashes are compared in constant time. The
 daemon re-reads the file when it changes, so ``deepdockd token revoke`` takes effect at once.
+A file that cannot be read or parsed while the daemon runs (a hand edit gone wrong) does not
+lock everyone out: the daemon keeps the last token set it could read and logs an error until
+the file is mended.
 At first start an admin token is made and written, once, to ``STATE_DIR/admin.token``
 (mode 0600) for the operator to pick up.
 """
@@ -13,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ROLES = ("admin", "user")
 ADMIN_USER = "admin"
@@ -67,7 +73,7 @@ class TokenStore:
 
     def authenticate(self, token: str) -> Caller | None:
         """The caller a token belongs to, or None. Re-reads the file if it changed."""
-        self._refresh()
+        self.refresh()
         presented = hash_token(token)
         found = None
         for token_hash, entry in self._by_hash.items():
@@ -76,16 +82,27 @@ class TokenStore:
                 found = entry
         return Caller(found.user, found.role) if found else None
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Read the file again if it changed since the last read."""
         try:
             info = self.path.stat()
         except FileNotFoundError:
             self._seen, self._by_hash = None, {}
             return
         seen = (info.st_ino, info.st_size, info.st_mtime_ns)
-        if seen != self._seen:
-            self._by_hash = {e.token_hash: e for e in self.entries()}
-            self._seen = seen
+        if seen == self._seen:
+            return
+        self._seen = seen  # a broken version is reported once, not re-read on every request
+        try:
+            entries = self.entries()
+        except TokenError as exc:
+            log.error(
+                "%s; still accepting the %d token(s) read before: mend the file, or remove it "
+                "and add the tokens again with `deepdockd token add`",
+                exc, len(self._by_hash),
+            )  # fmt: skip
+            return
+        self._by_hash = {e.token_hash: e for e in entries}
 
     def ensure_admin(self) -> Path | None:
         """At first start: make the admin token and write it to admin.token. The path when
@@ -105,10 +122,13 @@ class TokenStore:
                 continue
             mode = stat.S_IMODE(info.st_mode)
             if mode & 0o077:
-                raise TokenError(
-                    f"{path} has mode {mode:04o}: others could read a token from it; "
-                    f"run chmod 600 {path}"
-                )
+                if mode & 0o044:
+                    why = "others could read a token from it"
+                elif mode & 0o022:
+                    why = "others could change it"
+                else:
+                    why = "others have access to it"
+                raise TokenError(f"{path} has mode {mode:04o}: {why}; run chmod 600 {path}")
             if info.st_uid != os.geteuid():
                 raise TokenError(
                     f"{path} belongs to uid {info.st_uid}, not to the daemon's user "
@@ -124,10 +144,16 @@ class TokenStore:
             return []
         except (OSError, ValueError) as exc:
             raise TokenError(f"cannot read {self.path}: {exc}") from None
-        return [
-            TokenEntry(user, e["role"], e["created"], e["hash"])
-            for user, e in document.get("users", {}).items()
-        ]
+        try:
+            return [
+                TokenEntry(user, e["role"], e["created"], e["hash"])
+                for user, e in document.get("users", {}).items()
+            ]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise TokenError(
+                f"cannot read {self.path}: not a token file (expected "
+                f'{{"users": {{USER: {{"role", "created", "hash"}}}}}}; missing or wrong: {exc})'
+            ) from None
 
     def add(self, user: str, role: str) -> str:
         """Make a token for a new user; the token itself is returned, never stored."""

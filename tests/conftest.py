@@ -22,7 +22,7 @@ from deepdockd.config import Config
 
 from daemon import Daemon
 from rig import REGISTRY_ADDR, Rig
-from spec import response_checker
+from spec import response_checker, tee_streams
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -30,12 +30,14 @@ ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 @pytest.fixture
 def aiohttp_client(aiohttp_client: ClientFactory) -> Iterator[ClientFactory]:
-    """pytest-aiohttp's client factory, with every answer checked against openapi.yaml: a
-    test whose app answered outside the spec fails, whatever it asserted itself."""
+    """pytest-aiohttp's client factory, with every answer checked against openapi.yaml,
+    streamed answers line by line: a test whose app answered outside the spec fails, whatever
+    it asserted itself."""
     failures: list[str] = []
 
     async def make(app: web.Application) -> Client:
         app.middlewares.insert(0, response_checker(failures))
+        app.on_response_prepare.append(tee_streams)
         return await aiohttp_client(app)
 
     yield make
@@ -184,11 +186,14 @@ def no_sim_gpus_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NVML_SIM_CONFIG", raising=False)
 
 
-def sim_gpu(index: int, **overrides: object) -> dict[str, object]:
-    """One simulated GPU: an H100 without a fan, readings that move."""
+def sim_gpu(index: int, *, stem: str = "d0c0d0c0", **overrides: object) -> dict[str, object]:
+    """One simulated GPU: an H100 without a fan, readings that move. Its UUID is
+    ``GPU-{stem}-0000-4000-8000-{index}``: a test that gives containers GPUs passes the stem of
+    its own (the ``gpu_stem`` fixture), so that a container another test left behind, holding
+    "GPU 0" by UUID, never holds this test's GPU 0."""
     gpu: dict[str, object] = {
         "name": "NVIDIA H100 80GB HBM3",
-        "uuid": f"GPU-d0c0d0c0-0000-4000-8000-{index:012d}",
+        "uuid": f"GPU-{stem}-0000-4000-8000-{index:012d}",
         "memory_total_mib": 81559,
         "power_limit_w": 700,
         "memory_used_mib": [1000 + index, 2000, 3000, 4500],
@@ -212,3 +217,38 @@ def sim_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., P
         return path
 
     return describe
+
+
+# --- what a test may allocate: SSH ports and GPU UUIDs of its own ---
+
+# Allocation reads every namespace's containers, so a container that another test left behind
+# (a failed one, in any file) holds its port and GPUs for everyone. Each test that creates
+# containers takes a block of ports and a UUID stem that no other test uses, so its
+# expectations ("the lowest port", "GPU 0 is free") hold whatever the others did. No other
+# test uses the pool: the default range is 22000-22999, the fuzz test's 23000-23999, and Linux
+# hands out ephemeral ports from 32768. (The bench, 24000-24999 and a few from 25000 for its
+# `docker run` baseline, never runs beside the tests: both hold the rig's lock.)
+SSH_PORT_POOL = (25000, 29999)
+SSH_PORT_BLOCK = 30
+# The first port of each block, up to the last block that fits the pool whole.
+_last_block = SSH_PORT_POOL[1] - SSH_PORT_BLOCK + 1
+_ssh_port_blocks = iter(range(SSH_PORT_POOL[0], _last_block + 1, SSH_PORT_BLOCK))
+
+
+@pytest.fixture
+def ssh_ports() -> tuple[int, int]:
+    """An ``ssh_port_range`` of this test's own: SSH_PORT_BLOCK ports that no other test of
+    the run is given."""
+    low = next(_ssh_port_blocks, None)
+    if low is None:
+        pytest.fail(
+            f"more tests ask for ssh_ports than {SSH_PORT_POOL[0]}-{SSH_PORT_POOL[1]} has blocks "
+            f"of {SSH_PORT_BLOCK}: widen SSH_PORT_POOL or shrink SSH_PORT_BLOCK"
+        )
+    return low, low + SSH_PORT_BLOCK - 1
+
+
+@pytest.fixture
+def gpu_stem() -> str:
+    """A UUID stem of this test's own, for ``sim_gpu(index, stem=gpu_stem)``."""
+    return uuid.uuid4().hex[:8]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from spec import answer_problem
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -34,12 +38,49 @@ def run_deepdockd(
     )
 
 
-def http_get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
+class AnswerOutsideSpec(AssertionError):
+    """deepdockd answered something that openapi.yaml does not allow."""
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 10,
+) -> tuple[int, bytes]:
+    """One request to a deepdockd process: its status and body. Every answer is checked
+    against openapi.yaml, as the in-process tests' answers are: one outside the spec raises
+    ``AnswerOutsideSpec``, whatever the caller meant to assert."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    data = None
+    if json_body is not None:
+        data = json.dumps(json_body).encode()
+        sent["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read()
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, answer_headers, body = response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        status, answer_headers, body = exc.code, dict(exc.headers), exc.read()
+    problem = answer_problem(method, url, status, answer_headers, body, request_headers=sent)
+    if problem:
+        raise AnswerOutsideSpec(f"{method} {url} -> {status}: {problem}")
+    return status, body
+
+
+def http_json(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    """``http_request`` with the body parsed as JSON."""
+    status, body = http_request(method, url, **kwargs)
+    return status, json.loads(body)
+
+
+def http_get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
+    return http_request("GET", url, timeout_s=timeout_s)
 
 
 class Daemon:

@@ -3,13 +3,17 @@ bad value."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from deepdockd.__main__ import parse_args
-from deepdockd.config import PARSERS, Config, ConfigError, load_config
+from deepdockd.config import PARSERS, Config, ConfigError, flag_name, load_config
 
 from daemon import run_deepdockd
 
@@ -205,7 +209,123 @@ def test_bad_config_file_stops_the_start_with_one_line(
     assert result.stderr.startswith("deepdockd: " + message.format(file=config))
 
 
-def test_the_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.MULTILINE))
-    assert documented == set(PARSERS)
+# --- the README's table of settings against the daemon ---
+
+README = Path(__file__).parents[1] / "README.md"
+SETTINGS = [f.name for f in dataclasses.fields(Config)]
+# Options of `deepdockd --help` that are not settings.
+NOT_SETTINGS = {"-h", "--help", "--version", "--config"}
+# A value no parser takes: every setting refuses it, naming itself and the value's source.
+REFUSED = " "
+
+
+@dataclass(frozen=True)
+class DocumentedSetting:
+    """One row of the README's table, as written (without the backquotes)."""
+
+    key: str
+    flag: str  # "" where the setting has no flag
+    env: str
+    default: str
+
+
+def readme_rows() -> list[DocumentedSetting]:
+    """The rows of the table in the README's Configuration section."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for key, rest in re.findall(r"^\| `([a-z_]+)` \|(.*)$", section, flags=re.MULTILINE):
+        flag, env, default = (cell.strip().strip("`") for cell in rest.split("|")[:3])
+        rows.append(DocumentedSetting(key, flag, env, default))
+    return rows
+
+
+def readme_table() -> dict[str, DocumentedSetting]:
+    return {row.key: row for row in readme_rows()}
+
+
+@pytest.fixture(scope="module")
+def help_options() -> dict[str, str]:
+    """``deepdockd --help``'s options, each with its help text."""
+    result = run_deepdockd("--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    options: dict[str, str] = {}
+    option = None
+    for line in result.stdout.splitlines():
+        if started := re.match(r"^  (-[-a-z]+)(?:, --[a-z]+)?(?: [A-Z_]+)?(?:  +(.*))?$", line):
+            option = started[1]
+            options[option] = started[2] or ""
+        elif option and line.startswith("    "):  # the help goes on, or begins, below
+            options[option] = f"{options[option]} {line.strip()}".strip()
+        else:
+            option = None
+    return options
+
+
+def as_the_file_has_it(text: str) -> object:
+    """A README default as a config file holds it: a TOML value where it is one
+    (``8000``, ``true``, ``"22000-22999"``), else the text as a string (``127.0.0.1``)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def test_the_readme_documents_every_setting_once() -> None:
+    assert sorted(row.key for row in readme_rows()) == sorted(SETTINGS)
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+def test_the_readme_default_is_the_daemons_default(tmp_path: Path, key: str) -> None:
+    row = readme_table()[key]
+    value = as_the_file_has_it(row.default)
+    config_file = write(tmp_path / "d.toml", f"{key} = {json.dumps(value)}\n")
+    absent = tmp_path / "absent.toml"
+
+    from_file = load_config({"config": str(config_file)}, {}, default_file=absent)
+    env_text = value if isinstance(value, str) else row.default  # as a shell would set it
+    from_env = load_config(NO_FLAGS, {row.env: env_text}, default_file=absent)
+
+    assert getattr(from_file, key) == getattr(Config(), key)
+    assert from_file == from_env == Config()
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+def test_the_readme_names_the_variable_the_daemon_reads(tmp_path: Path, key: str) -> None:
+    row = readme_table()[key]
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(NO_FLAGS, {row.env: REFUSED}, default_file=tmp_path / "absent.toml")
+
+    message = str(caught.value)
+    assert message.startswith(f"{key}: {REFUSED!r} "), message
+    assert message.endswith(f"(from {row.env})"), message
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+def test_the_readme_names_the_flag_deepdockd_help_has(
+    tmp_path: Path, key: str, help_options: dict[str, str]
+) -> None:
+    row = readme_table()[key]
+    if not row.flag:
+        assert flag_name(key) not in help_options
+        with pytest.raises(SystemExit):  # argparse: unrecognized arguments
+            parse_args([flag_name(key), "x"])
+        return
+
+    assert row.flag in help_options
+    with pytest.raises(ConfigError) as caught:
+        load_config(parse_args([row.flag, REFUSED]), {}, default_file=tmp_path / "absent.toml")
+    message = str(caught.value)
+    assert message.startswith(f"{key}: {REFUSED!r} "), message
+    assert message.endswith(f"(from {row.flag})"), message
+    # The help says the same default as the README, and it is the daemon's.
+    [helps_default] = re.findall(r"\(default ([^ ;,)]+)", help_options[row.flag])
+    assert helps_default == row.default
+    assert PARSERS[key](helps_default) == getattr(Config(), key)
+
+
+def test_every_flag_of_deepdockd_help_is_a_documented_setting(
+    help_options: dict[str, str],
+) -> None:
+    documented = {row.flag for row in readme_table().values() if row.flag}
+    assert set(help_options) - NOT_SETTINGS == documented

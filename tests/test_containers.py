@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import subprocess
 import uuid
@@ -19,43 +20,62 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 
 from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, sim_gpu
-from daemon import Daemon
+from daemon import Daemon, http_json
 from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, REGISTRY_ADDR, Rig
 
 SimGpus = Callable[..., Path]
-PORTS = (23000, 23999)  # the tests' own range, clear of the default
-GPUS = [sim_gpu(i) for i in range(4)]
+Gpus = list[dict[str, Any]]
+Leftovers = Callable[..., list[str]]
 SEED_CREATED_KEYS = {"message", "id", "name", "ssh-port"}
 SEED_LIST_KEYS = {"id", "name", "status", "image", "created", "ssh-port", "gpus"}
 
 
 @pytest.fixture
-def test_config(config: Config) -> Config:
-    return Config(**{**config.__dict__, "ssh_port_range": PORTS, "ssh_ready_timeout": 180.0})
+def test_config(config: Config, ssh_ports: tuple[int, int]) -> Config:
+    """The test's namespace and SSH ports of its own (``ssh_ports``), so that what it expects
+    of allocation ("the lowest port") holds whatever containers other tests left."""
+    return Config(**{**config.__dict__, "ssh_port_range": ssh_ports, "ssh_ready_timeout": 180.0})
 
 
 @pytest.fixture
-def leftovers(rig: Rig, test_config: Config) -> Iterator[Callable[[], list[str]]]:
-    """The names of the containers of this test's namespace that Docker still has; all of
-    them are removed when the test ends."""
+def other_namespace(test_config: Config) -> str:
+    """A second daemon's namespace on the same Docker, for the tests of two daemons."""
+    return f"{test_config.namespace}-other"
 
-    def names() -> list[str]:
+
+@pytest.fixture
+def gpus(gpu_stem: str) -> Gpus:
+    """Four simulated GPUs whose UUIDs are this test's alone."""
+    return [sim_gpu(i, stem=gpu_stem) for i in range(4)]
+
+
+@pytest.fixture
+def leftovers(rig: Rig, test_config: Config, other_namespace: str) -> Iterator[Leftovers]:
+    """The names of the containers of this test's namespace (or another) that Docker still
+    has; all of them, in both namespaces, are removed when the test ends."""
+
+    def names(namespace: str = test_config.namespace) -> list[str]:
         output = rig.docker(
-            "ps", "--all", "--filter", f"label=deepdockd.namespace={test_config.namespace}",
+            "ps", "--all", "--filter", f"label=deepdockd.namespace={namespace}",
             "--format", "{{.Names}}",
         )  # fmt: skip
         return sorted(output.split())
 
     yield names
-    if names():
-        rig.docker("rm", "--force", *names())
+    left = names() + names(other_namespace)
+    if left:
+        rig.docker("rm", "--force", *left)
 
 
 @pytest.fixture
 async def gpu_client(
-    aiohttp_client: ClientFactory, test_config: Config, sim_gpus: SimGpus, leftovers: Any
+    aiohttp_client: ClientFactory,
+    test_config: Config,
+    sim_gpus: SimGpus,
+    gpus: Gpus,
+    leftovers: Leftovers,
 ) -> Client:
-    sim_gpus(*GPUS)
+    sim_gpus(*gpus)
     return await aiohttp_client(create_app(test_config))
 
 
@@ -70,6 +90,18 @@ def body(name: str, **extra: Any) -> dict[str, Any]:
 
 async def create(client: Client, **fields: Any) -> tuple[int, dict[str, Any]]:
     response = await client.post("/containers/create", json=fields)
+    return response.status, await response.json()
+
+
+async def created(client: Client, **fields: Any) -> dict[str, Any]:
+    """A create that must succeed: its answer."""
+    status, answer = await create(client, **fields)
+    assert status == 201, answer
+    return answer
+
+
+async def call(client: Client, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    response = await client.request(method, path)
     return response.status, await response.json()
 
 
@@ -93,24 +125,47 @@ def inspect(rig: Rig, name: str) -> dict[str, Any]:
     return dict(data)
 
 
+def published_ssh_ports(container: dict[str, Any]) -> set[int]:
+    """The host ports Docker publishes the container's port 22 on."""
+    bindings = container["NetworkSettings"]["Ports"].get("22/tcp") or []
+    return {int(binding["HostPort"]) for binding in bindings}
+
+
+def states(rig: Rig, *names: str) -> dict[str, str]:
+    """Each container's state as Docker has it ("running", "exited", ...)."""
+    return {name: inspect(rig, name)["State"]["Status"] for name in names}
+
+
+def port_is_bindable(port: int) -> bool:
+    """Whether a listener could take the port on the host now (nothing else holds it)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 # --- create and SSH ---
 
 
 async def test_create_gives_a_working_ssh_login_with_gpus_and_env(
-    gpu_client: Client, rig: Rig
+    gpu_client: Client, rig: Rig, gpus: Gpus, ssh_ports: tuple[int, int]
 ) -> None:
     env = {"FOO": "bar baz", "CUDA_HOME": "/usr/local/cuda"}
 
-    status, created = await create(gpu_client, **body("login", gpu_ids=[1, 3], env=env))
+    status, answer = await create(gpu_client, **body("login", gpu_ids=[1, 3], env=env))
 
-    assert status == 201, created
-    assert set(created) == SEED_CREATED_KEYS
-    assert created["message"] == "container created"
-    assert created["name"] == "login"
-    assert created["id"] == inspect(rig, "login")["Id"][:12]
-    port = created["ssh-port"]
-    assert PORTS[0] <= port <= PORTS[1]
-    uuids = f"{GPUS[1]['uuid']},{GPUS[3]['uuid']}"
+    assert status == 201, answer
+    assert set(answer) == SEED_CREATED_KEYS
+    assert answer["message"] == "container created"
+    assert answer["name"] == "login"
+    assert answer["id"] == inspect(rig, "login")["Id"][:12]
+    port = answer["ssh-port"]
+    assert port == ssh_ports[0]  # the lowest of the range: this test's range is its own
+    assert inspect(rig, "login")["Config"]["Labels"]["deepdockd.ssh-port"] == str(port)
+    uuids = f"{gpus[1]['uuid']},{gpus[3]['uuid']}"
 
     command = ssh(
         port,
@@ -131,18 +186,17 @@ async def test_create_gives_a_working_ssh_login_with_gpus_and_env(
 
 
 async def test_image_without_sshd_gets_one_installed(gpu_client: Client) -> None:
-    status, created = await create(gpu_client, **body("nossh", image=DEBIAN_NOSSH_IMAGE))
+    answer = await created(gpu_client, **body("nossh", image=DEBIAN_NOSSH_IMAGE))
 
-    assert status == 201, created
-    command = ssh(created["ssh-port"], "alice", "pw-nossh", "id -un; command -v sshd")
+    command = ssh(answer["ssh-port"], "alice", "pw-nossh", "id -un; command -v sshd")
     assert command.stdout.split() == ["alice", "/usr/sbin/sshd"]
 
 
 async def test_docker_gets_the_gpus_by_uuid_labels_and_restart_policy(
-    gpu_client: Client, rig: Rig, test_config: Config
+    gpu_client: Client, rig: Rig, test_config: Config, gpus: Gpus
 ) -> None:
-    await create(gpu_client, **body("pinned", gpu_ids=[2]))
-    await create(gpu_client, **body("nogpu"))
+    pinned_answer = await created(gpu_client, **body("pinned", gpu_ids=[2]))
+    nogpu_answer = await created(gpu_client, **body("nogpu"))
 
     pinned, nogpu = inspect(rig, "pinned"), inspect(rig, "nogpu")
 
@@ -150,7 +204,7 @@ async def test_docker_gets_the_gpus_by_uuid_labels_and_restart_policy(
         {
             "Driver": "nvidia",
             "Count": 0,
-            "DeviceIDs": [GPUS[2]["uuid"]],
+            "DeviceIDs": [gpus[2]["uuid"]],
             "Capabilities": [["gpu"]],
             "Options": None,
         }
@@ -161,16 +215,17 @@ async def test_docker_gets_the_gpus_by_uuid_labels_and_restart_policy(
     assert labels["deepdockd.namespace"] == test_config.namespace
     assert labels["deepdockd.ssh-user"] == "alice"
     assert labels["deepdockd.gpu-indices"] == "2"
-    assert labels["deepdockd.gpu-uuids"] == GPUS[2]["uuid"]
-    assert labels["deepdockd.ssh-port"].isdigit()
+    assert labels["deepdockd.gpu-uuids"] == gpus[2]["uuid"]
+    # The port answered, the port labelled and the port Docker publishes are one.
+    assert labels["deepdockd.ssh-port"] == str(pinned_answer["ssh-port"])
+    assert published_ssh_ports(pinned) == {pinned_answer["ssh-port"]}
     assert labels["deepdockd.owner"] == "anonymous"
     assert nogpu["HostConfig"]["DeviceRequests"] is None
     assert "NVIDIA_VISIBLE_DEVICES=void" in nogpu["Config"]["Env"]
-    nogpu_port = int(nogpu["Config"]["Labels"]["deepdockd.ssh-port"])
-    assert (
-        ssh(nogpu_port, "alice", "pw-nogpu", "echo $NVIDIA_VISIBLE_DEVICES").stdout.strip()
-        == "void"
-    )
+    assert nogpu["Config"]["Labels"]["deepdockd.ssh-port"] == str(nogpu_answer["ssh-port"])
+    assert published_ssh_ports(nogpu) == {nogpu_answer["ssh-port"]}
+    seen = ssh(nogpu_answer["ssh-port"], "alice", "pw-nogpu", "echo $NVIDIA_VISIBLE_DEVICES")
+    assert seen.stdout == "void\n", seen.stderr
 
 
 async def test_the_password_is_nowhere_to_be_read(
@@ -179,13 +234,13 @@ async def test_the_password_is_nowhere_to_be_read(
     caplog.set_level(logging.DEBUG)
     password = f"secret-{uuid.uuid4().hex}"
 
-    status, created = await create(gpu_client, **body("secret", password=password))
+    status, answer = await create(gpu_client, **body("secret", password=password))
     listed = await (await gpu_client.get("/containers")).text()
     one = await (await gpu_client.get("/containers/secret")).text()
 
     assert status == 201
-    assert ssh(created["ssh-port"], "alice", password, "id -un").stdout.strip() == "alice"
-    assert password not in json.dumps(created) + listed + one
+    assert ssh(answer["ssh-port"], "alice", password, "id -un").stdout.strip() == "alice"
+    assert password not in json.dumps(answer) + listed + one
     assert password not in rig.docker("inspect", "secret")
     assert password not in rig.docker("logs", "secret")
     assert password not in caplog.text
@@ -194,7 +249,7 @@ async def test_the_password_is_nowhere_to_be_read(
 
 
 async def test_image_that_cannot_have_ssh_fails_and_leaves_nothing(
-    gpu_client: Client, leftovers: Callable[[], list[str]]
+    gpu_client: Client, leftovers: Leftovers, ssh_ports: tuple[int, int]
 ) -> None:
     status, error = await create(gpu_client, **body("nope", image=BUSYBOX_IMAGE, gpu_ids=[0]))
 
@@ -206,9 +261,58 @@ async def test_image_that_cannot_have_ssh_fails_and_leaves_nothing(
     )
     assert leftovers() == []
     # Its port and GPU are free again.
-    status, created = await create(gpu_client, **body("next", gpu_ids=[0]))
-    assert status == 201
-    assert created["ssh-port"] == PORTS[0]
+    answer = await created(gpu_client, **body("next", gpu_ids=[0]))
+    assert answer["ssh-port"] == ssh_ports[0]
+
+
+async def test_sshd_that_does_not_answer_in_time_is_504_and_leaves_nothing(
+    aiohttp_client: ClientFactory,
+    test_config: Config,
+    leftovers: Leftovers,
+    ssh_ports: tuple[int, int],
+) -> None:
+    # An image without sshd installs one with apt-get: far longer than 0.2 s.
+    impatient = Config(**{**test_config.__dict__, "ssh_ready_timeout": 0.2})
+    client = await aiohttp_client(create_app(impatient))
+
+    status, error = await create(client, **body("slow", image=DEBIAN_NOSSH_IMAGE))
+
+    assert status == 504
+    assert error["error"] == {
+        "code": "ssh_timeout",
+        "message": (
+            f"sshd did not answer on port {ssh_ports[0]} within 0.2 s (ssh_ready_timeout); "
+            "container removed"
+        ),
+        "details": {},
+    }
+    assert leftovers() == []
+    assert port_is_bindable(ssh_ports[0])  # Docker's proxy let go of it
+    patient = await aiohttp_client(create_app(test_config))
+    assert (await created(patient, **body("patient")))["ssh-port"] == ssh_ports[0]
+
+
+async def test_a_start_whose_sshd_does_not_answer_in_time_is_504_and_keeps_the_container(
+    aiohttp_client: ClientFactory, test_config: Config, rig: Rig, leftovers: Leftovers
+) -> None:
+    patient = await aiohttp_client(create_app(test_config))
+    port = (await created(patient, **body("late")))["ssh-port"]
+    assert (await patient.post("/containers/late/stop")).status == 200
+    impatient = await aiohttp_client(
+        create_app(Config(**{**test_config.__dict__, "ssh_ready_timeout": 0.001}))
+    )
+
+    response = await impatient.post("/containers/late/start")
+
+    assert response.status == 504
+    assert (await response.json())["error"] == {
+        "code": "ssh_timeout",
+        "message": f"sshd did not answer on port {port} within 0.001 s (ssh_ready_timeout)",
+        "details": {},
+    }
+    # Left running, not removed: its logs say why, and a later look finds its sshd.
+    assert leftovers() == ["late"]
+    assert inspect(rig, "late")["State"]["Running"] is True
 
 
 async def test_an_image_missing_locally_is_pulled_first(gpu_client: Client, rig: Rig) -> None:
@@ -217,8 +321,8 @@ async def test_an_image_missing_locally_is_pulled_first(gpu_client: Client, rig:
     rig.docker("push", reference)
     rig.docker("rmi", reference)
     try:
-        status, created = await create(gpu_client, **body("pulled", image=reference))
-        assert status == 201, created
+        status, answer = await create(gpu_client, **body("pulled", image=reference))
+        assert status == 201, answer
         assert rig.image_exists(reference)
     finally:
         rig.docker("rm", "--force", "pulled")
@@ -228,7 +332,7 @@ async def test_an_image_missing_locally_is_pulled_first(gpu_client: Client, rig:
 # --- life cycle ---
 
 
-async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig) -> None:
+async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig, gpus: Gpus) -> None:
     async def listed() -> dict[str, Any]:
         response = await gpu_client.get("/containers")
         assert response.status == 200
@@ -241,13 +345,13 @@ async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig) -
         assert response.status == 200
         assert await response.json() == {"message": f"container 'cycle' {expected}"}
 
-    _, created = await create(gpu_client, **body("cycle", gpu_ids=[0, 2]))
-    port = created["ssh-port"]
+    answer = await created(gpu_client, **body("cycle", gpu_ids=[0, 2]))
+    port = answer["ssh-port"]
     item = await listed()
     assert item == {
-        "id": created["id"], "name": "cycle", "status": "running", "image": [DEBIAN_SSH_IMAGE],
+        "id": answer["id"], "name": "cycle", "status": "running", "image": [DEBIAN_SSH_IMAGE],
         "created": inspect(rig, "cycle")["Config"]["Labels"]["deepdockd.created"],
-        "ssh-port": port, "gpus": ["0", "2"], "gpu_uuids": [GPUS[0]["uuid"], GPUS[2]["uuid"]],
+        "ssh-port": port, "gpus": ["0", "2"], "gpu_uuids": [gpus[0]["uuid"], gpus[2]["uuid"]],
         "owner": "anonymous", "ssh_user": "alice",
     }  # fmt: skip
     assert item["created"].endswith("Z")
@@ -263,24 +367,85 @@ async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig) -
     one = await gpu_client.get("/containers/cycle")
     assert await one.json() == await listed()
 
-    refused = await gpu_client.delete("/containers/cycle")
-    assert refused.status == 409
-    assert (
-        "stop it first, or ask again with ?force=true" in (await refused.json())["error"]["message"]
+    refused = await call(gpu_client, "DELETE", "/containers/cycle")
+    assert refused == (
+        409,
+        {
+            "error": {
+                "code": "conflict",
+                "message": "container 'cycle' is running; stop it first, or ask again with ?force=true",
+                "details": {"name": "cycle", "state": "running"},
+            }
+        },
     )
+    assert states(rig, "cycle") == {"cycle": "running"}
     removed = await gpu_client.delete("/containers/cycle?force=true")
     assert await removed.json() == {"message": "container 'cycle' removed"}
     assert (await (await gpu_client.get("/containers")).json()) == {"containers": []}
     assert (await gpu_client.get("/containers/cycle")).status == 404
 
 
-async def test_delete_of_a_stopped_container_needs_no_force(gpu_client: Client) -> None:
-    await create(gpu_client, **body("stopped"))
-    await gpu_client.post("/containers/stopped/stop")
+async def test_delete_of_a_stopped_container_needs_no_force(
+    gpu_client: Client, leftovers: Leftovers
+) -> None:
+    await created(gpu_client, **body("stopped"))
+    assert await call(gpu_client, "POST", "/containers/stopped/stop") == (
+        200,
+        {"message": "container 'stopped' stopped"},
+    )
 
-    response = await gpu_client.delete("/containers/stopped")
+    answer = await call(gpu_client, "DELETE", "/containers/stopped")
 
-    assert response.status == 200
+    assert answer == (200, {"message": "container 'stopped' removed"})
+    assert leftovers() == []
+
+
+async def test_start_of_a_running_container_changes_nothing(gpu_client: Client, rig: Rig) -> None:
+    answer = await created(gpu_client, **body("awake"))
+    before = inspect(rig, "awake")["State"]
+
+    started = await call(gpu_client, "POST", "/containers/awake/start")
+
+    assert started == (200, {"message": "container 'awake' started"})
+    after = inspect(rig, "awake")["State"]
+    assert (after["Status"], after["StartedAt"], after["Pid"]) == (
+        "running", before["StartedAt"], before["Pid"],
+    )  # fmt: skip
+    status, item = await call(gpu_client, "GET", "/containers/awake")
+    assert (status, item["status"], item["ssh-port"]) == (200, "running", answer["ssh-port"])
+    assert ssh(answer["ssh-port"], "alice", "pw-awake", "id -un").stdout.strip() == "alice"
+
+
+async def test_a_port_taken_on_the_host_is_409_at_start_until_it_is_free(
+    gpu_client: Client, rig: Rig
+) -> None:
+    port = (await created(gpu_client, **body("squatted")))["ssh-port"]
+    assert (await call(gpu_client, "POST", "/containers/squatted/stop"))[0] == 200
+
+    with socket.socket() as squatter:
+        # The logins left connections in TIME_WAIT on the port; a listener may bind beside
+        # them (as Docker's proxy does), not beside another listener.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("0.0.0.0", port))
+        squatter.listen()
+        status, error = await call(gpu_client, "POST", "/containers/squatted/start")
+        state_while_taken = states(rig, "squatted")
+
+    assert status == 409
+    assert error["error"]["code"] == "conflict"
+    assert error["error"]["details"] == {"ssh_port": port}
+    assert re.fullmatch(
+        rf"SSH port {port} is taken on the host: .*0\.0\.0\.0:{port}.*address already in use.*",
+        error["error"]["message"],
+    ), error
+    assert state_while_taken == {"squatted": "exited"}  # Docker's start failed; it is not up
+    # The port free again, the same start works, on the same port.
+    assert await call(gpu_client, "POST", "/containers/squatted/start") == (
+        200,
+        {"message": "container 'squatted' started"},
+    )
+    assert states(rig, "squatted") == {"squatted": "running"}
+    assert ssh(port, "alice", "pw-squatted", "id -un").stdout.strip() == "alice"
 
 
 async def test_containers_deepdockd_did_not_make_are_invisible(
@@ -307,10 +472,11 @@ async def test_containers_deepdockd_did_not_make_are_invisible(
         assert response.status == 404
         assert (await response.json())["error"]["message"] == f"no container {foreign!r}"
     assert taken[0] == 409
+    assert taken[1]["error"]["message"] == f"the name {foreign!r} is taken; choose another"
 
 
-async def test_a_taken_name_is_409(gpu_client: Client, leftovers: Callable[[], list[str]]) -> None:
-    await create(gpu_client, **body("twice"))
+async def test_a_taken_name_is_409(gpu_client: Client, leftovers: Leftovers) -> None:
+    await created(gpu_client, **body("twice"))
 
     status, error = await create(gpu_client, **body("twice", gpu_ids=[1]))
 
@@ -324,22 +490,127 @@ async def test_a_taken_name_is_409(gpu_client: Client, leftovers: Callable[[], l
 # --- allocation ---
 
 
-async def test_a_gpu_is_held_by_one_running_container(gpu_client: Client) -> None:
-    assert (await create(gpu_client, **body("first", gpu_ids=[0])))[0] == 201
+async def test_a_gpu_is_held_by_one_running_container(gpu_client: Client, rig: Rig) -> None:
+    await created(gpu_client, **body("first", gpu_ids=[0]))
 
     status, error = await create(gpu_client, **body("second", gpu_ids=[1, 0]))
     assert status == 409
-    assert error["error"]["message"] == "GPU 0 is held by running container 'first'"
-    assert error["error"]["details"] == {"gpu": 0, "holder": "first"}
+    assert error["error"] == {
+        "code": "gpu_busy",
+        "message": "GPU 0 is held by running container 'first'",
+        "details": {"gpu": 0, "holder": "first"},
+    }
 
-    await gpu_client.post("/containers/first/stop")  # a stopped container holds nothing
-    assert (await create(gpu_client, **body("second", gpu_ids=[0])))[0] == 201
-    restarted = await gpu_client.post("/containers/first/start")
-    assert restarted.status == 409
-    assert (await restarted.json())["error"][
-        "message"
-    ] == "GPU 0 is held by running container 'second'"
-    assert (await gpu_client.post("/containers/first/restart")).status == 409
+    stopped = await call(gpu_client, "POST", "/containers/first/stop")
+    assert stopped == (200, {"message": "container 'first' stopped"})  # and holds nothing
+    await created(gpu_client, **body("second", gpu_ids=[0]))
+    second_started = inspect(rig, "second")["State"]["StartedAt"]
+    for action in ("start", "restart"):
+        status, error = await call(gpu_client, "POST", f"/containers/first/{action}")
+        assert status == 409, action
+        assert error["error"] == {
+            "code": "gpu_busy",
+            "message": "GPU 0 is held by running container 'second'",
+            "details": {"gpu": 0, "holder": "second"},
+        }
+        assert states(rig, "first", "second") == {"first": "exited", "second": "running"}
+    assert inspect(rig, "second")["State"]["StartedAt"] == second_started
+
+
+async def test_gpu_sharing_lets_two_running_containers_hold_one_gpu(
+    aiohttp_client: ClientFactory,
+    test_config: Config,
+    sim_gpus: SimGpus,
+    gpus: Gpus,
+    rig: Rig,
+    leftovers: Leftovers,
+) -> None:
+    sim_gpus(*gpus)
+    sharing = Config(**{**test_config.__dict__, "gpu_sharing": True})
+    client = await aiohttp_client(create_app(sharing))
+
+    one = await created(client, **body("share1", gpu_ids=[0]))
+    two = await created(client, **body("share2", gpu_ids=[0, 1]))
+    # A stopped sharer starts again beside the other.
+    assert (await call(client, "POST", "/containers/share1/stop"))[0] == 200
+    assert await call(client, "POST", "/containers/share1/start") == (
+        200,
+        {"message": "container 'share1' started"},
+    )
+
+    assert states(rig, "share1", "share2") == {"share1": "running", "share2": "running"}
+    status, listing = await call(client, "GET", "/gpus")
+    assert status == 200
+    assert [g["containers"] for g in listing["gpus"]] == [["share1", "share2"], ["share2"], [], []]
+    labels = {name: inspect(rig, name)["Config"]["Labels"] for name in ("share1", "share2")}
+    assert labels["share1"]["deepdockd.gpu-uuids"] == gpus[0]["uuid"]
+    assert labels["share2"]["deepdockd.gpu-uuids"] == f"{gpus[0]['uuid']},{gpus[1]['uuid']}"
+    seen = [
+        ssh(answer["ssh-port"], "alice", f"pw-{name}", "echo $NVIDIA_VISIBLE_DEVICES").stdout
+        for name, answer in (("share1", one), ("share2", two))
+    ]
+    assert seen == [f"{gpus[0]['uuid']}\n", f"{gpus[0]['uuid']},{gpus[1]['uuid']}\n"]
+
+
+async def test_without_nvml_gpus_are_pinned_by_index(
+    aiohttp_client: ClientFactory, test_config: Config, rig: Rig, leftovers: Leftovers
+) -> None:
+    # No NVML_SIM_CONFIG: NVML cannot list the GPUs (as on a host whose driver is missing).
+    client = await aiohttp_client(create_app(test_config))
+
+    answer = await created(client, **body("byindex", gpu_ids=[1]))
+
+    container = inspect(rig, "byindex")
+    assert container["HostConfig"]["DeviceRequests"] == [
+        {
+            "Driver": "nvidia",
+            "Count": 0,
+            "DeviceIDs": ["1"],
+            "Capabilities": [["gpu"]],
+            "Options": None,
+        }
+    ]
+    assert container["Config"]["Labels"]["deepdockd.gpu-indices"] == "1"
+    assert container["Config"]["Labels"]["deepdockd.gpu-uuids"] == ""  # no UUID to pin
+    status, item = await call(client, "GET", "/containers/byindex")
+    assert (status, item["gpus"], item["gpu_uuids"]) == (200, ["1"], [])
+    seen = ssh(answer["ssh-port"], "alice", "pw-byindex", "echo $NVIDIA_VISIBLE_DEVICES")
+    assert seen.stdout == "1\n", seen.stderr
+    # Held by index, the GPU is still held.
+    status, error = await create(client, **body("byindex2", gpu_ids=[1]))
+    assert (status, error["error"]["message"]) == (
+        409,
+        "GPU 1 is held by running container 'byindex'",
+    )
+    assert leftovers() == ["byindex"]
+
+
+async def test_gpus_and_ports_held_in_another_namespace_are_not_given_again(
+    aiohttp_client: ClientFactory,
+    gpu_client: Client,
+    test_config: Config,
+    other_namespace: str,
+    leftovers: Leftovers,
+    ssh_ports: tuple[int, int],
+) -> None:
+    # A second daemon on the same Docker and the same GPUs, with a namespace of its own.
+    other = Config(**{**test_config.__dict__, "namespace": other_namespace})
+    other_client = await aiohttp_client(create_app(other))
+    theirs = await created(other_client, **body("theirs", gpu_ids=[0]))
+    assert theirs["ssh-port"] == ssh_ports[0]
+
+    status, error = await create(gpu_client, **body("ours", gpu_ids=[0]))
+    assert status == 409
+    assert error["error"] == {
+        "code": "gpu_busy",
+        "message": "GPU 0 is held by running container 'theirs'",
+        "details": {"gpu": 0, "holder": "theirs"},
+    }
+    ours = await created(gpu_client, **body("ours", gpu_ids=[1]))
+    assert ours["ssh-port"] == ssh_ports[0] + 1
+    assert (leftovers(), leftovers(other_namespace)) == (["ours"], ["theirs"])
+    status, listing = await call(gpu_client, "GET", "/containers")
+    assert (status, [c["name"] for c in listing["containers"]]) == (200, ["ours"])
 
 
 @pytest.mark.parametrize(
@@ -356,7 +627,7 @@ async def test_a_gpu_is_held_by_one_running_container(gpu_client: Client) -> Non
     ],
 )
 async def test_bad_gpu_ids_are_422(
-    gpu_client: Client, leftovers: Callable[[], list[str]], gpu_ids: object, message: str
+    gpu_client: Client, leftovers: Leftovers, gpu_ids: object, message: str
 ) -> None:
     status, error = await create(gpu_client, **body("badgpu", gpu_ids=gpu_ids))
 
@@ -388,7 +659,7 @@ async def test_bad_gpu_ids_are_422(
     ],
 )
 async def test_bad_bodies_are_422_naming_the_field(
-    gpu_client: Client, leftovers: Callable[[], list[str]], fields: dict[str, Any], message: str
+    gpu_client: Client, leftovers: Leftovers, fields: dict[str, Any], message: str
 ) -> None:
     status, error = await create(gpu_client, **(body("badbody") | fields))
 
@@ -398,7 +669,7 @@ async def test_bad_bodies_are_422_naming_the_field(
 
 
 async def test_twenty_concurrent_creates_share_nothing(
-    gpu_client: Client, rig: Rig, leftovers: Callable[[], list[str]]
+    gpu_client: Client, rig: Rig, leftovers: Leftovers, ssh_ports: tuple[int, int]
 ) -> None:
     # Ten ask for one of the four GPUs (so six must lose), ten ask for none.
     wanted = {f"c{i:02d}": ([i % 4] if i < 10 else []) for i in range(20)}
@@ -417,8 +688,9 @@ async def test_twenty_concurrent_creates_share_nothing(
         e["error"]["code"] == "gpu_busy" and "is held by running container" in e["error"]["message"]
         for e in losers.values()
     )
-    ports = [results[name][1]["ssh-port"] for name in winners]
-    assert len(set(ports)) == len(ports)
+    ports = sorted(results[name][1]["ssh-port"] for name in winners)
+    # Each its own, and the lowest ones: a loser gives nothing away and takes nothing.
+    assert ports == list(range(ssh_ports[0], ssh_ports[0] + 14))
     assert leftovers() == sorted(winners)
     held = [
         inspect(rig, name)["Config"]["Labels"]["deepdockd.gpu-indices"]
@@ -429,9 +701,12 @@ async def test_twenty_concurrent_creates_share_nothing(
 
 
 async def test_the_lowest_free_port_skips_ports_bound_on_the_host(
-    aiohttp_client: ClientFactory, test_config: Config, leftovers: Any
+    aiohttp_client: ClientFactory,
+    test_config: Config,
+    leftovers: Leftovers,
+    ssh_ports: tuple[int, int],
 ) -> None:
-    low = 23900
+    low = ssh_ports[0]
     config = Config(**{**test_config.__dict__, "ssh_port_range": (low, low + 2)})
     client = await aiohttp_client(create_app(config))
     with socket.socket() as squatter:
@@ -442,12 +717,15 @@ async def test_the_lowest_free_port_skips_ports_bound_on_the_host(
         second = await create(client, **body("port2"))
         third = await create(client, **body("port3"))
 
-    assert [first[1]["ssh-port"], second[1]["ssh-port"]] == [low + 1, low + 2]
+    assert (first[0], first[1]["ssh-port"]) == (201, low + 1)
+    assert (second[0], second[1]["ssh-port"]) == (201, low + 2)
     assert third[0] == 503
     assert third[1]["error"]["code"] == "ssh_ports_exhausted"
-    assert third[1]["error"]["message"].startswith(
-        f"no free SSH port in {low}-{low + 2}: all 3 are held"
+    assert third[1]["error"]["message"] == (
+        f"no free SSH port in {low}-{low + 2}: all 3 are held by containers or bound on the "
+        "host; remove containers or widen ssh_port_range"
     )
+    assert leftovers() == ["port1", "port2"]
 
 
 def test_a_killed_daemon_comes_back_without_double_booking(
@@ -455,12 +733,16 @@ def test_a_killed_daemon_comes_back_without_double_booking(
     tmp_path: Path,
     free_port: int,
     test_config: Config,
-    leftovers: Callable[[], list[str]],
+    gpus: Gpus,
+    leftovers: Leftovers,
+    ssh_ports: tuple[int, int],
 ) -> None:
-    demo = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
+    described = tmp_path / "gpus.json"
+    described.write_text(json.dumps({"driver_version": "550.54.15", "gpus": gpus}))
     env = {
-        "LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent), "NVML_SIM_CONFIG": str(demo),
-        "DEEPDOCKD_SSH_PORT_RANGE": f"{PORTS[0]}-{PORTS[1]}", "DEEPDOCKD_NAMESPACE": test_config.namespace,
+        "LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent), "NVML_SIM_CONFIG": str(described),
+        "DEEPDOCKD_SSH_PORT_RANGE": f"{ssh_ports[0]}-{ssh_ports[1]}",
+        "DEEPDOCKD_NAMESPACE": test_config.namespace,
     }  # fmt: skip
     args = (
         "--port",
@@ -472,25 +754,17 @@ def test_a_killed_daemon_comes_back_without_double_booking(
     )
     base = f"http://127.0.0.1:{free_port}"
 
-    def post(path: str, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(
-            base + path, data=json.dumps(fields).encode(), method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+    def post(path: str, fields: dict[str, Any]) -> tuple[int, Any]:
+        return http_json("POST", base + path, json_body=fields, timeout_s=120)
 
     first = Daemon(*args, env=env, log=tmp_path / "first.log")
-    first.wait_until_serving(base + "/healthz")
-    status, held = post("/containers/create", body("kept", gpu_ids=[2]))
-    first.process.kill()  # SIGKILL: no chance to save anything
-    first.wait_for_exit()
-    assert status == 201
+    try:
+        first.wait_until_serving(base + "/healthz")
+        status, held = post("/containers/create", body("kept", gpu_ids=[2]))
+    finally:
+        first.process.kill()  # SIGKILL: no chance to save anything
+        first.wait_for_exit()
+    assert (status, held["ssh-port"]) == (201, ssh_ports[0]), held
 
     second = Daemon(*args, env=env, log=tmp_path / "second.log")
     try:
@@ -500,8 +774,15 @@ def test_a_killed_daemon_comes_back_without_double_booking(
     finally:
         second.stop()
 
-    assert busy[0] == 409
-    assert busy[1]["error"]["message"] == "GPU 2 is held by running container 'kept'"
-    assert other[0] == 201
-    assert other[1]["ssh-port"] != held["ssh-port"]
+    assert busy == (
+        409,
+        {
+            "error": {
+                "code": "gpu_busy",
+                "message": "GPU 2 is held by running container 'kept'",
+                "details": {"gpu": 2, "holder": "kept"},
+            }
+        },
+    )
+    assert (other[0], other[1]["ssh-port"]) == (201, ssh_ports[0] + 1)
     assert leftovers() == ["kept", "other"]

@@ -1,12 +1,18 @@
-"""Docker unreachable: every route that needs it answers 503 docker_unavailable with a message
-that says where Docker was looked for; the others go on answering."""
+"""Docker unreachable or stuck: every route that needs it answers 503 docker_unavailable with a
+message that says where Docker was looked for; the others go on answering."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from deepdockd.app import create_app
 from deepdockd.config import Config
+from deepdockd.docker import Docker
 
 from conftest import ClientFactory
 
@@ -44,3 +50,53 @@ async def test_docker_backed_routes_answer_503_and_the_others_answer(
     assert (await client.get("/metrics/gpus")).status == 200
     gpus = await client.get("/gpus")
     assert gpus.status == 200
+
+
+@pytest.fixture
+async def stuck_docker(tmp_path: Path) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A Unix socket that takes every connection and reads the request, and never answers:
+    a Docker engine that hangs. Yields its URL and the request lines it received."""
+    received: list[bytes] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        received.append(await reader.readline())
+
+    path = tmp_path / "stuck.sock"
+    server = await asyncio.start_unix_server(hang, path=str(path))
+    try:
+        yield f"unix://{path}", received
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stuck_docker_is_503_once_the_quick_call_limit_runs_out(
+    aiohttp_client: ClientFactory, stuck_docker: tuple[str, list[bytes]]
+) -> None:
+    url, received = stuck_docker
+    docker = Docker(url, quick_call_timeout_s=0.5)
+    client = await aiohttp_client(create_app(Config(docker_host=url, auth=False), docker=docker))
+
+    started = time.monotonic()
+    listed = await client.get("/containers")
+    waited_s = time.monotonic() - started
+    health = await client.get("/healthz")
+    metrics = await client.get("/metrics")
+
+    assert listed.status == 503
+    assert (await listed.json())["error"] == {
+        "code": "docker_unavailable",
+        "message": f"Docker at {url} did not answer within 0.5 s",
+        "details": {},
+    }
+    assert 0.5 <= waited_s < 5
+    assert received[0].startswith(b"GET /")  # it asked, and Docker never answered
+    assert health.status == 503
+    assert (await health.json())["docker"][
+        "error"
+    ] == f"Docker at {url} did not answer within 0.5 s"
+    assert metrics.status == 200  # the host's figures do not wait for Docker

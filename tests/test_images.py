@@ -4,10 +4,14 @@ delete, and every error a person can meet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +22,9 @@ from rig import BUSYBOX_IMAGE, PRIVATE_REGISTRY_ADDR, PRIVATE_REGISTRY_USER, REG
 
 MakeImage = Callable[..., str]
 NDJSON = {"Accept": "application/x-ndjson"}
-NOT_IN_REGISTRY = "was not found in its registry"
+# Docker's (20.10) words for a registry that wants credentials and got none, or wrong ones.
+NO_CREDENTIALS = "no basic auth credentials"
+BAD_CREDENTIALS = "unauthorized: authentication required"
 
 # The seed's examples (deepdock-api-reference.md, section 1): our answers keep every key, with
 # a value of the same type.
@@ -48,6 +54,95 @@ def assert_seed_shape(
 def inspect(rig: Rig, reference: str) -> dict[str, Any]:
     [data] = json.loads(rig.docker("image", "inspect", reference))
     return dict(data)
+
+
+def pulled(rig: Rig, reference: str) -> dict[str, Any]:
+    """The answer to a pull of ``reference``, from what the engine holds after it."""
+    data = inspect(rig, reference)
+    return {
+        "message": f"Image '{reference}' pulled successfully.",
+        "id": data["Id"].removeprefix("sha256:")[:12],
+        "tags": [reference],
+        "size_mb": round(data["Size"] / 2**20, 2),
+    }
+
+
+def error(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def repository_path(reference: str) -> str:
+    """``deepdockd-test/rand-…`` of ``127.0.0.1:5000/deepdockd-test/rand-…:v1``, as Docker
+    names it in "Pulling from …"."""
+    return reference.split("/", 1)[1].rsplit(":", 1)[0]
+
+
+def layer_in_engine(rig: Rig, chain_id: str) -> bool:
+    """Whether the engine still stores the layer ``chain_id`` (in its layer database)."""
+    driver = rig.docker("info", "--format", "{{.Driver}}").strip()
+    layerdb = rig.root / "data" / "image" / driver / "layerdb" / "sha256"
+    return (layerdb / chain_id.removeprefix("sha256:")).is_dir()
+
+
+def registry_layer_files(rig: Rig, reference: str) -> list[Path]:
+    """Where the rig's open registry (storage under ``ROOT/registry``, see ``Rig``) keeps the
+    layers of ``reference``: distribution's filesystem layout, tag -> manifest -> blobs."""
+    v2 = rig.root / "registry" / "docker" / "registry" / "v2"
+    repository, tag = reference.removeprefix(f"{REGISTRY_ADDR}/").rsplit(":", 1)
+    link = v2 / "repositories" / repository / "_manifests" / "tags" / tag / "current" / "link"
+
+    def blob(digest: str) -> Path:
+        hex_digest = digest.removeprefix("sha256:")
+        return v2 / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
+
+    manifest = json.loads(blob(link.read_text()).read_text())
+    return [blob(layer["digest"]) for layer in manifest["layers"]]
+
+
+@contextlib.asynccontextmanager
+async def slow_link(to: str, *, bytes_per_s: int) -> AsyncIterator[str]:
+    """A TCP relay on a free loopback port to ``to`` (``host:port``) that brings the answers
+    back at about ``bytes_per_s``: the rig's registry behind a slow network. Yields the relay's
+    ``host:port``; a loopback registry is one Docker pulls from without TLS."""
+    host, port = to.rsplit(":", 1)
+    chunk = max(bytes_per_s // 100, 1)
+    connections: set[asyncio.Task[None]] = set()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pace: bool) -> None:
+        try:
+            while data := await reader.read(chunk if pace else 2**16):
+                writer.write(data)
+                await writer.drain()
+                if pace:
+                    await asyncio.sleep(0.01)  # the link's rate: `chunk` bytes each 10 ms
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            await asyncio.gather(
+                relay(reader, upstream_writer, pace=False),
+                relay(upstream_reader, writer, pace=True),
+            )
+        finally:
+            writer.close()
+            connections.discard(task)
+
+    server = await asyncio.start_server(connect, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        await server.wait_closed()
 
 
 async def pull(client: Client, repo_tag: str, **extra: Any) -> tuple[int, dict[str, Any]]:
@@ -92,13 +187,7 @@ async def test_pull_answers_the_seeds_shape_and_lists_the_image(
     status, body = await pull(client, reference)
 
     assert status == 200
-    data = inspect(rig, reference)
-    assert body == {
-        "message": f"Image '{reference}' pulled successfully.",
-        "id": data["Id"].removeprefix("sha256:")[:12],
-        "tags": [reference],
-        "size_mb": round(data["Size"] / 2**20, 2),
-    }
+    assert body == pulled(rig, reference)
     assert_seed_shape(body, SEED_PULL)
     listed = (await (await client.get("/images")).json())["images"]
     [item] = [i for i in listed if i["tag"] == reference]
@@ -155,20 +244,49 @@ async def test_concurrent_pulls_of_one_reference_share_one_docker_pull(
     assert events == [reference]
 
 
+@pytest.mark.parametrize("others", [0, 1])
 async def test_a_client_that_goes_away_does_not_stop_the_pull(
-    client: Client, rig: Rig, registry_image: MakeImage
+    client: Client, rig: Rig, registry_image: MakeImage, others: int
 ) -> None:
-    reference = registry_image(size_mb=64)
+    # 4 MiB through a 4 MiB/s link: the layer is still coming when the client hangs up in the
+    # middle of its download, alone or while another client shares the pull.
+    in_registry = registry_image(size_mb=4)
+    async with slow_link(REGISTRY_ADDR, bytes_per_s=4 * 2**20) as link:
+        reference = in_registry.replace(REGISTRY_ADDR, link, 1)
+        try:
+            leaving = await client.post("/images", json={"repo_tag": reference}, headers=NDJSON)
+            first = json.loads(await leaving.content.readline())
+            staying = [
+                await client.post("/images", json={"repo_tag": reference}, headers=NDJSON)
+                for _ in range(others)
+            ]
+            for other in staying:  # its first line: it listens to the pull
+                await other.content.readline()
+            last_seen = first
+            while last_seen["status"] != "Downloading":
+                last_seen = json.loads(await leaving.content.readline())
+            leaving.close()  # the client hangs up
+            in_the_engine_when_the_client_left = rig.image_exists(reference)
 
-    response = await client.post("/images", json={"repo_tag": reference}, headers=NDJSON)
-    first = json.loads(await response.content.readline())
-    response.close()  # the client hangs up after the first line
-
-    assert first["status"].startswith("Pulling from")
-    deadline = time.monotonic() + 60
-    while not rig.image_exists(reference):
-        assert time.monotonic() < deadline, "the pull stopped when its client went away"
-        await asyncio.sleep(0.2)
+            assert first == {
+                "status": f"Pulling from {repository_path(reference)}",
+                "layer": None,
+                "current": None,
+                "total": None,
+            }
+            assert 0 < last_seen["current"] < last_seen["total"]
+            assert not in_the_engine_when_the_client_left
+            deadline = time.monotonic() + 30
+            while not rig.image_exists(reference):
+                assert time.monotonic() < deadline, "the pull stopped when its client went away"
+                await asyncio.sleep(0.2)
+            for other in staying:
+                async with asyncio.timeout(30):
+                    last_line = (await other.text()).splitlines()[-1]
+                assert json.loads(last_line) == pulled(rig, reference)
+        finally:
+            if rig.image_exists(reference):
+                rig.docker("rmi", "--force", reference)
 
 
 async def test_private_registry_pull_with_credentials(
@@ -185,18 +303,90 @@ async def test_private_registry_pull_with_credentials(
 
     without = await pull(client, reference)
     refused = await pull(client, reference, auth=wrong)
-    pulled = await pull(client, reference, auth=right | {"serveraddress": PRIVATE_REGISTRY_ADDR})
+    with_right = await pull(
+        client, reference, auth=right | {"serveraddress": PRIVATE_REGISTRY_ADDR}
+    )
 
-    assert without[0] == 502
-    assert without[1]["error"]["code"] == "registry_auth_failed"
-    assert "wants credentials" in without[1]["error"]["message"]
-    assert refused[0] == 502
-    assert refused[1]["error"]["code"] == "registry_auth_failed"
-    assert "refused the credentials" in refused[1]["error"]["message"]
-    assert pulled[0] == 200
-    assert rig.image_exists(reference)
+    assert without == (502, wants_credentials(reference))
+    assert refused == (502, credentials_refused(reference))
+    assert with_right == (200, pulled(rig, reference))
     assert password not in caplog.text
-    assert password not in json.dumps([without, refused, pulled])
+    assert password not in json.dumps([without, refused, with_right])
+
+
+async def test_pulls_with_credentials_are_never_shared(
+    client: Client, rig: Rig, registry_image: MakeImage
+) -> None:
+    # Big enough that the pull with the right credentials still runs when the others come: a
+    # pull shared by reference would hand them its image (or it their refusal).
+    reference = registry_image(registry=PRIVATE_REGISTRY_ADDR, size_mb=16)
+    password = rig.private_registry_password
+    right = {"username": PRIVATE_REGISTRY_USER, "password": password}
+    wrong = {"username": PRIVATE_REGISTRY_USER, "password": password + "-wrong"}
+
+    with_right, without, with_wrong = await asyncio.gather(
+        pull(client, reference, auth=right),
+        pull(client, reference),
+        pull(client, reference, auth=wrong),
+    )
+
+    assert with_right == (200, pulled(rig, reference))
+    assert without == (502, wants_credentials(reference))
+    assert with_wrong == (502, credentials_refused(reference))
+
+
+def wants_credentials(reference: str) -> dict[str, Any]:
+    repository, tag = reference.removeprefix(f"{PRIVATE_REGISTRY_ADDR}/").rsplit(":", 1)
+    manifest = f"http://{PRIVATE_REGISTRY_ADDR}/v2/{repository}/manifests/{tag}"
+    docker_message = f'Head "{manifest}": {NO_CREDENTIALS}'
+    return error(
+        "registry_auth_failed",
+        f'the registry wants credentials for {reference} (send "auth"): {docker_message}',
+        reference=reference,
+        docker_message=docker_message,
+    )
+
+
+def credentials_refused(reference: str) -> dict[str, Any]:
+    return error(
+        "registry_auth_failed",
+        f"the registry refused the credentials for {reference}: {BAD_CREDENTIALS}",
+        reference=reference,
+        docker_message=BAD_CREDENTIALS,
+    )
+
+
+@pytest.mark.parametrize("fault", ["missing", "corrupt"])
+async def test_a_layer_the_registry_cannot_serve_fails_the_pull_with_dockers_reason(
+    client: Client, rig: Rig, registry_image: MakeImage, fault: str
+) -> None:
+    # The registry serves the manifest, then a layer is gone from its storage, or its bytes no
+    # longer match its digest: the registry answered, so this is no "registry_unreachable".
+    reference = registry_image()
+    [layer] = registry_layer_files(rig, reference)
+    if fault == "missing":
+        layer.unlink()
+        docker_message = "unknown blob"
+    else:
+        layer.write_bytes(os.urandom(layer.stat().st_size))
+        docker_message = (
+            f"filesystem layer verification failed for digest sha256:{layer.parent.name}"
+        )
+    expected = error(
+        "pull_failed",
+        f"the pull of {reference} failed: {docker_message}",
+        reference=reference,
+        docker_message=docker_message,
+    )
+
+    streamed = await pull_streamed(client, reference)
+    plain = await pull(client, reference)
+
+    *progress, last = streamed
+    assert progress[0]["status"] == f"Pulling from {repository_path(reference)}"
+    assert last == expected  # the stream had begun: its last line is the error
+    assert plain == (502, expected)
+    assert not rig.image_exists(reference)
 
 
 # --- delete ---
@@ -208,7 +398,10 @@ async def test_delete_by_tag_short_id_or_full_id(
 ) -> None:
     reference = registry_image()
     await pull(client, reference)
-    full_id = inspect(rig, reference)["Id"]
+    data = inspect(rig, reference)
+    full_id = data["Id"]
+    [layer] = data["RootFS"]["Layers"]  # one layer: its chain id is its diff id
+    assert layer_in_engine(rig, layer)
     image_ref = {
         "tag": reference,
         "percent-encoded tag": quote(reference, safe=""),
@@ -220,8 +413,13 @@ async def test_delete_by_tag_short_id_or_full_id(
 
     assert response.status == 200, await response.text()
     shown = reference if how == "percent-encoded tag" else image_ref
-    assert (await response.json())["message"] == f"Image '{shown}' removed successfully."
-    assert not rig.image_exists(reference)
+    assert await response.json() == {
+        "message": f"Image '{shown}' removed successfully.",
+        "untagged": [reference, *data["RepoDigests"]],
+        "deleted": [full_id, layer],
+    }
+    assert not rig.image_exists(full_id)
+    assert not layer_in_engine(rig, layer)
 
 
 async def test_delete_of_an_image_in_use_names_the_containers_and_force_removes_it(
@@ -229,19 +427,32 @@ async def test_delete_of_an_image_in_use_names_the_containers_and_force_removes_
 ) -> None:
     reference = registry_image()
     await pull(client, reference)
+    data = inspect(rig, reference)
+    [layer] = data["RootFS"]["Layers"]
     container = f"uses-{reference.rsplit('-', 1)[1].replace(':', '-')}"
     rig.docker("create", "--name", container, reference, "/bin/true")
     try:
         refused = await client.delete(f"/images/{reference}")
         assert refused.status == 409
-        error = (await refused.json())["error"]
-        assert container in error["message"]
-        assert error["details"]["containers"] == [container]
+        assert await refused.json() == error(
+            "conflict",
+            f"image {reference!r} is used by container(s) {container}; remove them first, or "
+            "ask again with ?force=true",
+            containers=[container],
+        )
         assert rig.image_exists(reference)
 
         forced = await client.delete(f"/images/{reference}?force=true")
         assert forced.status == 200
-        assert not rig.image_exists(reference)
+        # Docker untags and deletes the image; the container keeps the layer, and itself.
+        assert await forced.json() == {
+            "message": f"Image '{reference}' removed successfully.",
+            "untagged": [reference, *data["RepoDigests"]],
+            "deleted": [data["Id"]],
+        }
+        assert not rig.image_exists(data["Id"])
+        assert layer_in_engine(rig, layer)
+        assert rig.docker("ps", "--all", "--quiet", "--filter", f"name=^{container}$").strip()
     finally:
         rig.docker("rm", "--force", container)
 
@@ -257,26 +468,37 @@ async def test_delete_unknown_image_is_404(client: Client) -> None:
     )
 
 
+REPOSITORY_RULE = (
+    "(lower-case letters, digits and separators '.', '_', '-', in components joined by '/')"
+)
+
+
 @pytest.mark.parametrize(
     ("repo_tag", "why"),
     [
-        ("Busybox", "has an invalid repository name 'Busybox'"),
-        ("busybox:bad:tag", "has an invalid repository name 'busybox:bad'"),
-        ("busybox:-tag", "has an invalid tag '-tag'"),
+        ("Busybox", f"has an invalid repository name 'Busybox' {REPOSITORY_RULE}"),
+        ("busybox:bad:tag", f"has an invalid repository name 'busybox:bad' {REPOSITORY_RULE}"),
+        ("busybox:-tag", "has an invalid tag '-tag' (letters, digits, '_', '.', '-'; at most 128)"),
         ("bad image", "must not contain white space"),
-        ("busybox@sha256:12", "has a malformed digest 'sha256:12'"),
+        ("busybox@sha256:12", "has a malformed digest 'sha256:12' (expected ALGORITHM:HEX)"),
     ],
 )
 async def test_malformed_reference_is_422_saying_why(
     client: Client, repo_tag: str, why: str
 ) -> None:
     status, body = await pull(client, repo_tag)
-    assert status == 422
-    assert body["error"]["message"].startswith(
-        f"repo_tag: {repo_tag!r} is not an image reference Docker accepts: it {why}"
-    )
     delete = await client.delete(f"/images/{quote(repo_tag, safe='')}")
-    assert delete.status == 422
+
+    assert (status, body) == (422, error(
+        "invalid_input",
+        f"repo_tag: {repo_tag!r} is not an image reference Docker accepts: it {why}",
+        field="repo_tag",
+    ))  # fmt: skip
+    assert (delete.status, await delete.json()) == (422, error(
+        "invalid_input",
+        f"image_ref: {repo_tag!r} is not an image reference Docker accepts: it {why}",
+        field="image_ref",
+    ))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -310,20 +532,38 @@ async def test_bad_force_value_is_422(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    ("repo_tag", "status", "code", "says"),
+    ("repo_tag", "status", "code", "says", "docker_says"),
     [
-        (f"{REGISTRY_ADDR}/deepdockd-test/no-such-repo:v1", 404, "not_found", NOT_IN_REGISTRY),
-        (f"{REGISTRY_ADDR}/deepdockd-test/busybox:no-such-tag", 404, "not_found", NOT_IN_REGISTRY),
-        ("127.0.0.1:5999/deepdockd-test/busybox:v1", 502, "registry_unreachable", "refused"),
+        (f"{REGISTRY_ADDR}/deepdockd-test/no-such-repo:v1", 404, "not_found",
+         "{ref} was not found in its registry",
+         "manifest for {ref} not found: manifest unknown: manifest unknown"),
+        (f"{REGISTRY_ADDR}/deepdockd-test/busybox:no-such-tag", 404, "not_found",
+         "{ref} was not found in its registry",
+         "manifest for {ref} not found: manifest unknown: manifest unknown"),
+        # Nothing listens on port 1; a loopback registry is insecure, so Docker tries http.
+        ("127.0.0.1:1/x:1", 502, "registry_unreachable",
+         "cannot pull {ref} from its registry",
+         'Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused'),
+        # .invalid never resolves (RFC 2606); * is the resolver, which is the host's own.
+        ("no-such-host.invalid/x:1", 502, "registry_unreachable",
+         "cannot pull {ref} from its registry",
+         'Get "https://no-such-host.invalid/v2/": dial tcp: lookup no-such-host.invalid*: no such host'),
     ],
 )  # fmt: skip
 async def test_pull_errors_say_what_went_wrong(
-    client: Client, repo_tag: str, status: int, code: str, says: str
+    client: Client, rig: Rig, repo_tag: str, status: int, code: str, says: str, docker_says: str
 ) -> None:
+    docker_pattern = ".*".join(re.escape(p) for p in docker_says.format(ref=repo_tag).split("*"))
     for headers in ({}, NDJSON):  # a pull that cannot start is a plain error, streamed or not
         response = await client.post("/images", json={"repo_tag": repo_tag}, headers=headers)
-        assert response.status == status
-        error = (await response.json())["error"]
-        assert error["code"] == code
-        assert repo_tag in error["message"]
-        assert says in error["message"]
+
+        body = await response.json()
+        docker_message = body["error"]["details"]["docker_message"]
+        assert re.fullmatch(docker_pattern, docker_message), body
+        assert (response.status, body) == (status, error(
+            code,
+            f"{says.format(ref=repo_tag)}: {docker_message}",
+            reference=repo_tag,
+            docker_message=docker_message,
+        ))  # fmt: skip
+        assert not rig.image_exists(repo_tag)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,97 @@ async def test_a_slow_driver_does_not_hold_up_the_api(
 
     # Were NVML calls made on the event loop, each request would wait up to 2 s.
     assert elapsed < 1.0
+
+
+# --- the sampler's ticks ---
+
+
+def off_the_grid_s(points: list[dict[str, Any]], period_s: float) -> tuple[int, float]:
+    """How far the sampler strayed from a grid of ``period_s``: the samples taken after the
+    first point, and the spread of (when the k-th of them was taken - k * period_s).
+
+    A bucket closes at its first tick past its end, and that tick's sample opens the next
+    bucket: so the tick that closed point j took sample number (samples of points 1 to j),
+    counted from the tick that closed point 0; a point's timestamp is when that tick had
+    read. On the grid, the differences are all the same, but for ticks the machine made late
+    (by a few ms) or skipped (by a whole interval each); drifting, they grow with k."""
+    first = datetime.fromisoformat(points[0]["timestamp"])
+    residuals_s, samples = [0.0], 0
+    for point in points[1:]:
+        samples += point["samples"]
+        elapsed_s = (datetime.fromisoformat(point["timestamp"]) - first).total_seconds()
+        residuals_s.append(elapsed_s - samples * period_s)
+    return samples, max(residuals_s) - min(residuals_s)
+
+
+async def test_the_ticks_do_not_drift_when_each_sample_takes_a_while(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    interval_s = 0.05
+    sim_gpus(sim_gpu(0, delay_ms=4))  # five readings a sample: 20 ms, 40 % of the interval
+    app = create_app(fast_config(config, gpu_sample_interval=interval_s, gpu_bucket=0.25))
+    client = await aiohttp_client(app)
+
+    body = await wait_for(client, "/metrics/gpus", lambda b: len(b.get("0", [])) >= 13)
+
+    # The k-th sample lands at start + k * interval. Ticks that each waited an interval after
+    # their sample would land at start + k * (interval + 20 ms): after 50 samples, 1 s (20
+    # intervals) off. A tick the machine made late by over 30 ms is skipped: a few may be.
+    samples, strayed_s = off_the_grid_s(body["0"], interval_s)
+    assert strayed_s <= (2 + samples // 10) * interval_s, body["0"]
+    assert samples >= 50  # 12 buckets of 5 samples, less the few skipped
+
+
+async def test_a_tick_longer_than_several_intervals_skips_the_missed_ticks(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    interval_s = 0.05
+    sim_gpus(sim_gpu(0, delay_ms=34))  # five readings a sample: 170 ms, 3.4 intervals
+    app = create_app(fast_config(config, gpu_sample_interval=interval_s, gpu_bucket=0.4))
+    client = await aiohttp_client(app)
+
+    body = await wait_for(client, "/metrics/gpus", lambda b: len(b.get("0", [])) >= 9)
+
+    # Each sample ends 3.4 intervals after its tick: the three ticks it overran are skipped
+    # and the fourth keeps the phase, so samples come every 4 intervals. Catching up on the
+    # missed ticks would sample back to back (every 3.4 intervals), restarting the grid
+    # after a late tick would lose the phase (every 4.4 intervals): after 16 samples, about 10
+    # and 6 intervals off. A tick the machine made later still is skipped too: a few may be.
+    samples, strayed_s = off_the_grid_s(body["0"], 4 * interval_s)
+    assert strayed_s <= (2 + samples // 8) * interval_s, body["0"]
+    assert samples >= 14  # 8 buckets of 2 samples, less the few skipped
+
+
+async def test_a_gpu_listing_that_raises_does_not_stop_the_sampler(
+    aiohttp_client: ClientFactory,
+    config: Config,
+    sim_gpus: SimGpus,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A driver that names a GPU in bytes that are not UTF-8: pynvml raises UnicodeDecodeError,
+    # not an NVML error, while the sampler lists the GPUs.
+    path = sim_gpus(sim_gpu(0), sim_gpu(1, name="GARBLED-NAME"))
+    path.write_bytes(path.read_bytes().replace(b"GARBLED-NAME", b"NVIDIA \xff\xfe"))
+    client = await aiohttp_client(create_app(fast_config(config, gpu_retry_interval=0.2)))
+
+    health = await wait_for(
+        client, "/healthz", lambda b: b["gpus"]["error"] != "NVML not tried yet"
+    )
+
+    reason = (
+        "NVML: listing the GPUs failed: UnicodeDecodeError: 'utf-8' codec can't decode byte "
+        "0xff in position 7: invalid start byte"
+    )
+    assert health["gpus"] == {"ok": False, "count": 0, "error": reason}
+    assert await get_json(client, "/metrics/gpus") == {}
+    [logged] = [r for r in caplog.records if r.getMessage().startswith(f"no GPU metrics: {reason}")]
+    assert logged.exc_info is not None  # with its traceback: it is unexpected
+
+    sim_gpus(sim_gpu(0), sim_gpu(1))  # the driver is mended; the sampler looks again
+
+    health = await wait_for(client, "/healthz", lambda b: b["gpus"]["ok"])
+    assert health["gpus"]["count"] == 2
+    await wait_for(client, "/metrics/gpus", lambda b: all(len(b.get(k, [])) >= 2 for k in "01"))
 
 
 async def test_gpus_lists_each_gpu_and_the_containers_holding_it(

@@ -13,35 +13,38 @@ import subprocess
 import threading
 import time
 import tomllib
-import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deepdockd.config import PARSERS, Config, load_config
+from deepdockd.server import CANCEL_GRACE_S
 
 from conftest import RunningDaemon
-from daemon import Daemon, http_get
-from rig import DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
+from daemon import Daemon, http_get, http_json
+from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig, RigError
 
 ROOT = Path(__file__).parents[1]
 UNIT = ROOT / "systemd" / "deepdockd.service"
 SAMPLE_CONFIG = ROOT / "systemd" / "deepdockd.toml"
 
 
-def post(url: str, fields: dict[str, Any] | None = None, timeout_s: float = 120) -> tuple[int, Any]:
-    data = json.dumps(fields).encode() if fields is not None else b""
-    request = urllib.request.Request(url, data=data, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def post(url: str, fields: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """A POST to a deepdockd process, its answer checked against openapi.yaml; a create or a
+    start waits for sshd, so it may take a while."""
+    return http_json("POST", url, json_body=fields, timeout_s=120)
 
 
 def get(url: str) -> tuple[int, Any]:
-    status, body = http_get(url)
-    return status, json.loads(body)
+    return http_json("GET", url)
+
+
+def port_range(ports: tuple[int, int]) -> str:
+    """An ``ssh_port_range`` as the environment gives it."""
+    return f"{ports[0]}-{ports[1]}"
 
 
 def wait_until(condition: Any, what: str, timeout_s: float = 60) -> Any:
@@ -141,9 +144,12 @@ def test_ready_once_listening_then_watchdog_pings_then_stopping(
 
 
 def test_a_docker_restart_is_ridden_out_without_restarting_deepdockd(
-    rig: Rig, rig_daemon: Callable[..., RunningDaemon], namespace: str
+    rig: Rig,
+    rig_daemon: Callable[..., RunningDaemon],
+    namespace: str,
+    ssh_ports: tuple[int, int],
 ) -> None:
-    env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999"}
+    env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": port_range(ssh_ports)}
     daemon = rig_daemon(env=env)
     base = daemon.base
     try:
@@ -191,9 +197,12 @@ def test_a_docker_restart_is_ridden_out_without_restarting_deepdockd(
 
 
 def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
-    rig: Rig, rig_daemon: Callable[..., RunningDaemon], namespace: str
+    rig: Rig,
+    rig_daemon: Callable[..., RunningDaemon],
+    namespace: str,
+    ssh_ports: tuple[int, int],
 ) -> None:
-    env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999"}
+    env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": port_range(ssh_ports)}
     running = rig_daemon(env=env)
     daemon, base = running.daemon, running.base
     name = f"{namespace}-slow"
@@ -226,6 +235,90 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
         "POST /containers/create 201"
     )
     assert log.rstrip().endswith("deepdockd: stopped")
+
+
+@pytest.fixture
+def slow_mirror_image(rig: Rig) -> Iterator[str]:
+    """An image without sshd whose apt-get takes an hour, as from a mirror that hardly
+    answers: a create of it waits for its sshd as long as ssh_ready_timeout lets it."""
+    image = f"deepdockd-test/slow-mirror:{uuid.uuid4().hex[:8]}"
+    builder = f"build-{uuid.uuid4().hex[:8]}"
+    script = "printf '#!/bin/sh\\nexec sleep 3600\\n' > /bin/apt-get && chmod 755 /bin/apt-get"
+    rig.docker("run", "--name", builder, BUSYBOX_IMAGE, "sh", "-c", script)
+    rig.docker("commit", builder, image)
+    rig.docker("rm", builder)
+    try:
+        yield image
+    finally:
+        rig.docker("rmi", "--force", image)
+
+
+def processes_of(rig: Rig, container: str) -> str:
+    """``docker top``: the container's processes, or "" while it is not running."""
+    try:
+        return rig.docker("top", container)
+    except RigError:
+        return ""
+
+
+def test_sigterm_cancels_a_request_that_outlasts_the_shutdown_timeout(
+    rig: Rig,
+    rig_daemon: Callable[..., RunningDaemon],
+    namespace: str,
+    slow_mirror_image: str,
+    ssh_ports: tuple[int, int],
+) -> None:
+    shutdown_timeout_s = 1
+    env = {
+        "DEEPDOCKD_NAMESPACE": namespace,
+        "DEEPDOCKD_SSH_PORT_RANGE": port_range(ssh_ports),
+        "DEEPDOCKD_SHUTDOWN_TIMEOUT": str(shutdown_timeout_s),
+    }
+    running = rig_daemon(env=env)
+    daemon, base = running.daemon, running.base
+    name = f"{namespace}-stuck"
+    outcome: list[object] = []
+
+    def create() -> None:
+        fields = {"name": name, "image": slow_mirror_image, "user_name": "ops", "password": "pw"}
+        try:
+            outcome.append(post(f"{base}/containers/create", fields))
+        except Exception as exc:  # what the client met, for the test to look at
+            outcome.append(exc)
+
+    request = threading.Thread(target=create)
+    try:
+        request.start()
+        # Running, its bootstrap in apt-get: the create waits for an sshd that will not come.
+        wait_until(
+            lambda: "sleep 3600" in processes_of(rig, name),
+            "the create in flight, its container installing sshd",
+        )
+
+        stopping = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        exit_status, log = daemon.wait_for_exit(timeout_s=60)
+        took_s = time.monotonic() - stopping
+        request.join(timeout=30)
+        left = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}")
+    finally:
+        ids = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}").split()
+        if ids:
+            rig.docker("rm", "--force", *ids)
+
+    # It waited for the request as long as it was told, then no longer than the clean-up.
+    assert shutdown_timeout_s <= took_s < shutdown_timeout_s + CANCEL_GRACE_S
+    assert exit_status == 0
+    assert (
+        f"shutdown_timeout ({shutdown_timeout_s} s) ran out: cancelling 1 request(s) still "
+        "in flight: POST /containers/create"
+    ) in log
+    assert "Traceback" not in log
+    assert log.rstrip().endswith("deepdockd: stopped")
+    # The client's connection closed without an answer, and the half-made container is gone.
+    [answer] = outcome
+    assert isinstance(answer, ConnectionError), answer
+    assert left.split() == []
 
 
 # --- logs ---

@@ -22,11 +22,10 @@ from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
 from conftest import Client, ClientFactory, RunningDaemon, sim_gpu
-from daemon import clean_env, run_deepdockd
+from daemon import clean_env, http_request, run_deepdockd
 from rig import DEBIAN_SSH_IMAGE, Rig
 
 MakeImage = Callable[..., str]
-PORTS = (23000, 23999)
 
 
 @dataclass
@@ -45,11 +44,16 @@ class People:
 
 @pytest.fixture
 async def people(
-    aiohttp_client: ClientFactory, config: Config, sim_gpus: Callable[..., Path], rig: Rig
+    aiohttp_client: ClientFactory,
+    config: Config,
+    sim_gpus: Callable[..., Path],
+    rig: Rig,
+    ssh_ports: tuple[int, int],
+    gpu_stem: str,
 ) -> Any:
     """A daemon with auth on, an admin and two users, alice and bob."""
-    sim_gpus(sim_gpu(0), sim_gpu(1))
-    secured = Config(**{**config.__dict__, "auth": True, "ssh_port_range": PORTS})
+    sim_gpus(sim_gpu(0, stem=gpu_stem), sim_gpu(1, stem=gpu_stem))
+    secured = Config(**{**config.__dict__, "auth": True, "ssh_port_range": ssh_ports})
     store = TokenStore(secured.state_dir)
     store.ensure_admin()
     tokens = {
@@ -207,15 +211,7 @@ def test_first_start_makes_an_admin_token_and_tokens_can_be_added_and_revoked(
 
 
 def _get(url: str, token: str) -> int:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return http_request("GET", url, token=token)[0]
 
 
 def test_token_command_errors_are_one_line(tmp_path: Path) -> None:
@@ -291,24 +287,42 @@ async def test_a_system_account_of_the_image_cannot_become_a_login(
 
 
 async def test_every_change_is_audited_once_without_secrets(
-    people: People, caplog: pytest.LogCaptureFixture
+    people: People, registry_image: MakeImage, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     password = f"pw-{uuid.uuid4().hex}"
+    registry_password = f"rpw-{uuid.uuid4().hex}"  # the open registry wants none; still a secret
     name = f"audited-{uuid.uuid4().hex[:6]}"
+    reference = registry_image()
+    auth = {"username": "alice", "password": registry_password}
 
+    await people.call("alice", "POST", "/images", {"repo_tag": reference, "auth": auth})
+    await people.call("alice", "DELETE", f"/images/{reference}")
+    await people.call("admin", "DELETE", f"/images/{reference}")
+    await people.call("alice", "GET", "/images")  # not a change: not audited
     await people.call("alice", "POST", "/containers/create", box(name, password=password))
     await people.call("bob", "POST", f"/containers/{name}/stop")
     await people.call("alice", "POST", f"/containers/{name}/stop")
+    await people.call("alice", "POST", f"/containers/{name}/start")
+    await people.call("alice", "POST", f"/containers/{name}/restart")
     await people.call("alice", "GET", "/containers")  # not a change: not audited
-    await people.call("admin", "DELETE", f"/containers/{name}")
+    await people.call("admin", "DELETE", f"/containers/{name}?force=true")
 
     audit = [r for r in caplog.records if r.name == "deepdockd.audit"]
-    assert [r.getMessage() for r in audit] == [
+    expected = [
+        f"user=alice action=POST /images target={reference} outcome=200",
+        f"user=alice action=DELETE /images/{reference} target={reference} outcome=403",
+        f"user=admin action=DELETE /images/{reference} target={reference} outcome=200",
         f"user=alice action=POST /containers/create target={name} outcome=201",
         f"user=bob action=POST /containers/{name}/stop target={name} outcome=404",
         f"user=alice action=POST /containers/{name}/stop target={name} outcome=200",
+        f"user=alice action=POST /containers/{name}/start target={name} outcome=200",
+        f"user=alice action=POST /containers/{name}/restart target={name} outcome=200",
         f"user=admin action=DELETE /containers/{name} target={name} outcome=200",
     ]
-    for secret in (password, *people.tokens.values()):
+    assert [r.getMessage() for r in audit] == expected
+    # The same four fields, as a JSON log line carries them.
+    fields = [[getattr(r, f) for f in ("user", "action", "target", "outcome")] for r in audit]
+    assert [f"user={u} action={a} target={t} outcome={o}" for u, a, t, o in fields] == expected
+    for secret in (password, registry_password, *people.tokens.values()):
         assert secret not in caplog.text

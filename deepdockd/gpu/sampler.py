@@ -178,6 +178,8 @@ class GpuSampler:
             await asyncio.sleep(next_tick - now)
 
     async def _try_start(self) -> None:
+        """Find NVML and list the GPUs; on any failure, say why and leave it for the next
+        try. Never raises: the sampler must outlive whatever the driver does."""
         try:
             inventory: NvmlInventory = await self._in_worker(nvml.start)
         except NvmlUnavailable as exc:
@@ -186,6 +188,16 @@ class GpuSampler:
                     "no GPU metrics: %s (looking again every %g s)", exc, self.retry_interval_s
                 )
             self.unavailable_reason = str(exc)
+            return
+        except Exception as exc:  # e.g. a name that is not UTF-8, which pynvml cannot decode
+            reason = f"NVML: listing the GPUs failed: {type(exc).__name__}: {exc}"
+            if self.unavailable_reason != reason:
+                log.exception(
+                    "no GPU metrics: %s (looking again every %g s)", reason, self.retry_interval_s
+                )
+            self.unavailable_reason = reason
+            with contextlib.suppress(Exception):  # nvmlInit may have worked: undo it
+                await self._in_worker(nvml.stop)
             return
         self._inventory = inventory
         self.unavailable_reason = None

@@ -12,10 +12,20 @@
  *              "power_w": [70.5, 120], "temperature_c": [40, 44],
  *              "fan_pct": null,                      (null or absent: NOT_SUPPORTED)
  *              "lost_if_exists": "/tmp/gpu1.lost",   (GPU_IS_LOST while that file exists)
- *              "delay_ms": 0}]}                      (each reading takes this long: a slow driver)
+ *              "delay_ms": 0,                        (each reading sleeps this long: a slow driver)
+ *              "call_delay_us": 8}]}                 (each reading spins this long: its real cost)
  *
  * Each reading is a list of values: the n-th call for that device and field returns value
  * n mod length, so readings move over time and a test can compute every value returned.
+ *
+ * "call_delay_us" is what one reading costs a real driver, to time the daemon against (the
+ * benchmarks use the costs measured on an H100): a number for every reading, or an object by
+ * NVML function, e.g. {"nvmlDeviceGetMemoryInfo": 8, "nvmlDeviceGetPowerUsage": 5}; a
+ * function the simulator does not implement is refused, so no cost is silently dropped. It
+ * spins rather than sleeps: a driver call of a few microseconds is an ioctl that keeps the
+ * CPU busy, so its time counts as the caller's CPU time (and Linux's 50 us timer slack would
+ * stretch so short a sleep). 0 or absent: no cost, as before.
+ *
  * Without $NVML_SIM_CONFIG, nvmlInit fails with DRIVER_NOT_LOADED, as on a host without a
  * driver.
  */
@@ -23,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int nvmlReturn_t;
@@ -49,6 +60,11 @@ enum { FIELD_MEMORY, FIELD_UTILIZATION, FIELD_POWER, FIELD_TEMPERATURE, FIELD_FA
 static const char *FIELD_KEYS[FIELD_COUNT] = {
     "memory_used_mib", "utilization", "power_w", "temperature_c", "fan_pct",
 };
+/* The NVML function that reads each field: the keys of "call_delay_us". */
+static const char *FIELD_CALLS[FIELD_COUNT] = {
+    "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPowerUsage",
+    "nvmlDeviceGetTemperature", "nvmlDeviceGetFanSpeed",
+};
 
 typedef struct {
     double *values; /* NULL: the field is not supported */
@@ -63,6 +79,7 @@ typedef struct sim_device {
     double power_limit_w;
     char lost_if_exists[512];
     unsigned int delay_ms;
+    unsigned int call_delay_us[FIELD_COUNT];
     series_t fields[FIELD_COUNT];
 } sim_device_t;
 
@@ -124,6 +141,31 @@ static int load_series(series_t *series, const cJSON *item) {
     return 0;
 }
 
+/* "call_delay_us": absent, a number for every reading, or an object by NVML function. On an
+ * error, *unknown_call names the function the simulator does not implement, if that was it. */
+static int load_call_delays(unsigned int delays_us[FIELD_COUNT], const cJSON *item,
+                            const char **unknown_call) {
+    for (int f = 0; f < FIELD_COUNT; f++) delays_us[f] = 0;
+    if (item == NULL || cJSON_IsNull(item)) return 0;
+    if (cJSON_IsNumber(item) && item->valuedouble >= 0) {
+        for (int f = 0; f < FIELD_COUNT; f++) delays_us[f] = (unsigned int)item->valuedouble;
+        return 0;
+    }
+    if (!cJSON_IsObject(item)) return -1;
+    const cJSON *entry;
+    cJSON_ArrayForEach(entry, item) {
+        int field = 0;
+        while (field < FIELD_COUNT && strcmp(entry->string, FIELD_CALLS[field]) != 0) field++;
+        if (field == FIELD_COUNT) {
+            *unknown_call = entry->string;
+            return -1;
+        }
+        if (!cJSON_IsNumber(entry) || entry->valuedouble < 0) return -1;
+        delays_us[field] = (unsigned int)entry->valuedouble;
+    }
+    return 0;
+}
+
 static nvmlReturn_t load_config(void) {
     const char *path = getenv("NVML_SIM_CONFIG");
     if (path == NULL || *path == '\0') return NVML_ERROR_DRIVER_NOT_LOADED;
@@ -159,6 +201,20 @@ static nvmlReturn_t load_config(void) {
         device->memory_total_mib = cJSON_IsNumber(total) ? total->valuedouble : 16384;
         const cJSON *delay = cJSON_GetObjectItemCaseSensitive(gpu, "delay_ms");
         device->delay_ms = cJSON_IsNumber(delay) ? (unsigned int)delay->valuedouble : 0;
+        const char *unknown_call = NULL;
+        if (load_call_delays(device->call_delay_us,
+                             cJSON_GetObjectItemCaseSensitive(gpu, "call_delay_us"),
+                             &unknown_call) != 0) {
+            if (unknown_call)
+                fprintf(stderr, "nvml-sim: %s: gpus[%u].call_delay_us: the simulator does not"
+                                " implement %s\n", path, i, unknown_call);
+            else
+                fprintf(stderr, "nvml-sim: %s: gpus[%u].call_delay_us must be microseconds, or"
+                                " an object of them by NVML function\n", path, i);
+            cJSON_Delete(root);
+            free_devices();
+            return NVML_ERROR_UNKNOWN;
+        }
         const cJSON *limit = cJSON_GetObjectItemCaseSensitive(gpu, "power_limit_w");
         device->power_limit_w = cJSON_IsNumber(limit) ? limit->valuedouble : 300;
         for (int f = 0; f < FIELD_COUNT; f++) {
@@ -176,12 +232,26 @@ static nvmlReturn_t load_config(void) {
     return NVML_SUCCESS;
 }
 
+/* Keep the CPU busy for this long, as a driver call does. */
+static void spin_us(unsigned int microseconds) {
+    struct timespec now, until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += (long)(microseconds % 1000000) * 1000;
+    until.tv_sec += microseconds / 1000000 + until.tv_nsec / 1000000000;
+    until.tv_nsec %= 1000000000;
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec < until.tv_sec ||
+             (now.tv_sec == until.tv_sec && now.tv_nsec < until.tv_nsec));
+}
+
 /* The next value of a reading, or an error for a lost GPU or an unsupported field. */
 static nvmlReturn_t next_value(nvmlDevice_t device, int field, double *value) {
     if (!initialized) return NVML_ERROR_UNINITIALIZED;
     if (device == NULL || device < devices || device >= devices + device_count)
         return NVML_ERROR_INVALID_ARGUMENT;
     if (device->delay_ms) usleep(device->delay_ms * 1000);
+    if (device->call_delay_us[field]) spin_us(device->call_delay_us[field]);
     if (device->lost_if_exists[0] && access(device->lost_if_exists, F_OK) == 0)
         return NVML_ERROR_GPU_IS_LOST;
     series_t *series = &device->fields[field];
