@@ -1,13 +1,17 @@
 """What a new or starting container may take: an SSH port that nobody holds, and GPUs that no
 other running container holds. Both are read from Docker's labels on every call, so they
-survive any restart; the caller holds a lock from the choice until Docker has the container."""
+survive any restart. The caller holds a lock only while it decides; what it chose is then a
+:class:`Reservation` until Docker shows it (the container made and running), so that Docker's
+slow steps run outside the lock and no two operations wait on each other beyond the choice."""
 
 from __future__ import annotations
 
 import errno
+import itertools
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from deepdockd import labels
 from deepdockd.docker import ContainerSummary
@@ -32,6 +36,72 @@ class Gpu:
     uuid: str | None  # None: NVML does not know the GPUs; pinned by index
 
 
+_reservation_keys = itertools.count()
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An operation's choice that Docker does not show yet: the SSH port and GPUs of a create
+    before its container runs, or the GPUs of a start or restart until it has."""
+
+    name: str
+    owner: str
+    ssh_port: int | None
+    gpus: tuple[Gpu, ...]
+    container_id: str = ""  # "" for a create: the container does not exist yet
+    key: int = field(default_factory=lambda: next(_reservation_keys), compare=False)
+
+    def as_holder(self) -> ContainerSummary:
+        """The reservation as the running container it is about to be, with the labels the
+        checks below read."""
+        return ContainerSummary(
+            id=self.container_id,
+            name=self.name,
+            image="",
+            image_id="",
+            state="running",
+            labels={
+                labels.OWNER: self.owner,
+                labels.SSH_PORT: "" if self.ssh_port is None else str(self.ssh_port),
+                labels.GPU_INDICES: ",".join(str(g.index) for g in self.gpus),
+                labels.GPU_UUIDS: ",".join(g.uuid for g in self.gpus if g.uuid),
+            },
+            published={},
+        )
+
+
+class Reservations:
+    """The reservations of the operations in flight. Added under the allocation lock,
+    removed when the operation is over, whether it worked or not."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, Reservation] = {}
+
+    def add(self, reservation: Reservation) -> Reservation:
+        self._held[reservation.key] = reservation
+        return reservation
+
+    def remove(self, reservation: Reservation) -> None:
+        self._held.pop(reservation.key, None)
+
+    def holders(self) -> list[ContainerSummary]:
+        return [r.as_holder() for r in self._held.values()]
+
+
+class PortReleases:
+    """When each SSH port was last given back by a removed container, so that a freed port
+    goes to a new container only when no port has been free for longer: a user who
+    connects to their old port must not meet someone else's sshd there at once."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.released_at: dict[int, float] = {}
+
+    def release(self, port: int | None) -> None:
+        if port is not None:
+            self.released_at[port] = self._clock()
+
+
 def host_port_free(address: str, port: int) -> bool:
     """Whether a process could bind ``address:port`` now (nothing else listens there)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -53,18 +123,26 @@ def choose_ssh_port(
     port_range: tuple[int, int],
     *,
     address: str,
+    released_at: Mapping[int, float] | None = None,
     is_free: Callable[[str, int], bool] = host_port_free,
 ) -> int:
-    """The lowest port of the range that no deepdockd container holds (running or not: a
-    stopped one starts again on its port) and that nothing on the host binds."""
+    """A port of the range that no deepdockd container holds (running or not: a stopped one
+    starts again on its port) and that nothing on the host binds: the lowest that was never
+    given back (``released_at``), else the one given back longest ago."""
     held = set()
     for container in containers:
         if container.labels.get(labels.SSH_PORT, "").isdecimal():
             held.add(int(container.labels[labels.SSH_PORT]))
         held.update(container.published.values())
     low, high = port_range
-    for port in range(low, high + 1):
-        if port not in held and is_free(address, port):
+    released_at = released_at or {}
+    never = float("-inf")
+    candidates = sorted(
+        (port for port in range(low, high + 1) if port not in held),
+        key=lambda port: (released_at.get(port, never), port),
+    )
+    for port in candidates:
+        if is_free(address, port):
             return port
     raise PortsExhausted(
         f"no free SSH port in {low}-{high}: all {high - low + 1} are held by containers or "

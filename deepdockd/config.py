@@ -28,6 +28,9 @@ LOG_FORMATS = ("text", "json")
 # label value, a container-name prefix and a file name.
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _DOCKER_SCHEMES = ("unix://", "tcp://", "http://", "https://")
+# Outside Docker's own default pools (172.17.0.0/12, 192.168.0.0/16); a host whose networks
+# use it sets another.
+DEFAULT_NETWORK_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 
 
 class ConfigError(Exception):
@@ -62,6 +65,12 @@ class Config:
     ssh_ready_timeout: float = 300.0
     # Let two running containers hold the same GPU.
     gpu_sharing: bool = False
+    # Each owner's containers on a bridge network of the owner's own, a /24 of this pool.
+    network_isolation: bool = True
+    network_pool: ipaddress.IPv4Network = DEFAULT_NETWORK_POOL
+    # Docker's json-file log of each container: rotated at this size, this many files kept.
+    log_max_size: str = "50m"
+    log_max_file: int = 3
 
 
 # --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
@@ -148,6 +157,33 @@ def _parse_body_size(raw: object) -> int:
     return raw
 
 
+def _parse_network_pool(raw: object) -> ipaddress.IPv4Network:
+    try:
+        pool = ipaddress.IPv4Network(raw if isinstance(raw, str) else "")
+    except ValueError:
+        pool = None
+    if pool is None or pool.prefixlen > 24:
+        raise ValueError(
+            "must be an IPv4 network of /24 or larger (each owner takes a /24), as in 10.213.0.0/16"
+        )
+    return pool
+
+
+def _parse_log_size(raw: object) -> str:
+    text = raw.lower() if isinstance(raw, str) else ""
+    if not re.fullmatch(r"[1-9][0-9]{0,5}[kmg]", text):
+        raise ValueError("must be a size such as 50m: a number, then k, m or g")
+    return text
+
+
+def _parse_log_files(raw: object) -> int:
+    if isinstance(raw, str) and raw.isdecimal():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 100:
+        raise ValueError("must be a number of files from 1 to 100")
+    return raw
+
+
 def _parse_ip_address(raw: object) -> str:
     try:
         return str(ipaddress.ip_address(raw if isinstance(raw, str) else ""))
@@ -174,6 +210,10 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "gpu_sharing": _parse_bool,
     "auth": _parse_bool,
     "max_body_size": _parse_body_size,
+    "network_isolation": _parse_bool,
+    "network_pool": _parse_network_pool,
+    "log_max_size": _parse_log_size,
+    "log_max_file": _parse_log_files,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 

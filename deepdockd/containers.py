@@ -14,7 +14,7 @@ import logging
 import re
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -22,6 +22,9 @@ from deepdockd import labels
 from deepdockd.allocation import (
     SSH_CONTAINER_PORT,
     Gpu,
+    PortReleases,
+    Reservation,
+    Reservations,
     check_gpus_free,
     choose_ssh_port,
 )
@@ -30,6 +33,9 @@ from deepdockd.docker import ContainerSummary, Docker, DockerFailed
 from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images import ImageService, parse_image_reference
+from deepdockd.networks import OwnerNetworks
+from deepdockd.passwords import sha512_crypt_hash
+from deepdockd.sshkeys import HostKey, PublicHostKey
 from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,20 @@ SSH_POLL_INTERVAL_S = 0.05
 _FAILED_MARK = "deepdockd-bootstrap: FAILED: "
 # Docker's words for a host port that something else holds.
 _PORT_TAKEN = ("port is already allocated", "address already in use")
+# The only capabilities root has in a container: Docker's default set less NET_RAW (raw
+# frames: forged ARP replies), AUDIT_WRITE (records in the host's audit log), MKNOD, SETFCAP,
+# SETPCAP and NET_BIND_SERVICE (Docker >= 20.10 lets any process bind a container's low
+# ports). Each kept one was measured (README, Security): without it, on Debian with OpenSSH,
+CONTAINER_CAPABILITIES = (
+    "CHOWN",  # useradd and dpkg fail: they give files to users and groups
+    "DAC_OVERRIDE",  # apt fails, and root cannot write into a user's home (the bootstrap)
+    "FOWNER",  # the bootstrap cannot chmod the user's ~/.ssh; apt and sudo's chmod fail
+    "FSETID",  # dpkg silently drops setgid bits (openssh-client's ssh-agent lost its)
+    "KILL",  # root (sudo) cannot signal another user's processes
+    "SETGID",  # sshd's privilege separation, apt's sandbox user, su and sudo fail
+    "SETUID",
+    "SYS_CHROOT",  # sshd's pre-login child cannot chroot: every login is refused
+)
 
 
 class SshUnavailable(InvalidInput):
@@ -62,6 +82,9 @@ class CreateRequest:
     env: dict[str, str]
     gpu_ids: list[int]
     owner: str
+    # The container's own SSH host key, made with the request: its public half goes into a
+    # label, its private half into the container with the bootstrap.
+    host_key: HostKey = field(default_factory=HostKey.generate, compare=False)
 
     def __repr__(self) -> str:  # never let a password reach a log line or a traceback
         return f"CreateRequest(name={self.name!r}, image={self.image!r}, user={self.user_name!r})"
@@ -80,6 +103,7 @@ class ManagedContainer:
     gpu_uuids: list[str]
     owner: str
     ssh_user: str
+    ssh_host_keys: list[PublicHostKey]  # the container's own, as its sshd presents them
 
     @property
     def short_id(self) -> str:
@@ -101,6 +125,11 @@ class ManagedContainer:
             gpu_uuids=[u for u in label(labels.GPU_UUIDS, "").split(",") if u],
             owner=label(labels.OWNER, ""),
             ssh_user=label(labels.SSH_USER, ""),
+            ssh_host_keys=[
+                key
+                for line in labels.ssh_host_keys(summary.labels)
+                if (key := PublicHostKey.parse(line)) is not None
+            ],
         )
 
 
@@ -112,8 +141,18 @@ class ContainerService:
         self._images = images
         self._gpus = gpus
         self._config = config
-        # Held from the choice of a port or GPU until Docker has the container running.
+        # Held while a port or GPUs are chosen; the choice is then a reservation until Docker
+        # has the container running.
         self._allocation = asyncio.Lock()
+        self._reservations = Reservations()
+        self._port_releases = PortReleases()
+        # Each owner's containers on a network of the owner's own (network_isolation); the
+        # network of an owner whose create is in flight is never taken away.
+        self._networks = OwnerNetworks(
+            docker,
+            config,
+            in_flight=lambda: [h.labels[labels.OWNER] for h in self._reservations.holders()],
+        )
 
     # --- reading ---
 
@@ -135,24 +174,43 @@ class ContainerService:
     # --- create ---
 
     async def create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
+        """:meth:`_create`; one that fails gives back the network it made for an owner who
+        has no other container."""
+        try:
+            return await self._create(request, caller)
+        except BaseException:
+            await self._networks.release(request.owner)
+            raise
+
+    async def _create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
         """Create and start the container, and wait until its sshd answers. Anything that
         fails after Docker made it removes it, which gives back its port and GPUs."""
         await self._ensure_image(request.image)
         gpus = await self._resolve_gpus(request.gpu_ids)
-        async with self._allocation:
-            everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
+        async with self._allocation:  # the decision only; Docker's slow steps come after
+            everyone = await self._holders()
             if not self._config.gpu_sharing:
                 check_gpus_free(gpus, everyone, viewer=_viewer(caller))
             port = choose_ssh_port(
-                everyone, self._config.ssh_port_range, address=self._config.ssh_bind_address
+                everyone,
+                self._config.ssh_port_range,
+                address=self._config.ssh_bind_address,
+                released_at=self._port_releases.released_at,
             )
+            reservation = self._reservations.add(
+                Reservation(request.name, request.owner, port, tuple(gpus))
+            )
+        try:
+            await self._networks.ensure(request.owner)
             container_id = await self._make(request, gpus, port)
             try:
-                await self._docker.put_archive(container_id, "/", _bootstrap_tar(request))
+                await self._docker.put_archive(container_id, "/", await _bootstrap_tar(request))
                 await self._start(container_id, port)
             except BaseException:
                 await self._discard(container_id, request.name)
                 raise
+        finally:
+            self._reservations.remove(reservation)  # running now: Docker's labels hold it
         try:
             await self._wait_for_sshd(container_id, port)
         except ApiError as exc:
@@ -209,7 +267,10 @@ class ContainerService:
     def _container_config(
         self, request: CreateRequest, gpus: list[Gpu], port: int
     ) -> dict[str, object]:
-        env = [f"{key}={value}" for key, value in request.env.items()]
+        # The request's env is not the container's: root's bootstrap and every root process
+        # would inherit it (PATH, LD_PRELOAD). It travels in the bootstrap tar, for the user's
+        # sessions only.
+        env: list[str] = []
         host_config: dict[str, object] = {
             "Init": True,
             "PortBindings": {
@@ -218,7 +279,19 @@ class ContainerService:
                 ]
             },
             "RestartPolicy": {"Name": "unless-stopped"},
+            "CapDrop": ["ALL"],
+            "CapAdd": list(CONTAINER_CAPABILITIES),
+            # One container's output cannot fill the host's disk.
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {
+                    "max-size": self._config.log_max_size,
+                    "max-file": str(self._config.log_max_file),
+                },
+            },
         }
+        if (network := self._networks.name(request.owner)) is not None:
+            host_config["NetworkMode"] = network  # the owner's own (network_isolation)
         if gpus:
             device_ids = [g.uuid or str(g.index) for g in gpus]
             host_config["DeviceRequests"] = [
@@ -242,6 +315,7 @@ class ContainerService:
                 labels.GPU_INDICES: ",".join(str(g.index) for g in gpus),
                 labels.GPU_UUIDS: ",".join(g.uuid for g in gpus if g.uuid),
                 labels.CREATED: _now_rfc3339_ns(),
+                labels.SSH_HOST_KEYS: request.host_key.public.public_key,
             },
             "HostConfig": host_config,
         }
@@ -315,8 +389,12 @@ class ContainerService:
             if container.state == "running":
                 return
             await self._check_own_gpus_free(container, caller)
+            reservation = self._reservations.add(_reservation_of(container))
+        try:
             restarts = await self._restart_count(container.id)
             await self._start(container.id, container.ssh_port)
+        finally:
+            self._reservations.remove(reservation)
         await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
 
     async def stop(self, name: str, caller: Caller) -> None:
@@ -328,8 +406,13 @@ class ContainerService:
             container = await self.get(name, caller)
             if container.state != "running":
                 await self._check_own_gpus_free(container, caller)
+            # Held through the stop and the start, so that nobody takes its GPUs in between.
+            reservation = self._reservations.add(_reservation_of(container))
+        try:
             restarts = await self._restart_count(container.id)
             await self._docker.restart_container(container.id)
+        finally:
+            self._reservations.remove(reservation)
         await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
 
     async def _restart_count(self, container_id: str) -> int:
@@ -345,20 +428,33 @@ class ContainerService:
                 details={"name": name, "state": container.state},
             )
         await self._docker.remove_container(container.id, force=force)
+        self._port_releases.release(container.ssh_port)
+        await self._networks.release(container.owner)
+
+    async def _holders(self) -> list[ContainerSummary]:
+        """Every namespace's containers, and the choices of the operations in flight."""
+        everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
+        return everyone + self._reservations.holders()
 
     async def _check_own_gpus_free(self, container: ManagedContainer, caller: Caller) -> None:
         if self._config.gpu_sharing or not container.gpu_indices:
             return
-        uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
-        gpus = [Gpu(index=i, uuid=u) for i, u in zip(container.gpu_indices, uuids, strict=False)]
-        everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
-        check_gpus_free(gpus, everyone, exclude_id=container.id, viewer=_viewer(caller))
+        gpus = _reservation_of(container).gpus
+        holders = await self._holders()
+        check_gpus_free(gpus, holders, exclude_id=container.id, viewer=_viewer(caller))
 
     def _visible_to(self, caller: Caller) -> dict[str, list[str]]:
         filters = labels.namespace_filter(self._config.namespace)
         if not caller.is_admin:
             filters["label"].append(f"{labels.OWNER}={caller.user}")
         return filters
+
+
+def _reservation_of(container: ManagedContainer) -> Reservation:
+    """The GPUs an existing container takes when it starts (its port is its own already)."""
+    uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
+    gpus = tuple(Gpu(i, u) for i, u in zip(container.gpu_indices, uuids, strict=False))
+    return Reservation(container.name, container.owner, None, gpus, container_id=container.id)
 
 
 def _viewer(caller: Caller) -> str | None:
@@ -371,17 +467,30 @@ def _bootstrap_script() -> bytes:
     return resources.files("deepdockd").joinpath("bootstrap.sh").read_bytes()
 
 
-def _bootstrap_tar(request: CreateRequest) -> bytes:
-    """The bootstrap script and the password file, to unpack at / before the container starts.
-    The password never leaves this process any other way."""
-    script = _bootstrap_script()
-    secret = f"{request.user_name}:{request.password}\n".encode()
+async def _bootstrap_tar(request: CreateRequest) -> bytes:
+    """What the bootstrap needs, to unpack at / before the container's first start, in a
+    directory that only root may read:
+
+    - ``bootstrap.sh``, the entrypoint;
+    - ``secret``: ``user:HASH``, the password's SHA-512 crypt hash; the password itself never
+      leaves this process, so no binary of the image ever sees it;
+    - ``env``: the request's env as ``NAME=value`` lines (the schema refuses line breaks),
+      for the user's sessions only;
+    - ``ssh_host_ed25519_key``: the container's own host key, the only one its sshd presents.
+    """
+    password_hash = await asyncio.to_thread(sha512_crypt_hash, request.password)
+    files = (
+        ("bootstrap.sh", _bootstrap_script(), 0o700),
+        ("secret", f"{request.user_name}:{password_hash}\n".encode(), 0o600),
+        ("env", "".join(f"{k}={v}\n" for k, v in request.env.items()).encode(), 0o600),
+        ("ssh_host_ed25519_key", request.host_key.private_openssh, 0o600),
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         directory = tarfile.TarInfo(BOOTSTRAP_DIR.lstrip("/"))
         directory.type, directory.mode = tarfile.DIRTYPE, 0o700
         tar.addfile(directory)
-        for name, data, mode in (("bootstrap.sh", script, 0o755), ("secret", secret, 0o600)):
+        for name, data, mode in files:
             info = tarfile.TarInfo(f"{BOOTSTRAP_DIR.lstrip('/')}/{name}")
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))

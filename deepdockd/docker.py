@@ -100,6 +100,14 @@ class ContainerState:
     restart_count: int
 
 
+@dataclass(frozen=True)
+class NetworkSummary:
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    subnets: tuple[str, ...]  # of its IPAM config, as Docker writes them ("10.213.0.0/24")
+
+
 class Docker:
     """An aiodocker client for one Docker address, opened and closed by the app."""
 
@@ -259,6 +267,35 @@ class Docker:
             # A connection that breaks mid-answer (dockerd stopping) is not a DockerError.
             raise DockerUnavailable(f"Docker at {self.url} dropped the connection: {exc}") from None
 
+    # --- networks ---
+
+    async def list_networks(
+        self, *, filters: Mapping[str, list[str]] | None = None
+    ) -> list[NetworkSummary]:
+        """Every network of the engine that matches ``filters`` (one Docker call)."""
+        async with self.translate_errors():
+            items = await self.client.networks.list(filters=filters)
+        return [_network_summary(item) for item in items]
+
+    async def create_network(self, name: str, *, subnet: str, labels: Mapping[str, str]) -> str:
+        """A bridge network on ``subnet`` (its gateway the first address); its id. Docker
+        refuses a name that exists (409) and a subnet that overlaps another network's."""
+        config = {
+            "Name": name,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Labels": dict(labels),
+            "IPAM": {"Driver": "default", "Config": [{"Subnet": subnet}]},
+        }
+        async with self.translate_errors():
+            network = await self.client.networks.create(config)
+        return str(network.id)
+
+    async def remove_network(self, network_id: str) -> None:
+        async with self.translate_errors():
+            network = aiodocker.networks.DockerNetwork(self.client, network_id)  # type: ignore[no-untyped-call]
+            await network.delete()
+
 
 def _connection_reason(exc: aiodocker.DockerError) -> str:
     # aiodocker's message is "Cannot connect to Docker Engine via URL [... [reason]]": keep
@@ -325,4 +362,14 @@ def _container_summary(container: aiodocker.containers.DockerContainer) -> Conta
         state=container["State"] or "",
         labels=container["Labels"] or {},
         published=published,
+    )
+
+
+def _network_summary(item: Mapping[str, Any]) -> NetworkSummary:
+    ipam = item.get("IPAM") or {}
+    return NetworkSummary(
+        id=item["Id"],
+        name=item.get("Name") or "",
+        labels=item.get("Labels") or {},
+        subnets=tuple(str(c["Subnet"]) for c in ipam.get("Config") or [] if c.get("Subnet")),
     )

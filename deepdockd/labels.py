@@ -13,6 +13,8 @@ SSH_PORT = PREFIX + "ssh-port"
 GPU_INDICES = PREFIX + "gpu-indices"  # "0,1"
 GPU_UUIDS = PREFIX + "gpu-uuids"  # "GPU-...,GPU-..."
 CREATED = PREFIX + "created"  # RFC 3339 with nanoseconds, as Docker's own "Created"
+# The container's own SSH host keys, public halves: "ssh-ed25519 AAAA…[,…]". Not a secret.
+SSH_HOST_KEYS = PREFIX + "ssh-host-keys"
 
 
 def namespace_filter(namespace: str) -> dict[str, list[str]]:
@@ -23,3 +25,8 @@ def namespace_filter(namespace: str) -> dict[str, list[str]]:
 def gpu_indices(labels: Mapping[str, str]) -> list[int]:
     text = labels.get(GPU_INDICES, "")
     return [int(i) for i in text.split(",") if i.strip().isdecimal()]
+
+
+def ssh_host_keys(labels: Mapping[str, str]) -> list[str]:
+    """The public key lines of the container's host keys ("ssh-ed25519 AAAA…")."""
+    return [key.strip() for key in labels.get(SSH_HOST_KEYS, "").split(",") if key.strip()]

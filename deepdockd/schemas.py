@@ -116,6 +116,9 @@ class CreateContainerSchema(StrictSchema):
     password = fields.String(
         required=True, validate=[validate.Length(min=1, max=1024), _no_line_breaks]
     )
+    # For the user's sessions only (never for the container's root processes), so names that
+    # change how programs load (LD_PRELOAD, PATH) are theirs to set. The bootstrap gets them as
+    # NAME=value lines: a value with a line break could smuggle in another name.
     env = fields.Dict(
         keys=fields.String(
             validate=validate.Regexp(

@@ -143,6 +143,10 @@ def _container(container: ManagedContainer) -> dict[str, Any]:
         "gpu_uuids": container.gpu_uuids,
         "owner": container.owner,
         "ssh_user": container.ssh_user,
+        "ssh_host_keys": [
+            {"type": key.type, "public_key": key.public_key, "fingerprint": key.fingerprint}
+            for key in container.ssh_host_keys
+        ],
     }
 
 

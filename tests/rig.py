@@ -284,10 +284,17 @@ class Rig:
         )
 
     def _remove_leftovers(self) -> None:
-        """Containers and images that an earlier run left (the test images stay)."""
+        """Containers, owner networks and images that an earlier run left (the test images
+        stay). Tests remove their containers with ``docker rm``, behind deepdockd's back, so
+        the owner networks deepdockd made for them are cleared here."""
         ids = self.docker("ps", "--all", "--quiet").split()
         if ids:
             self.docker("rm", "--force", "--volumes", *ids)
+        networks = self.docker(
+            "network", "ls", "--quiet", "--filter", "label=deepdockd.namespace"
+        ).split()
+        if networks:
+            self.docker("network", "rm", *networks)
         listing = self.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
         for line in listing.splitlines():
             reference, image_id = line.split()

@@ -120,6 +120,14 @@ def ssh(port: int, user: str, password: str, command: str) -> subprocess.Complet
     )  # fmt: skip
 
 
+def fingerprint(public_key: str) -> str:
+    """The key's fingerprint as OpenSSH's ssh-keygen prints it ("SHA256:...")."""
+    listed = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=public_key, capture_output=True, text=True, check=True
+    )
+    return listed.stdout.split()[1]
+
+
 def inspect(rig: Rig, name: str) -> dict[str, Any]:
     [data] = json.loads(rig.docker("inspect", name))
     return dict(data)
@@ -348,11 +356,16 @@ async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig, g
     answer = await created(gpu_client, **body("cycle", gpu_ids=[0, 2]))
     port = answer["ssh-port"]
     item = await listed()
+    docker_labels = inspect(rig, "cycle")["Config"]["Labels"]
+    host_key = docker_labels["deepdockd.ssh-host-keys"]
     assert item == {
         "id": answer["id"], "name": "cycle", "status": "running", "image": [DEBIAN_SSH_IMAGE],
-        "created": inspect(rig, "cycle")["Config"]["Labels"]["deepdockd.created"],
+        "created": docker_labels["deepdockd.created"],
         "ssh-port": port, "gpus": ["0", "2"], "gpu_uuids": [gpus[0]["uuid"], gpus[2]["uuid"]],
         "owner": "anonymous", "ssh_user": "alice",
+        "ssh_host_keys": [
+            {"type": "ssh-ed25519", "public_key": host_key, "fingerprint": fingerprint(host_key)}
+        ],
     }  # fmt: skip
     assert item["created"].endswith("Z")
     assert len(item["created"].split(".")[1]) == 10  # nanoseconds, as Docker writes them
