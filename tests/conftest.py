@@ -52,7 +52,8 @@ def rig() -> Iterator[Rig]:
         the_rig.start()
         yield the_rig
     finally:
-        the_rig.stop()
+        if the_rig.held:  # a run that never got the rig (interrupted while waiting) leaves it
+            the_rig.stop()
         the_rig.release()
 
 

@@ -150,6 +150,7 @@ class Rig:
     # The processes this rig started, kept so that they are reaped when stopped.
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _lock_file: IO[str] | None = None
+    _locked: bool = False
 
     @classmethod
     def from_env(cls) -> Rig:
@@ -207,12 +208,19 @@ class Rig:
         except BlockingIOError:
             print(f"another test run holds the rig at {self.root}; waiting for it", file=sys.stderr)
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self._locked = True
+
+    @property
+    def held(self) -> bool:
+        """Whether this run holds the rig (a run still waiting for the lock does not)."""
+        return self._locked
 
     def release(self) -> None:
         """Let the next test run have the rig."""
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+            self._locked = False
 
     # --- the private dockerd ---
 
