@@ -12,9 +12,11 @@ from deepdockd.config import Config
 from deepdockd.containers import ContainerService
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.image_records import ImageRecords
 from deepdockd.images import ImageService
 from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
+from deepdockd.registries import RegistryReach
 from deepdockd.routes import setup_routes
 from deepdockd.tokens import TokenStore
 from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS
@@ -33,7 +35,12 @@ def create_app(
     app[CONFIG] = config
     app[DOCKER] = docker if docker is not None else Docker(config.docker_host)
     app[GPUS] = gpus if gpus is not None else _sampler(config)
-    app[IMAGES] = ImageService(app[DOCKER])
+    app[IMAGES] = ImageService(
+        app[DOCKER],
+        RegistryReach(config.allowed_registries),
+        records=ImageRecords(config.state_dir),
+        namespace=config.namespace,
+    )
     app[METRICS] = MetricsService(app[GPUS], app[DOCKER], config.namespace)
     app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config)
     if tokens is not None:

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepdockd.references import is_registry_host
+
 DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
 ENV_PREFIX = "DEEPDOCKD_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
 # Docker's own rule for label-safe names is looser; ours keeps the namespace usable as a
-# label value, a container-name prefix and a file name.
-_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# label value, a container-name prefix and a file name. Matched whole (fullmatch).
+_NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _DOCKER_SCHEMES = ("unix://", "tcp://", "http://", "https://")
 # Outside Docker's own default pools (172.17.0.0/12, 192.168.0.0/16); a host whose networks
 # use it sets another.
@@ -52,6 +54,9 @@ class Config:
     auth: bool = True
     # The largest request body accepted, in bytes.
     max_body_size: int = 1024 * 1024
+    # Seconds a client has to send a request's whole header; a connection that has not by
+    # then is closed, so that clients that send half a header cannot hold connections.
+    header_timeout: float = 30.0
     # GPU metrics: sample every interval, average each bucket into one point, keep retention.
     gpu_sample_interval: float = 1.0
     gpu_bucket: float = 10.0
@@ -65,6 +70,9 @@ class Config:
     ssh_ready_timeout: float = 300.0
     # Let two running containers hold the same GPU.
     gpu_sharing: bool = False
+    # Registries ("host" or "host:port") that pulls may use although they are loopback,
+    # link-local or private addresses; any public registry is allowed (registries.py).
+    allowed_registries: tuple[str, ...] = ()
     # Each owner's containers on a bridge network of the owner's own, a /24 of this pool.
     network_isolation: bool = True
     network_pool: ipaddress.IPv4Network = DEFAULT_NETWORK_POOL
@@ -105,7 +113,7 @@ def _parse_state_dir(raw: object) -> Path:
 
 
 def _parse_namespace(raw: object) -> str:
-    if not isinstance(raw, str) or not _NAMESPACE_RE.match(raw):
+    if not isinstance(raw, str) or not _NAMESPACE_RE.fullmatch(raw):
         raise ValueError(
             "must be 1-63 characters of lower-case letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
@@ -191,6 +199,22 @@ def _parse_ip_address(raw: object) -> str:
         raise ValueError("must be an IP address, as in 0.0.0.0 or 127.0.0.1") from None
 
 
+def _parse_registries(raw: object) -> tuple[str, ...]:
+    # A TOML array in the file; one string, comma-separated, in the environment.
+    items = raw
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")] if raw else []
+    if not isinstance(items, list) or not all(
+        isinstance(item, str) and is_registry_host(item) for item in items
+    ):
+        raise ValueError(
+            'must be registry hosts, "host" or "host:port" as image references name them '
+            '(a list in the config file, as in ["127.0.0.1:5000", "registry.lab"]; '
+            "comma-separated in the environment)"
+        )
+    return tuple(items)
+
+
 PARSERS: Mapping[str, Callable[[object], Any]] = {
     "host": _parse_host,
     "port": _parse_port,
@@ -210,6 +234,8 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "gpu_sharing": _parse_bool,
     "auth": _parse_bool,
     "max_body_size": _parse_body_size,
+    "header_timeout": _parse_seconds,
+    "allowed_registries": _parse_registries,
     "network_isolation": _parse_bool,
     "network_pool": _parse_network_pool,
     "log_max_size": _parse_log_size,

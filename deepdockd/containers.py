@@ -29,10 +29,10 @@ from deepdockd.allocation import (
     choose_ssh_port,
 )
 from deepdockd.config import Config
-from deepdockd.docker import ContainerSummary, Docker, DockerFailed
+from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
 from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuSampler
-from deepdockd.images import ImageService, parse_image_reference
+from deepdockd.images import ImageService
 from deepdockd.networks import OwnerNetworks
 from deepdockd.passwords import sha512_crypt_hash
 from deepdockd.sshkeys import HostKey, PublicHostKey
@@ -95,7 +95,8 @@ class ManagedContainer:
     id: str
     name: str
     state: str
-    image: str
+    image: str  # the reference its create asked for
+    image_id: str  # the image it runs: what that reference named when it was created
     created: str  # RFC 3339 with nanoseconds
     ssh_port: int | None  # the allocated port, running or not
     published_ssh_port: int | None  # the port SSH answers on now (None unless running)
@@ -117,7 +118,9 @@ class ManagedContainer:
             id=summary.id,
             name=summary.name,
             state=summary.state,
-            image=summary.image,
+            # Containers made before these labels: what Docker says it was created from.
+            image=label(labels.IMAGE) or summary.image,
+            image_id=label(labels.IMAGE_ID) or summary.image_id,
             created=label(labels.CREATED, ""),
             ssh_port=int(port) if port.isdecimal() else None,
             published_ssh_port=summary.published.get(SSH_CONTAINER_PORT),
@@ -184,8 +187,10 @@ class ContainerService:
 
     async def _create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
         """Create and start the container, and wait until its sshd answers. Anything that
-        fails after Docker made it removes it, which gives back its port and GPUs."""
-        await self._ensure_image(request.image)
+        fails after Docker made it removes it, which gives back its port and GPUs. The image
+        reference is resolved to an image id once, here: the container runs that image, and
+        a later pull that re-points the tag changes nothing for it."""
+        image = await self._images.image_to_run(request.image, caller)
         gpus = await self._resolve_gpus(request.gpu_ids)
         async with self._allocation:  # the decision only; Docker's slow steps come after
             everyone = await self._holders()
@@ -202,7 +207,7 @@ class ContainerService:
             )
         try:
             await self._networks.ensure(request.owner)
-            container_id = await self._make(request, gpus, port)
+            container_id = await self._make(request, image, gpus, port)
             try:
                 await self._docker.put_archive(container_id, "/", await _bootstrap_tar(request))
                 await self._start(container_id, port)
@@ -225,14 +230,6 @@ class ContainerService:
         )  # fmt: skip
         return await self.get(request.name, caller)
 
-    async def _ensure_image(self, image: str) -> None:
-        reference = parse_image_reference(image, field="image")
-        if await self._docker.inspect_image(image) is not None:
-            return
-        log.info("image %s is not on this host: pulling it first", reference)
-        async for _ in self._images.pull(image):
-            pass
-
     async def _resolve_gpus(self, gpu_ids: list[int]) -> list[Gpu]:
         if not gpu_ids:
             return []
@@ -251,10 +248,10 @@ class ContainerService:
             )
         return [Gpu(index=i, uuid=known[i].uuid) for i in gpu_ids]
 
-    async def _make(self, request: CreateRequest, gpus: list[Gpu], port: int) -> str:
+    async def _make(self, request: CreateRequest, image: Image, gpus: list[Gpu], port: int) -> str:
         try:
             return await self._docker.create_container(
-                request.name, self._container_config(request, gpus, port)
+                request.name, self._container_config(request, image, gpus, port)
             )
         except DockerFailed as exc:
             if exc.docker_status == 409:
@@ -265,7 +262,7 @@ class ContainerService:
             raise
 
     def _container_config(
-        self, request: CreateRequest, gpus: list[Gpu], port: int
+        self, request: CreateRequest, image: Image, gpus: list[Gpu], port: int
     ) -> dict[str, object]:
         # The request's env is not the container's: root's bootstrap and every root process
         # would inherit it (PATH, LD_PRELOAD). It travels in the bootstrap tar, for the user's
@@ -301,7 +298,7 @@ class ContainerService:
             # An image whose default is "all GPUs" (NVIDIA's CUDA images) must see none.
             env.append("NVIDIA_VISIBLE_DEVICES=void")
         return {
-            "Image": request.image,
+            "Image": image.id,
             "Entrypoint": ["/bin/sh", f"{BOOTSTRAP_DIR}/bootstrap.sh"],
             "Cmd": [request.user_name],
             "Env": env,
@@ -315,6 +312,8 @@ class ContainerService:
                 labels.GPU_INDICES: ",".join(str(g.index) for g in gpus),
                 labels.GPU_UUIDS: ",".join(g.uuid for g in gpus if g.uuid),
                 labels.CREATED: _now_rfc3339_ns(),
+                labels.IMAGE: request.image,
+                labels.IMAGE_ID: image.id,
                 labels.SSH_HOST_KEYS: request.host_key.public.public_key,
             },
             "HostConfig": host_config,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import aiodocker
 import aiohttp
+from aiodocker.utils import compose_auth_header
 
 from deepdockd.errors import ApiError, ServiceUnavailable
 
@@ -171,6 +172,17 @@ class Docker:
             )
             async for event in stream:
                 yield _progress(event)
+
+    async def registry_digest(
+        self, reference: str, *, registry: str, auth: Mapping[str, str] | None = None
+    ) -> str:
+        """The digest the registry serves for ``reference`` now ("sha256:..."), asked of the
+        registry through Docker without pulling anything (``GET /distribution/NAME/json``)."""
+        headers = {"X-Registry-Auth": compose_auth_header(dict(auth), registry)} if auth else None
+        # No limit of our own, as for a pull: Docker gives up on a registry that does not answer.
+        async with self.translate_errors(timeout_s=None):
+            data = await self.client._query_json(f"distribution/{reference}/json", headers=headers)
+        return str(data["Descriptor"]["digest"])
 
     async def remove_image(self, ref: str, *, force: bool) -> list[dict[str, str]]:
         """Docker's list of what it untagged and deleted."""

@@ -1,39 +1,83 @@
 """Images: list, pull (shared between concurrent callers, detached from any one client) and
-remove."""
+remove; and what a create runs.
+
+Two rules make images safe to share between users (image_records.py keeps what Docker does
+not):
+
+- A tag is global on a Docker host, so a user's pull may not re-point a tag that others rely
+  on: one another user's container was created from, or one an admin pulled. Such a pull goes
+  ahead only when the registry still serves the image the tag names here (then it is pulled
+  by digest, so a registry that moves the tag meanwhile moves nothing). Admins may re-point
+  any tag; containers run the image id their create resolved, so none of them changes.
+- An image a user pulled with credentials is private to the users who pulled it so (and the
+  admins): to anyone else it is absent, exactly as an image the host does not have.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
 
+from deepdockd import labels
 from deepdockd.docker import Docker, DockerFailed, Image, PullProgress
-from deepdockd.errors import ApiError, BadGateway, Conflict, InvalidInput, NotFound
+from deepdockd.errors import ApiError, BadGateway, Conflict, Forbidden, InvalidInput, NotFound
+from deepdockd.image_records import ImageRecords
 from deepdockd.references import ImageReference, looks_like_image_id, parse_reference
+from deepdockd.registries import RegistryReach, registry_host
+from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
 
-# Docker's messages for a registry that refused or wanted credentials (distribution 2.x and
-# Docker Hub).
+# A pull's error is told in our own words, chosen by what Docker's message says: that message
+# can carry what a registry, or whatever else listens on the host and port a reference names,
+# sent back (a web server's whole 404 page, an SSH banner), so no part of it is ever shown.
+# Each list: (words in Docker's message, lower-cased; what we say), first match first.
+#
+# A registry that answered, but not as a registry does (Go's net/http and distribution's
+# client). Looked for first: what follows these words is the other side's text.
+_BAD_ANSWERS = (
+    (r"received unexpected http status: (\d{3})", "unexpected HTTP status {0}"),
+    (r"error parsing http (\d{3}) response body",
+     "HTTP status {0} with a body that is not a registry's"),
+    (r"malformed http", "an answer that is not HTTP"),
+    (r"error unmarshalling content|unsupported manifest media type|manifest invalid",
+     "content that is not an image manifest"),
+    (r"toomanyrequests|too many requests", "too many requests (a rate limit)"),
+    (r"\beof\b", "the connection closed before a whole answer came"),
+)  # fmt: skip
+# Docker Hub's answer for a repository that does not exist or is private.
+_NOT_FOUND_OR_PRIVATE = "pull access denied"
+# A registry that refused or wanted credentials (distribution 2.x and Docker Hub).
 _AUTH_FAILURES = ("unauthorized", "authentication required", "no basic auth credentials")
+# A registry without the repository or the tag.
+_NOT_FOUND = ("manifest unknown", "name unknown", "not found", "does not exist")
 # Go's network errors as Docker passes them on (net, crypto/tls, net/http): the registry could
-# not be reached at all. Anything else came from a registry that answered, or from Docker.
+# not be reached at all.
 _UNREACHABLE = (
-    "dial tcp",
-    "no such host",
-    "server misbehaving",
-    "name resolution",
-    "connection refused",
-    "connection reset",
-    "network is unreachable",
-    "no route to host",
-    "timeout",
-    "deadline exceeded",
-    "tls:",
-    "x509:",
-    "server gave http response to https client",
+    ("connection refused", "connection refused"),
+    ("no such host", "no such host"),
+    ("server misbehaving", "no such host"),  # the resolver's word for a name it cannot look up
+    ("name resolution", "no such host"),
+    ("connection reset", "connection reset"),
+    ("network is unreachable", "network unreachable"),
+    ("no route to host", "no route to host"),
+    ("timeout", "timed out"),
+    ("deadline exceeded", "timed out"),
+    ("x509:", "its TLS certificate is not trusted"),
+    ("tls:", "TLS failed"),
+    ("server gave http response to https client", "it answers HTTP, not HTTPS"),
+    ("dial tcp", "cannot connect"),
+)
+# Failures after the registry answered as one: the layers it serves.
+_LAYER_FAILURES = (
+    ("unknown blob", "a layer is missing from the registry"),
+    ("blob unknown", "a layer is missing from the registry"),
+    ("verification failed", "a layer's content does not match its digest"),
+    ("no matching manifest", "the image has no variant for this host's platform"),
 )
 
 
@@ -50,6 +94,12 @@ class PullFailed(BadGateway):
     that does not match its digest, an engine that could not store it."""
 
     code = "pull_failed"
+
+
+class TagInUse(Forbidden):
+    """A user's pull would re-point a tag that others rely on."""
+
+    code = "tag_in_use"
 
 
 @dataclass(frozen=True)
@@ -76,6 +126,16 @@ class PullResult:
     image: Image
 
 
+@dataclass(frozen=True)
+class _PrivatePull:
+    """A pull with credentials in flight: until it is recorded, the image it brings is hidden
+    from other users like the private image it will be."""
+
+    reference: str
+    user: str
+    images_before: frozenset[str]  # the ids on the host when it began
+
+
 class _Pull:
     """One Docker pull and everyone waiting on it. It runs in a task of its own, so a client
     that goes away neither cancels it nor leaves it half done."""
@@ -95,27 +155,77 @@ class _Pull:
 
 
 class ImageService:
-    def __init__(self, docker: Docker) -> None:
+    def __init__(
+        self,
+        docker: Docker,
+        reach: RegistryReach | None = None,
+        *,
+        records: ImageRecords,
+        namespace: str,
+    ) -> None:
         self._docker = docker
+        self._reach = reach if reach is not None else RegistryReach()
+        self._records = records
+        self._namespace = namespace
         self._pulls: dict[str, _Pull] = {}
+        self._private_pulls: list[_PrivatePull] = []
+        # Image ids that a pull without credentials (or an admin's) brought while this daemon
+        # ran: public, whatever a later pull with credentials brings them as.
+        self._pulled_publicly: set[str] = set()
 
-    async def list_images(self) -> list[Image]:
-        return await self._docker.list_images()
+    async def list_images(self, caller: Caller) -> list[Image]:
+        """The images the caller may see: all but other users' private ones."""
+        return [i for i in await self._docker.list_images() if self._may_use(i, caller)]
+
+    async def image_to_run(self, image_ref: str, caller: Caller) -> Image:
+        """The image a create runs, resolved to its id now, once: the one ``image_ref`` names
+        on the host, else the one a pull of it brings. An image the caller may not use is one
+        the host lacks, so the answer is the same as for a missing image: the pull's error,
+        or, for an image id (never pulled), 404."""
+        parse_image_reference(image_ref, field="image")
+        image = await self._docker.inspect_image(image_ref)
+        if image is not None and self._may_use(image, caller):
+            return image
+        if is_image_id(image_ref):
+            raise NotFound(f"no image {image_ref!r} on this host", details={"image": image_ref})
+        log.info("image %s is not on this host: pulling it first", image_ref)
+        pulled = None
+        async for item in self.pull(image_ref, caller=caller, field="image"):
+            if isinstance(item, PullResult):
+                pulled = item.image
+        if pulled is None or not self._may_use(pulled, caller):
+            raise NotFound(f"no image {image_ref!r} on this host", details={"image": image_ref})
+        return pulled
 
     async def pull(
-        self, repo_tag: str, credentials: Credentials | None = None
+        self,
+        repo_tag: str,
+        credentials: Credentials | None = None,
+        *,
+        caller: Caller,
+        field: str = "repo_tag",
     ) -> AsyncGenerator[PullProgress | PullResult]:
         """Progress events, then the result; raises the pull's error. Concurrent pulls of
-        the same reference without credentials share one Docker pull."""
-        reference = parse_image_reference(repo_tag, field="repo_tag")
+        the same reference without credentials share one Docker pull. ``field`` names the
+        request's field in a refusal."""
+        reference = parse_image_reference(repo_tag, field=field)
+        await self._reach.check(reference, field=field)
+        source = await self._pull_source(reference, credentials, caller)
         key = str(reference)
-        pull = self._pulls.get(key) if credentials is None else None
+        shared = credentials is None and source == reference
+        pull = self._pulls.get(key) if shared else None
         if pull is None:
             pull = _Pull()
-            if credentials is None:
+            if shared:
                 self._pulls[key] = pull
+            private = None
+            if credentials is not None and not caller.is_admin:
+                before = frozenset(i.id for i in await self._docker.list_images())
+                private = _PrivatePull(key, caller.user, before)
+                self._private_pulls.append(private)
             pull.task = asyncio.create_task(
-                self._run_pull(pull, reference, credentials), name=f"pull {key}"
+                self._run_pull(pull, reference, source, credentials, caller, private),
+                name=f"pull {source}",
             )
         queue = pull.listen()
         try:
@@ -123,6 +233,9 @@ class ImageService:
                 item = await queue.get()
                 if isinstance(item, ApiError):
                     raise item
+                if isinstance(item, PullResult) and caller.is_admin and source.digest is None:
+                    # An admin who joined another's pull of a tag pulled it too.
+                    self._records.mark_admin_pulled(key, item.image.id)
                 yield item
                 if isinstance(item, PullResult):
                     return
@@ -132,14 +245,20 @@ class ImageService:
             pull.listeners.remove(queue)
 
     async def _run_pull(
-        self, pull: _Pull, reference: ImageReference, credentials: Credentials | None
+        self,
+        pull: _Pull,
+        reference: ImageReference,
+        source: ImageReference,
+        credentials: Credentials | None,
+        caller: Caller,
+        private: _PrivatePull | None,
     ) -> None:
         key = str(reference)
-        log.info("pulling %s", key)
+        log.info("pulling %s", key if source == reference else f"{key} as {source}")
         try:
-            tag_or_digest = reference.digest or reference.tag or "latest"
-            repository = reference.repository
-            if credentials is not None and reference.domain is None:
+            tag_or_digest = source.digest or source.tag or "latest"
+            repository = source.repository
+            if credentials is not None and source.domain is None:
                 repository = "docker.io/" + repository  # aiodocker wants a registry host with auth
             async for event in self._docker.pull_image(
                 repository,
@@ -147,14 +266,19 @@ class ImageService:
                 auth=credentials.as_docker_auth() if credentials else None,
             ):
                 pull.tell(event)
-            image = await self._docker.inspect_image(key)
+            image = await self._docker.inspect_image(str(source))
             if image is None:
-                raise DockerFailed(404, f"{key} was pulled but Docker does not list it")
+                raise DockerFailed(404, f"{source} was pulled but Docker does not list it")
+            self._record_pull(image, reference, caller, private)
             log.info("pulled %s as %s", key, image.short_id)
             pull.tell(PullResult(reference=key, image=image))
         except DockerFailed as exc:
-            error = _pull_error(key, exc, with_credentials=credentials is not None)
-            log.warning("pull of %s failed: %s", key, error.message)
+            error = _pull_error(reference, exc, with_credentials=credentials is not None)
+            # Docker's own words, for the admin only (repr: they may hold another server's lines).
+            log.warning(
+                "pull of %s failed: %s; Docker answered %d: %r",
+                key, error.message, exc.docker_status, exc.docker_message,
+            )  # fmt: skip
             pull.tell(error)
         except ApiError as exc:
             log.warning("pull of %s failed: %s", key, exc.message)
@@ -165,6 +289,100 @@ class ImageService:
         finally:
             if self._pulls.get(key) is pull:
                 del self._pulls[key]
+            if private is not None:
+                self._private_pulls.remove(private)
+
+    def _record_pull(
+        self,
+        image: Image,
+        reference: ImageReference,
+        caller: Caller,
+        private: _PrivatePull | None,
+    ) -> None:
+        """Who may use what a pull brought. With a user's credentials: private to them, unless
+        it was a public image before (a pull with credentials never hides what others use).
+        Without credentials the registry serves it to anyone, so it is public; so is what an
+        admin pulls (that is how a lab shares images from a private registry)."""
+        if private is not None:
+            was_public = (
+                image.id in private.images_before and not self._records.owners(image.id)
+            ) or image.id in self._pulled_publicly
+            if not was_public:
+                self._records.add_owner(image.id, private.user, private.reference)
+            return
+        self._pulled_publicly.add(image.id)
+        self._records.make_public(image.id)
+        if caller.is_admin and reference.digest is None:
+            self._records.mark_admin_pulled(str(reference), image.id)
+
+    async def _pull_source(
+        self, reference: ImageReference, credentials: Credentials | None, caller: Caller
+    ) -> ImageReference:
+        """What Docker is to pull for ``reference``: the reference itself, unless it is a tag
+        that others rely on and the caller is no admin. Then the registry is asked, without
+        pulling, which image it serves under the tag now: the one the tag names here is
+        pulled by its digest, which leaves the tag as it is; another is refused (TagInUse)."""
+        if caller.is_admin or reference.digest is not None:
+            return reference  # admins may re-point; a pull by digest re-points no tag
+        key = str(reference)
+        here = await self._docker.inspect_image(key)
+        if here is None:
+            return reference  # a new tag on this host: anyone may pull it
+        why = await self._why_others_rely_on(key, here, caller)
+        if why is None:
+            return reference
+        registry = registry_host(reference)
+        try:
+            digest = await self._docker.registry_digest(
+                key,
+                registry=registry,
+                auth=credentials.as_docker_auth() if credentials is not None else None,
+            )
+        except DockerFailed as exc:
+            # The same error the pull would have met there.
+            error = _pull_error(reference, exc, with_credentials=credentials is not None)
+            log.warning(
+                "pull of %s failed: %s; Docker answered %d: %r",
+                key, error.message, exc.docker_status, exc.docker_message,
+            )  # fmt: skip
+            raise error from None
+        if any(d.rpartition("@")[2] == digest for d in here.digests):
+            return replace(reference, tag=None, digest=digest)
+        by_digest = f"{reference.repository}@{digest}"
+        log.info("refused a pull of %s by %s: %s", key, caller.user, why)
+        raise TagInUse(
+            f"{key} is a tag {why}, and registry {registry} now serves another image under "
+            "it: your pull would change what the tag runs for everyone. Pull that image by "
+            f"digest ({by_digest}) or under a tag of your own, or ask an admin to pull {key}",
+            details={"reference": key, "registry": registry, "digest": digest},
+        )
+
+    async def _why_others_rely_on(self, key: str, here: Image, caller: Caller) -> str | None:
+        if self._records.admin_pulled(key, here.id):
+            return "an admin pulled"
+        containers = await self._docker.list_containers(
+            filters=labels.namespace_filter(self._namespace)
+        )
+        for container in containers:
+            asked = container.labels.get(labels.IMAGE) or container.image
+            if container.labels.get(labels.OWNER) != caller.user and _names(asked, key):
+                return "another user's container was created from"
+        return None
+
+    def _may_use(self, image: Image, caller: Caller) -> bool:
+        """Whether ``caller`` may see and use ``image`` (see ImageRecords.may_use); an image
+        that another user's pull with credentials is bringing right now counts as theirs."""
+        if caller.is_admin:
+            return True
+        names = {*image.tags, *image.digests}
+        for private in self._private_pulls:
+            if (
+                private.reference in names
+                and image.id not in private.images_before
+                and private.user != caller.user
+            ):
+                return False
+        return self._records.may_use(image.id, caller)
 
     async def close(self) -> None:
         """Cancel the pulls in flight (the daemon is stopping)."""
@@ -175,12 +393,15 @@ class ImageService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def remove(self, image_ref: str, *, force: bool) -> list[dict[str, str]]:
+    async def remove(self, image_ref: str, caller: Caller, *, force: bool) -> list[dict[str, str]]:
+        """Admins only. Another user's private image is absent to a user, as a missing one."""
         if not looks_like_image_id(image_ref):
             parse_image_reference(image_ref, field="image_ref")
         image = await self._docker.inspect_image(image_ref)
-        if image is None:
+        if image is None or not self._may_use(image, caller):
             raise NotFound(f"no image {image_ref!r} on this host", details={"image_ref": image_ref})
+        if not caller.is_admin:
+            raise Forbidden("only admins may remove images: other users' containers may need them")
         users = [c for c in await self._docker.list_containers() if c.image_id == image.id]
         if users and not force:
             names = sorted(c.name for c in users)
@@ -190,13 +411,33 @@ class ImageService:
                 details={"containers": names},
             )
         try:
-            return await self._docker.remove_image(image_ref, force=force)
+            answer = await self._docker.remove_image(image_ref, force=force)
         except DockerFailed as exc:
             if exc.docker_status == 409:
                 raise Conflict(exc.docker_message, details={"image_ref": image_ref}) from None
             if exc.docker_status == 404:
                 raise NotFound(f"no image {image_ref!r} on this host") from None
             raise
+        deleted = [a["Deleted"] for a in answer if "Deleted" in a]
+        self._pulled_publicly.difference_update(deleted)
+        self._records.forget(
+            image_ids=deleted, tags=[a["Untagged"] for a in answer if "Untagged" in a]
+        )
+        return answer
+
+
+def is_image_id(text: str) -> bool:
+    """An image id as Docker writes it (``sha256:`` and hex), or 64 hex digits, which no
+    repository may be named: never something to pull."""
+    return looks_like_image_id(text) and (text.startswith("sha256:") or len(text) == 64)
+
+
+def _names(text: str, key: str) -> bool:
+    """Whether the reference ``text`` (as a create asked for it) names ``key``."""
+    try:
+        return str(parse_reference(text)) == key
+    except ValueError:
+        return False
 
 
 def parse_image_reference(text: str, *, field: str) -> ImageReference:
@@ -209,19 +450,50 @@ def parse_image_reference(text: str, *, field: str) -> ImageReference:
         ) from None
 
 
-def _pull_error(key: str, exc: DockerFailed, *, with_credentials: bool) -> ApiError:
-    message = exc.docker_message
-    details: Mapping[str, object] = {"reference": key, "docker_message": message}
-    if any(text in message.lower() for text in _AUTH_FAILURES):
-        if with_credentials:
-            why = f"the registry refused the credentials for {key}"
-        else:
-            why = f'the registry wants credentials for {key} (send "auth")'
-        return RegistryAuthFailed(f"{why}: {message}", details=details)
-    if exc.docker_status == 404 or "not found" in message or "does not exist" in message:
-        return NotFound(f"{key} was not found in its registry: {message}", details=details)
-    if any(text in message.lower() for text in _UNREACHABLE):
-        return RegistryUnreachable(
-            f"cannot pull {key} from its registry: {message}", details=details
+def _pull_error(
+    reference: ImageReference, exc: DockerFailed, *, with_credentials: bool
+) -> ApiError:
+    """The error a person sees, in our words, with the registry named."""
+    key, registry = str(reference), registry_host(reference)
+    said = exc.docker_message.lower()
+    details = {"reference": key, "registry": registry}
+    for pattern, phrase in _BAD_ANSWERS:
+        if found := re.search(pattern, said):
+            return PullFailed(
+                f"registry {registry} gave a bad answer to the pull of {key}: "
+                + phrase.format(*found.groups()),
+                details=details,
+            )
+    if _NOT_FOUND_OR_PRIVATE in said:
+        return NotFound(
+            f"{key} was not found in registry {registry}, or it is private "
+            '(send "auth" with credentials for it)',
+            details=details,
         )
-    return PullFailed(f"the pull of {key} failed: {message}", details=details)
+    if any(words in said for words in _AUTH_FAILURES):
+        if with_credentials:
+            return RegistryAuthFailed(
+                f"registry {registry} refused the credentials for {key}", details=details
+            )
+        return RegistryAuthFailed(
+            f'registry {registry} wants credentials for {key} (send "auth")', details=details
+        )
+    if exc.docker_status == 404 or any(words in said for words in _NOT_FOUND):
+        return NotFound(
+            f"{key} was not found in registry {registry}: no such repository or tag",
+            details=details,
+        )
+    for words, phrase in _UNREACHABLE:
+        if words in said:
+            return RegistryUnreachable(
+                f"cannot reach registry {registry} to pull {key}: {phrase}", details=details
+            )
+    for words, phrase in _LAYER_FAILURES:
+        if words in said:
+            return PullFailed(
+                f"the pull of {key} from registry {registry} failed: {phrase}", details=details
+            )
+    return PullFailed(
+        f"the pull of {key} from registry {registry} failed; the daemon's log has Docker's reason",
+        details=details,
+    )

@@ -13,6 +13,8 @@ SSH_PORT = PREFIX + "ssh-port"
 GPU_INDICES = PREFIX + "gpu-indices"  # "0,1"
 GPU_UUIDS = PREFIX + "gpu-uuids"  # "GPU-...,GPU-..."
 CREATED = PREFIX + "created"  # RFC 3339 with nanoseconds, as Docker's own "Created"
+IMAGE = PREFIX + "image"  # the image reference the create asked for, as asked
+IMAGE_ID = PREFIX + "image-id"  # the image id it resolved to then, which the container runs
 # The container's own SSH host keys, public halves: "ssh-ed25519 AAAA…[,…]". Not a secret.
 SSH_HOST_KEYS = PREFIX + "ssh-host-keys"
 

@@ -1,5 +1,6 @@
 """Logging to stderr (journald takes it from there), as text or as one JSON object a line
-for log shippers: the daemon's lines, and one access line per request."""
+for log shippers: the daemon's lines, and one access line per request. Either way, a log
+line is one line whatever a request carried."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ REQUEST_USER = web.RequestKey("user", str)
 # The attributes every LogRecord has; anything else was passed in `extra`.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
+# What a text line writes as an escape: the control characters (C0, DEL, C1) and Unicode's
+# line and paragraph separators. A path, query, user name or body field that carries a line
+# break would otherwise end the line and forge one of its own.
+_BREAKERS = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]
+_ESCAPES = {c: ascii(chr(c))[1:-1] for c in _BREAKERS}  # "\n", "\x1b", "\u2028"
+
 
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path, status, duration, user, client."""
@@ -34,6 +41,14 @@ class AccessLogger(AbstractAccessLogger):
                 "duration_ms": round(time * 1000, 3), "user": user, "client": request.remote,
             },
         )  # fmt: skip
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, with the line (time, level, logger, message) escaped; a traceback
+    that follows it stays as Python wrote it."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPES)
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,7 +83,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(MalformedRequestFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -92,6 +92,12 @@ def _split_domain(name: str) -> tuple[str | None, str]:
     return None, name
 
 
+def is_registry_host(text: str) -> bool:
+    """Whether ``text`` is a registry host as a reference names it: ``host`` or ``host:port``,
+    the host a name, an IPv4 address or a bracketed IPv6 address."""
+    return bool(_DOMAIN_RE.fullmatch(text))
+
+
 def looks_like_image_id(text: str) -> bool:
     """A short (12+) or full hex image id, with or without ``sha256:``."""
     return bool(_IMAGE_ID_RE.fullmatch(text))

@@ -1,9 +1,13 @@
-"""Request bodies: marshmallow schemas that refuse unknown fields, and one loader that turns
-their complaints into a 422 naming each field."""
+"""Request bodies: marshmallow schemas that refuse unknown fields, and one loader that reads
+the JSON (refusing what nests or counts past any use) and turns the schemas' complaints into
+a 422 naming each field."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -11,10 +15,33 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from deepdockd.errors import BadRequest, InvalidInput
 
+# JSON past any use: our bodies nest two levels deep and hold GPU indices. Python's own
+# limits (a RecursionError about 1,000 levels down, a ValueError past 4,300 digits) would
+# surface as a 500 with a traceback; these make a 400 that says what was wrong.
+MAX_BODY_DEPTH = 32
+MAX_NUMBER_DIGITS = 100
+
 
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
+
+
+class FullMatch(validate.Validator):
+    r"""Like ``validate.Regexp``, but the whole value must match: Regexp uses ``re.match``,
+    whose ``$`` also matches before a trailing newline, so ``"root\n"`` would pass."""
+
+    def __init__(self, pattern: str, *, error: str) -> None:
+        self.regex = re.compile(pattern)
+        self.message = error
+
+    def _repr_args(self) -> str:
+        return f"regex={self.regex!r}"
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self.message)
+        return value
 
 
 class RegistryAuthSchema(StrictSchema):
@@ -28,9 +55,10 @@ class PullImageSchema(StrictSchema):
     auth = fields.Nested(RegistryAuthSchema)
 
 
-# Docker's rule for container names.
+# The patterns are written as openapi.yaml has them (where `$` ends the input) and applied
+# with FullMatch. Docker's rule for container names:
 CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$"
-# A Linux user name that useradd accepts everywhere (POSIX portable, lower case).
+# A Linux user name that useradd accepts everywhere (POSIX portable, lower case):
 USER_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 # Accounts every image has, or that would give a login to something other than the user.
 SYSTEM_USERS = frozenset(
@@ -88,7 +116,8 @@ def _env_names(env: dict[str, str]) -> None:
 
 
 def _unique(values: list[int]) -> None:
-    repeated = sorted({v for v in values if values.count(v) > 1})
+    # One pass: marshmallow runs this beside Length(max=64), on a list as long as a body holds.
+    repeated = sorted(v for v, n in Counter(values).items() if n > 1)
     if repeated:
         raise ValidationError(f"lists GPU {', '.join(map(str, repeated))} more than once")
 
@@ -96,7 +125,7 @@ def _unique(values: list[int]) -> None:
 class CreateContainerSchema(StrictSchema):
     name = fields.String(
         required=True,
-        validate=validate.Regexp(
+        validate=FullMatch(
             CONTAINER_NAME,
             error="must be 2-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
         ),
@@ -105,7 +134,7 @@ class CreateContainerSchema(StrictSchema):
     user_name = fields.String(
         required=True,
         validate=[
-            validate.Regexp(
+            FullMatch(
                 USER_NAME,
                 error="must be a Linux user name: up to 32 lower-case letters, digits, '_' or "
                 "'-', starting with a letter or '_'",
@@ -121,9 +150,7 @@ class CreateContainerSchema(StrictSchema):
     # NAME=value lines: a value with a line break could smuggle in another name.
     env = fields.Dict(
         keys=fields.String(
-            validate=validate.Regexp(
-                ENV_NAME, error="must be a variable name ([A-Za-z_][A-Za-z0-9_]*)"
-            )
+            validate=FullMatch(ENV_NAME, error="must be a variable name ([A-Za-z_][A-Za-z0-9_]*)")
         ),
         values=fields.String(validate=[validate.Length(max=32768), _no_line_breaks]),
         validate=[validate.Length(max=256), _env_names],
@@ -137,12 +164,15 @@ class CreateContainerSchema(StrictSchema):
 
 
 async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
-    """The request's JSON body, checked by ``schema``; 400 for a body that is not JSON, 422
-    naming every field that is wrong."""
+    """The request's JSON body, checked by ``schema``; 400 for a body that is not JSON (or
+    nests deeper than MAX_BODY_DEPTH, or holds a number no one means), 422 naming every field
+    that is wrong."""
     try:
-        body = await request.json()
+        body = await request.json(loads=parse_json)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except LookupError:  # Content-Type: application/json; charset=NO-SUCH-CODEC
+        raise BadRequest(f"the request body's charset {request.charset!r} is unknown") from None
     try:
         loaded: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
@@ -150,6 +180,66 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
         message = "; ".join(f"{field}: {why}" for field, why in problems.items())
         raise InvalidInput(message, details={"fields": problems}) from None
     return loaded
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``, strictly: no NaN or Infinity, no number of more than
+    MAX_NUMBER_DIGITS digits or beyond a float's range, nothing nested deeper than
+    MAX_BODY_DEPTH (BadRequest)."""
+    try:
+        value = json.loads(
+            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant
+        )
+    except RecursionError:  # far deeper than MAX_BODY_DEPTH
+        raise _too_deep() from None
+    if _depth(value) > MAX_BODY_DEPTH:
+        raise _too_deep()
+    return value
+
+
+def _parse_int(literal: str) -> int:
+    _check_digits(literal)
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    _check_digits(literal)
+    value = float(literal)
+    if not math.isfinite(value):
+        raise BadRequest(f"a number in the request body is too large: {literal}")
+    return value
+
+
+def _check_digits(literal: str) -> None:
+    # Counted only where they could be too many: this runs for every number of the body.
+    if len(literal) > MAX_NUMBER_DIGITS and sum(map(str.isdigit, literal)) > MAX_NUMBER_DIGITS:
+        raise BadRequest(f"a number in the request body has more than {MAX_NUMBER_DIGITS} digits")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest(f"the request body is not valid JSON: {name} is not a JSON value")
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"the request body nests deeper than {MAX_BODY_DEPTH} levels")
+
+
+def _depth(value: Any) -> int:
+    """How many arrays and objects deep ``value`` nests (0 for a scalar), counted without
+    recursion, and no further than one level past MAX_BODY_DEPTH."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending and deepest <= MAX_BODY_DEPTH:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:

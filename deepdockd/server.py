@@ -12,7 +12,7 @@ import signal
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from deepdockd import __version__, systemd
+from deepdockd import __version__, connections, systemd
 from deepdockd.app import create_app
 from deepdockd.config import Config
 from deepdockd.logs import ACCESS_LOGGER, AccessLogger
@@ -71,8 +71,9 @@ async def serve(config: Config) -> None:
     app = create_app(config)
     in_flight = RequestsInFlight()
     app.middlewares.insert(0, in_flight.middleware)  # outermost: it sees every request
-    runner = web.AppRunner(
+    runner = connections.AppRunner(
         app,
+        header_timeout=config.header_timeout,
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
         shutdown_timeout=CANCEL_GRACE_S,

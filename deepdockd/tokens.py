@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 ROLES = ("admin", "user")
 ADMIN_USER = "admin"
 TOKEN_PREFIX = "ddk_"
-# The user names tokens may carry (they become container owner labels and log fields).
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+# The user names tokens may carry (they become container owner labels and log fields),
+# matched whole (fullmatch).
+USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
 
 
 class TokenError(Exception):
@@ -111,7 +112,7 @@ class TokenStore:
         if any(e.role == "admin" for e in self.entries()):
             return None
         token = self.add(ADMIN_USER, "admin")
-        _write_private(self.admin_token_path, token + "\n")
+        write_private(self.admin_token_path, token + "\n")
         return self.admin_token_path
 
     def check_modes(self) -> None:
@@ -157,7 +158,7 @@ class TokenStore:
 
     def add(self, user: str, role: str) -> str:
         """Make a token for a new user; the token itself is returned, never stored."""
-        if not USER_NAME.match(user):
+        if not USER_NAME.fullmatch(user):
             raise TokenError(
                 f"{user!r} is not a valid user name (lower-case letters, digits, '_', '.', '-')"
             )
@@ -186,10 +187,10 @@ class TokenStore:
         users = {
             e.user: {"role": e.role, "created": e.created, "hash": e.token_hash} for e in entries
         }
-        _write_private(self.path, json.dumps({"users": users}, indent=2) + "\n")
+        write_private(self.path, json.dumps({"users": users}, indent=2) + "\n")
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write atomically, mode 0600 from the first byte."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

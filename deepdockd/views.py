@@ -16,7 +16,7 @@ from deepdockd import __version__, docs
 from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers import CreateRequest, ManagedContainer
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
-from deepdockd.errors import ApiError, Forbidden, InvalidInput, NotFound
+from deepdockd.errors import ApiError, InvalidInput, NotFound
 from deepdockd.images import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
 from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
@@ -137,6 +137,7 @@ def _container(container: ManagedContainer) -> dict[str, Any]:
         "name": container.name,
         "status": container.state,
         "image": [container.image],
+        "image_id": container.image_id,
         "created": container.created,
         "ssh-port": container.published_ssh_port if running else None,
         "gpus": [str(i) for i in container.gpu_indices],
@@ -203,7 +204,7 @@ def _gpu(entry: GpuEntry) -> dict[str, Any]:
 
 
 async def list_images(request: web.Request) -> web.Response:
-    images = await request.app[IMAGES].list_images()
+    images = await request.app[IMAGES].list_images(caller_of(request))
     return web.json_response({"count": len(images), "images": [_image(i) for i in images]})
 
 
@@ -213,7 +214,7 @@ async def pull_image(request: web.Request) -> web.StreamResponse:
     body = await load_body(request, PullImageSchema())
     request[AUDIT_TARGET] = body["repo_tag"]
     credentials = Credentials(**body["auth"]) if "auth" in body else None
-    events = request.app[IMAGES].pull(body["repo_tag"], credentials)
+    events = request.app[IMAGES].pull(body["repo_tag"], credentials, caller=caller_of(request))
     async with contextlib.aclosing(events):
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream_pull(request, events)
@@ -224,11 +225,9 @@ async def pull_image(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_image(request: web.Request) -> web.Response:
-    if not caller_of(request).is_admin:
-        raise Forbidden("only admins may remove images: other users' containers may need them")
     image_ref = request.match_info["image_ref"]
     force = _bool_query(request, "force")
-    answer = await request.app[IMAGES].remove(image_ref, force=force)
+    answer = await request.app[IMAGES].remove(image_ref, caller_of(request), force=force)
     return web.json_response(
         {
             "message": f"Image '{image_ref}' removed successfully.",
@@ -321,7 +320,12 @@ def _int_query(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
     if text is None:
         return None
-    if not text.isdecimal() or not 1 <= int(text) <= MAX_QUERY_INT:
+    # The length first: int() refuses (ValueError) a string of more than 4,300 digits.
+    if (
+        not text.isdecimal()
+        or len(text) > len(str(MAX_QUERY_INT))
+        or not 1 <= int(text) <= MAX_QUERY_INT
+    ):
         raise InvalidInput(
             f"{name}: must be a whole number from 1 to {MAX_QUERY_INT}", details={"field": name}
         )

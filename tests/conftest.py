@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import io
 import json
 import os
@@ -21,11 +22,15 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 
 from daemon import Daemon
-from rig import REGISTRY_ADDR, Rig
+from rig import REGISTRIES, REGISTRY_ADDR, Rig
 from spec import response_checker, tee_streams
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
+
+# The rig's registries listen on loopback, where pulls go only to registries the admin listed:
+# every daemon of the tests lists them, as an admin of a lab's own registry would.
+RIG_REGISTRIES = tuple(REGISTRIES.values())
 
 
 @pytest.fixture
@@ -65,10 +70,14 @@ def namespace() -> str:
 
 @pytest.fixture
 def config(rig: Rig, tmp_path: Path, namespace: str) -> Config:
-    """The daemon's config for a test: the rig's Docker, a namespace of its own, and auth off
-    (tests of auth turn it on)."""
+    """The daemon's config for a test: the rig's Docker and registries, a namespace of its own,
+    and auth off (tests of auth turn it on)."""
     return Config(
-        docker_host=rig.docker_host, state_dir=tmp_path / "state", namespace=namespace, auth=False
+        docker_host=rig.docker_host,
+        state_dir=tmp_path / "state",
+        namespace=namespace,
+        auth=False,
+        allowed_registries=RIG_REGISTRIES,
     )
 
 
@@ -77,6 +86,22 @@ async def client(
     aiohttp_client: ClientFactory, config: Config
 ) -> TestClient[web.Request, web.Application]:
     return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+def client_allowing(
+    aiohttp_client: ClientFactory, config: Config
+) -> Callable[..., Awaitable[Client]]:
+    """Factory: a client of a daemon whose ``allowed_registries`` lists ``registries`` too
+    (the test's own servers on loopback)."""
+
+    async def make(*registries: str) -> Client:
+        allowed = (*config.allowed_registries, *registries)
+        return await aiohttp_client(
+            create_app(dataclasses.replace(config, allowed_registries=allowed))
+        )
+
+    return make
 
 
 @dataclass
@@ -93,15 +118,16 @@ class RunningDaemon:
 
 @pytest.fixture
 def rig_daemon(rig: Rig, tmp_path: Path, free_port: int) -> Iterator[Callable[..., RunningDaemon]]:
-    """Factory: deepdockd as a real process on the rig's Docker and this test's free port,
-    with a state directory of its own, once it serves. Whatever is left running is stopped
-    when the test ends."""
+    """Factory: deepdockd as a real process on the rig's Docker and registries and this test's
+    free port, with a state directory of its own, once it serves. Whatever is left running is
+    stopped when the test ends."""
     started: list[Daemon] = []
 
     def start(
         *args: str, env: dict[str, str] | None = None, auth: bool = False, name: str = "daemon"
     ) -> RunningDaemon:
         state_dir = tmp_path / f"state-{name}"
+        env = {"DEEPDOCKD_ALLOWED_REGISTRIES": ",".join(RIG_REGISTRIES), **(env or {})}
         daemon = Daemon(
             "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(state_dir),
             *args, env=env, log=tmp_path / f"{name}.log", auth=auth,

@@ -282,7 +282,9 @@ def test_the_readme_default_is_the_daemons_default(tmp_path: Path, key: str) -> 
     absent = tmp_path / "absent.toml"
 
     from_file = load_config({"config": str(config_file)}, {}, default_file=absent)
-    env_text = value if isinstance(value, str) else row.default  # as a shell would set it
+    # As a shell would set it; a list comma-separated.
+    env_text = ",".join(value) if isinstance(value, list) else value
+    env_text = env_text if isinstance(env_text, str) else row.default
     from_env = load_config(NO_FLAGS, {row.env: env_text}, default_file=absent)
 
     assert getattr(from_file, key) == getattr(Config(), key)

@@ -360,6 +360,7 @@ async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig, g
     host_key = docker_labels["deepdockd.ssh-host-keys"]
     assert item == {
         "id": answer["id"], "name": "cycle", "status": "running", "image": [DEBIAN_SSH_IMAGE],
+        "image_id": inspect(rig, "cycle")["Image"],
         "created": docker_labels["deepdockd.created"],
         "ssh-port": port, "gpus": ["0", "2"], "gpu_uuids": [gpus[0]["uuid"], gpus[2]["uuid"]],
         "owner": "anonymous", "ssh_user": "alice",
