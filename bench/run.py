@@ -35,7 +35,7 @@ from aiohttp import web
 
 # The daemon's own readiness probe for sshd, so that the baseline of "create -> first SSH
 # login" waits for its sshd exactly as a create does.
-from deepdockd.containers import SSH_POLL_INTERVAL_S, ssh_greets
+from deepdockd.containers.service import SSH_POLL_INTERVAL_S, ssh_greets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

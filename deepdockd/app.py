@@ -9,14 +9,14 @@ from aiohttp import web
 
 from deepdockd.auth import audit_middleware, auth_middleware
 from deepdockd.config import Config
-from deepdockd.containers import ContainerService
+from deepdockd.containers.service import ContainerService
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
-from deepdockd.image_records import ImageRecords
-from deepdockd.images import ImageService
+from deepdockd.images.records import ImageRecords
+from deepdockd.images.registries import RegistryReach
+from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
-from deepdockd.registries import RegistryReach
 from deepdockd.routes import setup_routes
 from deepdockd.tokens import TokenStore
 from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepdockd.references import is_registry_host
+from deepdockd.images.references import is_registry_host
 
 DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
 ENV_PREFIX = "DEEPDOCKD_"

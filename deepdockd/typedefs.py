@@ -4,10 +4,10 @@ services can import them without import cycles."""
 from aiohttp import web
 
 from deepdockd.config import Config
-from deepdockd.containers import ContainerService
+from deepdockd.containers.service import ContainerService
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
-from deepdockd.images import ImageService
+from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
 
 CONFIG = web.AppKey("config", Config)

@@ -14,10 +14,10 @@ from aiohttp import web
 
 from deepdockd import __version__, docs
 from deepdockd.auth import AUDIT_TARGET, caller_of
-from deepdockd.containers import CreateRequest, ManagedContainer
+from deepdockd.containers.service import CreateRequest, ManagedContainer
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
 from deepdockd.errors import ApiError, InvalidInput, NotFound
-from deepdockd.images import Credentials, PullResult
+from deepdockd.images.service import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
 from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
 from deepdockd.typedefs import CONTAINERS, DOCKER, GPUS, IMAGES, METRICS

@@ -24,9 +24,9 @@ import pytest
 
 from deepdockd.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
-from deepdockd.containers import CONTAINER_CAPABILITIES
+from deepdockd.containers.networks import NetworkPoolExhausted, OwnerNetworks, network_name
+from deepdockd.containers.service import CONTAINER_CAPABILITIES
 from deepdockd.docker import Docker
-from deepdockd.networks import NetworkPoolExhausted, OwnerNetworks, network_name
 from deepdockd.tokens import TokenStore
 
 from conftest import Client, ClientFactory

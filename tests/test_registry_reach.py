@@ -20,8 +20,8 @@ import pytest
 
 from deepdockd.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
-from deepdockd.references import parse_reference
-from deepdockd.registries import RULE, RegistryNotAllowed, RegistryReach
+from deepdockd.images.references import parse_reference
+from deepdockd.images.registries import RULE, RegistryNotAllowed, RegistryReach
 
 from conftest import Client, ClientFactory, RunningDaemon
 from daemon import http_json

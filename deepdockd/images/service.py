@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from deepdockd import labels
 from deepdockd.docker import Docker, DockerFailed, Image, PullProgress
 from deepdockd.errors import ApiError, BadGateway, Conflict, Forbidden, InvalidInput, NotFound
-from deepdockd.image_records import ImageRecords
-from deepdockd.references import ImageReference, looks_like_image_id, parse_reference
-from deepdockd.registries import RegistryReach, registry_host
+from deepdockd.images.records import ImageRecords
+from deepdockd.images.references import ImageReference, looks_like_image_id, parse_reference
+from deepdockd.images.registries import RegistryReach, registry_host
 from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
@@ -273,13 +273,7 @@ class ImageService:
             log.info("pulled %s as %s", key, image.short_id)
             pull.tell(PullResult(reference=key, image=image))
         except DockerFailed as exc:
-            error = _pull_error(reference, exc, with_credentials=credentials is not None)
-            # Docker's own words, for the admin only (repr: they may hold another server's lines).
-            log.warning(
-                "pull of %s failed: %s; Docker answered %d: %r",
-                key, error.message, exc.docker_status, exc.docker_message,
-            )  # fmt: skip
-            pull.tell(error)
+            pull.tell(_logged_pull_error(reference, exc, with_credentials=credentials is not None))
         except ApiError as exc:
             log.warning("pull of %s failed: %s", key, exc.message)
             pull.tell(exc)
@@ -340,12 +334,9 @@ class ImageService:
             )
         except DockerFailed as exc:
             # The same error the pull would have met there.
-            error = _pull_error(reference, exc, with_credentials=credentials is not None)
-            log.warning(
-                "pull of %s failed: %s; Docker answered %d: %r",
-                key, error.message, exc.docker_status, exc.docker_message,
-            )  # fmt: skip
-            raise error from None
+            raise _logged_pull_error(
+                reference, exc, with_credentials=credentials is not None
+            ) from None
         if any(d.rpartition("@")[2] == digest for d in here.digests):
             return replace(reference, tag=None, digest=digest)
         by_digest = f"{reference.repository}@{digest}"
@@ -448,6 +439,19 @@ def parse_image_reference(text: str, *, field: str) -> ImageReference:
             f"{field}: {text!r} is not an image reference Docker accepts: it {exc}",
             details={"field": field},
         ) from None
+
+
+def _logged_pull_error(
+    reference: ImageReference, exc: DockerFailed, *, with_credentials: bool
+) -> ApiError:
+    """The pull's error in our words, for the caller; Docker's own words go to the log only,
+    for the admin (as a repr: they may hold another server's lines)."""
+    error = _pull_error(reference, exc, with_credentials=with_credentials)
+    log.warning(
+        "pull of %s failed: %s; Docker answered %d: %r",
+        reference, error.message, exc.docker_status, exc.docker_message,
+    )  # fmt: skip
+    return error
 
 
 def _pull_error(

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from importlib import resources
 
 from deepdockd import labels
-from deepdockd.allocation import (
+from deepdockd.config import Config
+from deepdockd.containers.allocation import (
     SSH_CONTAINER_PORT,
     Gpu,
     PortReleases,
@@ -28,14 +29,13 @@ from deepdockd.allocation import (
     check_gpus_free,
     choose_ssh_port,
 )
-from deepdockd.config import Config
+from deepdockd.containers.networks import OwnerNetworks
+from deepdockd.containers.passwords import sha512_crypt_hash
+from deepdockd.containers.sshkeys import HostKey, PublicHostKey
 from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
 from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuSampler
-from deepdockd.images import ImageService
-from deepdockd.networks import OwnerNetworks
-from deepdockd.passwords import sha512_crypt_hash
-from deepdockd.sshkeys import HostKey, PublicHostKey
+from deepdockd.images.service import ImageService
 from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
@@ -463,7 +463,7 @@ def _viewer(caller: Caller) -> str | None:
 
 @functools.cache
 def _bootstrap_script() -> bytes:
-    return resources.files("deepdockd").joinpath("bootstrap.sh").read_bytes()
+    return resources.files("deepdockd.containers").joinpath("bootstrap.sh").read_bytes()
 
 
 async def _bootstrap_tar(request: CreateRequest) -> bytes:
