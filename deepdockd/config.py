@@ -79,9 +79,42 @@ class Config:
     # Docker's json-file log of each container: rotated at this size, this many files kept.
     log_max_size: str = "50m"
     log_max_file: int = 3
+    # Workspaces: each container's /dev/shm (0: half the host's RAM, at most 16384 MiB), its
+    # memory and CPUs (0: no limit) and the ceilings a request may ask up to (0: none).
+    default_shm_size_mb: int = 0
+    default_memory_mb: int = 0
+    max_memory_mb: int = 0
+    default_cpus: float = 0.0
+    max_cpus: float = 0.0
+    # Processes a container may have at once (0: no limit): a fork bomb stops there.
+    pids_limit: int = 16384
+    # Host ports for the container ports a create asks to publish ("ports").
+    service_port_range: tuple[int, int] = (23000, 23999)
+    # Host directories every container gets: "HOST_PATH:CONTAINER_PATH[:ro|rw]" (ro when
+    # left out). Users never name a host path.
+    shared_mounts: tuple[SharedMount, ...] = ()
+
+
+@dataclass(frozen=True)
+class SharedMount:
+    source: str
+    target: str
+    read_only: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
 
 
 # --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
+
+
+def _whole_number(raw: object, low: int, high: int, why: str) -> int:
+    """``raw`` (a TOML integer, or a string of digits) if it is from ``low`` to ``high``."""
+    if isinstance(raw, str) and raw.isdecimal():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+        raise ValueError(why)
+    return raw
 
 
 def _parse_host(raw: object) -> str:
@@ -91,11 +124,7 @@ def _parse_host(raw: object) -> str:
 
 
 def _parse_port(raw: object) -> int:
-    if isinstance(raw, str) and raw.isdecimal():
-        raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
-        raise ValueError("must be a TCP port number from 1 to 65535")
-    return raw
+    return _whole_number(raw, 1, 65535, "must be a TCP port number from 1 to 65535")
 
 
 def _parse_docker_host(raw: object) -> str:
@@ -133,13 +162,20 @@ def _parse_log_format(raw: object) -> str:
     return raw.lower()
 
 
-def _parse_seconds(raw: object) -> float:
+def _number(raw: object, low: float, high: float, why: str) -> float:
+    """``raw`` (a TOML number, or a string of one) if it is from ``low`` to ``high``."""
     if isinstance(raw, str):
         with contextlib.suppress(ValueError):
             raw = float(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0.001 <= raw <= 2678400:
-        raise ValueError("must be a number of seconds from 0.001 to 2678400 (31 days)")
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not low <= raw <= high:
+        raise ValueError(why)
     return float(raw)
+
+
+def _parse_seconds(raw: object) -> float:
+    return _number(
+        raw, 0.001, 2678400, "must be a number of seconds from 0.001 to 2678400 (31 days)"
+    )
 
 
 def _parse_port_range(raw: object) -> tuple[int, int]:
@@ -158,11 +194,9 @@ def _parse_bool(raw: object) -> bool:
 
 
 def _parse_body_size(raw: object) -> int:
-    if isinstance(raw, str) and raw.isdecimal():
-        raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1024 <= raw <= 64 * 1024 * 1024:
-        raise ValueError("must be a number of bytes from 1024 to 67108864 (64 MiB)")
-    return raw
+    return _whole_number(
+        raw, 1024, 64 * 1024 * 1024, "must be a number of bytes from 1024 to 67108864 (64 MiB)"
+    )
 
 
 def _parse_network_pool(raw: object) -> ipaddress.IPv4Network:
@@ -185,11 +219,49 @@ def _parse_log_size(raw: object) -> str:
 
 
 def _parse_log_files(raw: object) -> int:
-    if isinstance(raw, str) and raw.isdecimal():
-        raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 100:
-        raise ValueError("must be a number of files from 1 to 100")
-    return raw
+    return _whole_number(raw, 1, 100, "must be a number of files from 1 to 100")
+
+
+def _parse_mebibytes(raw: object) -> int:
+    return _whole_number(
+        raw, 0, 16 * 1024 * 1024, "must be a number of MiB from 0 to 16777216 (0: the default rule)"
+    )
+
+
+def _parse_cpus(raw: object) -> float:
+    return _number(raw, 0, 4096, "must be a number of CPUs from 0 to 4096, as in 7.5 (0: no limit)")
+
+
+def _parse_pids_limit(raw: object) -> int:
+    return _whole_number(
+        raw, 0, 4194304, "must be a number of processes from 0 to 4194304 (0: no limit)"
+    )
+
+
+def _parse_shared_mounts(raw: object) -> tuple[SharedMount, ...]:
+    # A TOML array in the file; one string, comma-separated, in the environment.
+    items = raw
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")] if raw else []
+    if not isinstance(items, list):
+        items = [None]
+    mounts = []
+    for item in items:
+        parts = item.split(":") if isinstance(item, str) else []
+        mode = parts.pop() if len(parts) == 3 else "ro"
+        if (
+            len(parts) != 2
+            or mode not in ("ro", "rw")
+            or not all(
+                p.startswith("/") and "," not in p and ".." not in p.split("/") for p in parts
+            )
+        ):
+            raise ValueError(
+                'must be "HOST_PATH:CONTAINER_PATH[:ro|rw]" entries with absolute paths, as in '
+                '["/srv/datasets:/datasets:ro"] (comma-separated in the environment)'
+            )
+        mounts.append(SharedMount(parts[0], parts[1], read_only=mode == "ro"))
+    return tuple(mounts)
 
 
 def _parse_ip_address(raw: object) -> str:
@@ -240,6 +312,14 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "network_pool": _parse_network_pool,
     "log_max_size": _parse_log_size,
     "log_max_file": _parse_log_files,
+    "default_shm_size_mb": _parse_mebibytes,
+    "default_memory_mb": _parse_mebibytes,
+    "max_memory_mb": _parse_mebibytes,
+    "default_cpus": _parse_cpus,
+    "max_cpus": _parse_cpus,
+    "pids_limit": _parse_pids_limit,
+    "service_port_range": _parse_port_range,
+    "shared_mounts": _parse_shared_mounts,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 
@@ -289,6 +369,20 @@ def _check_together(config: Config) -> None:
             f"gpu_bucket: {config.gpu_bucket:g} s is shorter than gpu_sample_interval "
             f"({config.gpu_sample_interval:g} s); a bucket averages one or more samples"
         )
+    ssh_low, ssh_high = config.ssh_port_range
+    service_low, service_high = config.service_port_range
+    if service_low <= ssh_high and ssh_low <= service_high:
+        raise ConfigError(
+            f"service_port_range: {service_low}-{service_high} overlaps ssh_port_range "
+            f"({ssh_low}-{ssh_high}); give them separate ranges"
+        )
+    for ceiling, default, what in (
+        ("max_memory_mb", "default_memory_mb", "MiB"),
+        ("max_cpus", "default_cpus", "CPUs"),
+    ):
+        high, value = getattr(config, ceiling), getattr(config, default)
+        if high and value > high:
+            raise ConfigError(f"{default}: {value:g} {what} is above {ceiling} ({high:g} {what})")
     if config.gpu_retention < config.gpu_bucket:
         raise ConfigError(
             f"gpu_retention: {config.gpu_retention:g} s is shorter than gpu_bucket "

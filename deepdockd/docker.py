@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +65,10 @@ class Image:
     digests: tuple[str, ...]  # "repo@sha256:..."
     size_bytes: int
     created: str  # ISO 8601, UTC
+    # What a container of it runs unless told otherwise (known from an inspect, not a list).
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    user: str = ""
 
     @property
     def short_id(self) -> str:
@@ -91,6 +95,14 @@ class ContainerSummary:
     state: str  # created, running, paused, restarting, removing, exited, dead
     labels: Mapping[str, str]
     published: Mapping[int, int]  # container TCP port -> host port, while running
+    volumes: tuple[str, ...] = ()  # the named volumes it mounts
+
+
+@dataclass(frozen=True)
+class VolumeSummary:
+    name: str
+    labels: Mapping[str, str]
+    created: str  # RFC 3339, as Docker writes it
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,32 @@ class Docker:
             )
         return "".join(lines)
 
+    async def container_output(
+        self, container_id: str, *, follow: bool, tail: int | None, timestamps: bool
+    ) -> AsyncGenerator[bytes]:
+        """The container's stdout and stderr as Docker stored them, chunk by chunk, without
+        holding them all in memory; with ``follow``, until the container stops."""
+        params = {
+            "stdout": "1",
+            "stderr": "1",
+            "follow": "1" if follow else "0",
+            "timestamps": "1" if timestamps else "0",
+            "tail": "all" if tail is None else str(tail),
+        }
+        async with self.translate_errors(timeout_s=None):
+            query = self.client._query(  # aiodocker's own log() decodes and lists it all
+                f"containers/{container_id}/logs", params=params, timeout=None
+            )
+            async with query as response:
+                # Never a TTY here: each frame is an 8-byte header (stream, size) + payload.
+                while True:
+                    try:
+                        header = await response.content.readexactly(8)
+                    except asyncio.IncompleteReadError:
+                        return
+                    size = int.from_bytes(header[4:8], "big")
+                    yield await response.content.readexactly(size)
+
     @asynccontextmanager
     async def translate_errors(
         self, *, timeout_s: float | Literal["quick"] | None = "quick"
@@ -278,6 +316,31 @@ class Docker:
         except aiohttp.ClientError as exc:
             # A connection that breaks mid-answer (dockerd stopping) is not a DockerError.
             raise DockerUnavailable(f"Docker at {self.url} dropped the connection: {exc}") from None
+
+    # --- volumes ---
+
+    async def list_volumes(
+        self, *, filters: Mapping[str, list[str]] | None = None
+    ) -> list[VolumeSummary]:
+        async with self.translate_errors():
+            answer = await self.client.volumes.list(filters=filters)  # type: ignore[no-untyped-call]
+        return [
+            VolumeSummary(
+                name=item["Name"],
+                labels=item.get("Labels") or {},
+                created=str(item.get("CreatedAt") or ""),
+            )
+            for item in answer.get("Volumes") or []
+        ]
+
+    async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None:
+        """A local volume; Docker answers with the existing one when the name is taken."""
+        async with self.translate_errors():
+            await self.client.volumes.create({"Name": name, "Labels": dict(labels)})  # type: ignore[no-untyped-call]
+
+    async def remove_volume(self, name: str) -> None:
+        async with self.translate_errors(timeout_s=60):
+            await aiodocker.volumes.DockerVolume(self.client, name).delete()  # type: ignore[no-untyped-call]
 
     # --- networks ---
 
@@ -336,12 +399,16 @@ def _image_from_list(item: Mapping[str, Any]) -> Image:
 
 
 def _image_from_inspect(data: Mapping[str, Any]) -> Image:
+    config = data.get("Config") or {}
     return Image(
         id=data["Id"],
         tags=_none_tags(data.get("RepoTags"), "<none>:<none>"),
         digests=_none_tags(data.get("RepoDigests"), "<none>@<none>"),
         size_bytes=int(data.get("Size") or 0),
         created=str(data.get("Created", "")),
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        cmd=tuple(config.get("Cmd") or ()),
+        user=str(config.get("User") or ""),
     )
 
 
@@ -374,7 +441,20 @@ def _container_summary(container: aiodocker.containers.DockerContainer) -> Conta
         state=container["State"] or "",
         labels=container["Labels"] or {},
         published=published,
+        volumes=tuple(
+            str(mount["Name"])
+            for mount in _mounts(container)
+            if mount.get("Type") == "volume" and mount.get("Name")
+        ),
     )
+
+
+def _mounts(container: aiodocker.containers.DockerContainer) -> list[Mapping[str, Any]]:
+    # A DockerContainer is indexed like a dict, but has no get().
+    if "Mounts" not in container:
+        return []
+    mounts: list[Mapping[str, Any]] = container["Mounts"] or []
+    return mounts
 
 
 def _network_summary(item: Mapping[str, Any]) -> NetworkSummary:

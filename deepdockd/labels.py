@@ -17,6 +17,15 @@ IMAGE = PREFIX + "image"  # the image reference the create asked for, as asked
 IMAGE_ID = PREFIX + "image-id"  # the image id it resolved to then, which the container runs
 # The container's own SSH host keys, public halves: "ssh-ed25519 AAAA…[,…]". Not a secret.
 SSH_HOST_KEYS = PREFIX + "ssh-host-keys"
+# Container ports published on host ports of service_port_range: "8888:23000,6006:23001".
+PORTS = PREFIX + "ports"
+MEMORY_MB = PREFIX + "memory-mb"  # "" or absent: no limit
+CPUS = PREFIX + "cpus"  # "" or absent: no limit
+SHM_SIZE_MB = PREFIX + "shm-size-mb"
+HOME_VOLUME = PREFIX + "home-volume"  # the volume at the user's home; absent: a throwaway home
+# On volumes: what the volume is ("home") and the uid its files belong to.
+KIND = PREFIX + "kind"
+UID = PREFIX + "uid"
 
 
 def namespace_filter(namespace: str) -> dict[str, list[str]]:
@@ -32,3 +41,17 @@ def gpu_indices(labels: Mapping[str, str]) -> list[int]:
 def ssh_host_keys(labels: Mapping[str, str]) -> list[str]:
     """The public key lines of the container's host keys ("ssh-ed25519 AAAA…")."""
     return [key.strip() for key in labels.get(SSH_HOST_KEYS, "").split(",") if key.strip()]
+
+
+def ports(labels: Mapping[str, str]) -> dict[int, int]:
+    """{container port: host port} from "8888:23000,6006:23001"."""
+    published = {}
+    for pair in labels.get(PORTS, "").split(","):
+        inside, _, outside = pair.partition(":")
+        if inside.isdecimal() and outside.isdecimal():
+            published[int(inside)] = int(outside)
+    return published
+
+
+def format_ports(published: Mapping[int, int]) -> str:
+    return ",".join(f"{inside}:{outside}" for inside, outside in published.items())

@@ -11,8 +11,9 @@ from collections import Counter
 from typing import Any
 
 from aiohttp import web
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from deepdockd.containers.sshkeys import check_user_key
 from deepdockd.errors import BadRequest, InvalidInput
 
 # JSON past any use: our bodies nest two levels deep and hold GPU indices. Python's own
@@ -42,6 +43,15 @@ class FullMatch(validate.Validator):
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self.message)
         return value
+
+
+class JsonNumber(fields.Float):
+    """A JSON number (not a string that reads as one, not true/false)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError("Not a valid number.")
+        return float(super()._deserialize(value, attr, data, **kwargs))
 
 
 class RegistryAuthSchema(StrictSchema):
@@ -115,11 +125,38 @@ def _env_names(env: dict[str, str]) -> None:
             raise ValidationError(f"{name} is set by deepdockd from gpu_ids")
 
 
-def _unique(values: list[int]) -> None:
-    # One pass: marshmallow runs this beside Length(max=64), on a list as long as a body holds.
-    repeated = sorted(v for v, n in Counter(values).items() if n > 1)
-    if repeated:
-        raise ValidationError(f"lists GPU {', '.join(map(str, repeated))} more than once")
+def _ssh_key(value: str) -> None:
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ValidationError("must be one line: a key per list item")
+    try:
+        check_user_key(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _no_nul(value: str) -> None:
+    if "\0" in value:
+        raise ValidationError("must not contain a NUL character")
+
+
+def _not_ssh_port(values: list[int]) -> None:
+    if 22 in values:
+        raise ValidationError("22 is the container's SSH port, published already as ssh-port")
+
+
+def _repeated(values: list[int]) -> str:
+    # One pass: marshmallow runs this beside Length(max=…), on a list as long as a body holds.
+    return ", ".join(str(v) for v in sorted(v for v, n in Counter(values).items() if n > 1))
+
+
+def _unique_gpus(values: list[int]) -> None:
+    if repeated := _repeated(values):
+        raise ValidationError(f"lists GPU {repeated} more than once")
+
+
+def _unique_ports(values: list[int]) -> None:
+    if repeated := _repeated(values):
+        raise ValidationError(f"lists port {repeated} more than once")
 
 
 class CreateContainerSchema(StrictSchema):
@@ -142,8 +179,27 @@ class CreateContainerSchema(StrictSchema):
             _not_a_system_user,
         ],
     )
-    password = fields.String(
-        required=True, validate=[validate.Length(min=1, max=1024), _no_line_breaks]
+    # Optional when ssh_keys are given: then the account has no password at all.
+    password = fields.String(validate=[validate.Length(min=1, max=1024), _no_line_breaks])
+    ssh_keys = fields.List(
+        fields.String(validate=[validate.Length(min=1, max=16384), _ssh_key]),
+        validate=validate.Length(max=32),
+        load_default=list,
+    )
+    persistent_home = fields.Boolean(load_default=True)
+    # Replaces the image's Cmd; the image's Entrypoint stays, as with `docker run IMAGE CMD…`.
+    command = fields.List(
+        fields.String(validate=[validate.Length(max=32768), _no_nul]),
+        validate=validate.Length(min=1, max=256),
+    )
+    shm_size_mb = fields.Integer(strict=True, validate=validate.Range(min=1, max=1024 * 1024))
+    # Docker's smallest memory limit is 6 MiB.
+    memory_mb = fields.Integer(strict=True, validate=validate.Range(min=6, max=16 * 1024 * 1024))
+    cpus = JsonNumber(allow_nan=False, validate=validate.Range(min=0.01, max=4096))
+    ports = fields.List(
+        fields.Integer(strict=True, validate=validate.Range(min=1, max=65535)),
+        validate=[validate.Length(max=16), _unique_ports, _not_ssh_port],
+        load_default=list,
     )
     # For the user's sessions only (never for the container's root processes), so names that
     # change how programs load (LD_PRELOAD, PATH) are theirs to set. The bootstrap gets them as
@@ -158,9 +214,17 @@ class CreateContainerSchema(StrictSchema):
     )
     gpu_ids = fields.List(
         fields.Integer(strict=True, validate=validate.Range(min=0)),
-        validate=[validate.Length(max=64), _unique],
+        validate=[validate.Length(max=64), _unique_gpus],
         load_default=list,
     )
+
+    @validates_schema
+    def _a_way_in(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "password" not in data and not data.get("ssh_keys"):
+            raise ValidationError(
+                "give a password, ssh_keys, or both: one of them is the way in",
+                field_name="password",
+            )
 
 
 async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:

@@ -100,6 +100,7 @@ async def create_container(request: web.Request) -> web.Response:
             "id": container.short_id,
             "name": container.name,
             "ssh-port": container.ssh_port,
+            "ports": _ports(container),
         },
         status=201,
     )
@@ -148,7 +149,73 @@ def _container(container: ManagedContainer) -> dict[str, Any]:
             {"type": key.type, "public_key": key.public_key, "fingerprint": key.fingerprint}
             for key in container.ssh_host_keys
         ],
+        "ports": _ports(container),
+        "memory_mb": container.memory_mb,
+        "cpus": container.cpus,
+        "shm_size_mb": container.shm_size_mb,
+        "home_volume": container.home_volume,
     }
+
+
+def _ports(container: ManagedContainer) -> dict[str, int]:
+    return {str(inside): outside for inside, outside in container.ports.items()}
+
+
+async def container_logs(request: web.Request) -> web.StreamResponse:
+    """The container's output as text; with ``follow``, streamed until the client leaves or
+    the container stops."""
+    name = request.match_info["name"]
+    tail = _int_query(request, "tail")
+    follow = _bool_query(request, "follow")
+    timestamps = _bool_query(request, "timestamps")
+    container = await request.app[CONTAINERS].get(name, caller_of(request))
+    chunks = request.app[DOCKER].container_output(
+        container.id, follow=follow, tail=tail, timestamps=timestamps
+    )
+    async with contextlib.aclosing(chunks):
+        # The first chunk before answering: a Docker failure is then an ordinary error answer.
+        first = await anext(chunks, b"")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        try:
+            await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+        except ConnectionResetError:
+            return response
+        except ApiError as exc:  # Docker went away mid-stream: say so, in the text
+            await response.write(f"\n[deepdockd: the log stream broke: {exc.message}]\n".encode())
+    await response.write_eof()
+    return response
+
+
+# --- volumes ---
+
+
+async def list_volumes(request: web.Request) -> web.Response:
+    homes = await request.app[CONTAINERS].homes.list_all(caller_of(request))
+    return web.json_response(
+        {
+            "volumes": [
+                {
+                    "name": h.name,
+                    "owner": h.owner,
+                    "user_name": h.user_name,
+                    "uid": h.uid,
+                    "containers": list(h.containers),
+                    "created": h.created,
+                }
+                for h in homes
+            ]
+        }
+    )
+
+
+async def delete_volume(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    request[AUDIT_TARGET] = name
+    await request.app[CONTAINERS].homes.remove(name, caller_of(request))
+    return web.json_response({"message": f"volume '{name}' removed"})
 
 
 # --- metrics ---

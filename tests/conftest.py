@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from deepdockd.app import create_app
 from deepdockd.config import Config
+from deepdockd.tokens import TokenStore
 
 from daemon import Daemon
 from rig import REGISTRIES, REGISTRY_ADDR, Rig
@@ -252,27 +253,84 @@ def sim_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., P
 # (a failed one, in any file) holds its port and GPUs for everyone. Each test that creates
 # containers takes a block of ports and a UUID stem that no other test uses, so its
 # expectations ("the lowest port", "GPU 0 is free") hold whatever the others did. No other
-# test uses the pool: the default range is 22000-22999, the fuzz test's 23000-23999, and Linux
-# hands out ephemeral ports from 32768. (The bench, 24000-24999 and a few from 25000 for its
-# `docker run` baseline, never runs beside the tests: both hold the rig's lock.)
+# test uses the pool: the default range is 22000-22999, the fuzz test's 23000-23999 (and its
+# service ports 24000-24999), and Linux hands out ephemeral ports from 32768. (The bench,
+# 24000-24999 and a few from 25000 for its `docker run` baseline, never runs beside the tests:
+# both hold the rig's lock.)
 SSH_PORT_POOL = (25000, 29999)
 SSH_PORT_BLOCK = 30
+
+
 # The first port of each block, up to the last block that fits the pool whole.
-_last_block = SSH_PORT_POOL[1] - SSH_PORT_BLOCK + 1
-_ssh_port_blocks = iter(range(SSH_PORT_POOL[0], _last_block + 1, SSH_PORT_BLOCK))
+def _blocks(pool: tuple[int, int], size: int) -> Iterator[int]:
+    return iter(range(pool[0], pool[1] - size + 2, size))
+
+
+def _next_block(
+    blocks: Iterator[int], pool: tuple[int, int], size: int, what: str
+) -> tuple[int, int]:
+    low = next(blocks, None)
+    if low is None:
+        pytest.fail(
+            f"more tests ask for {what} than {pool[0]}-{pool[1]} has blocks of {size}: widen "
+            "the pool or shrink its blocks"
+        )
+    return low, low + size - 1
+
+
+_ssh_port_blocks = _blocks(SSH_PORT_POOL, SSH_PORT_BLOCK)
 
 
 @pytest.fixture
 def ssh_ports() -> tuple[int, int]:
     """An ``ssh_port_range`` of this test's own: SSH_PORT_BLOCK ports that no other test of
     the run is given."""
-    low = next(_ssh_port_blocks, None)
-    if low is None:
-        pytest.fail(
-            f"more tests ask for ssh_ports than {SSH_PORT_POOL[0]}-{SSH_PORT_POOL[1]} has blocks "
-            f"of {SSH_PORT_BLOCK}: widen SSH_PORT_POOL or shrink SSH_PORT_BLOCK"
-        )
-    return low, low + SSH_PORT_BLOCK - 1
+    return _next_block(_ssh_port_blocks, SSH_PORT_POOL, SSH_PORT_BLOCK, "ssh_ports")
+
+
+# The host ports of containers' published services ("ports", service_port_range) come from a
+# pool of their own, between the SSH pool and the ephemeral ports, in blocks as large as the
+# most a test publishes at once.
+SERVICE_PORT_POOL = (30000, 32749)
+SERVICE_PORT_BLOCK = 50
+_service_port_blocks = _blocks(SERVICE_PORT_POOL, SERVICE_PORT_BLOCK)
+
+
+@pytest.fixture
+def service_ports() -> tuple[int, int]:
+    """A ``service_port_range`` of this test's own: SERVICE_PORT_BLOCK ports that no other
+    test of the run is given, and no SSH port."""
+    return _next_block(_service_port_blocks, SERVICE_PORT_POOL, SERVICE_PORT_BLOCK, "service_ports")
+
+
+@pytest.fixture
+def cleanup(rig: Rig, namespace: str) -> Iterator[None]:
+    """Whatever this test's namespace left in Docker goes when it ends."""
+    yield
+    clear_namespace(rig, namespace)
+
+
+def clear_namespace(rig: Rig, namespace: str) -> None:
+    """Remove whatever a test's namespace left in Docker: containers, networks, volumes."""
+    label = f"label=deepdockd.namespace={namespace}"
+    for kind, removal in (
+        (["ps", "--all", "--quiet"], ["rm", "--force"]),
+        (["network", "ls", "--quiet"], ["network", "rm"]),
+        (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
+    ):
+        found = rig.docker(*kind, "--filter", label).split()
+        if found:
+            rig.docker(*removal, *found)
+
+
+def users_tokens(store: TokenStore) -> dict[str, str]:
+    """The admin's token and those of two new users, alice and bob."""
+    store.ensure_admin()
+    return {
+        "admin": store.admin_token_path.read_text().strip(),
+        "alice": store.add("alice", "user"),
+        "bob": store.add("bob", "user"),
+    }
 
 
 @pytest.fixture

@@ -37,8 +37,11 @@ DEFAULT_ROOT = Path("/var/tmp/deepdockd-rig")
 BUSYBOX_IMAGE = "deepdockd-test/busybox:latest"
 DEBIAN_SSH_IMAGE = "deepdockd-test/debian-ssh:bookworm"
 DEBIAN_NOSSH_IMAGE = "deepdockd-test/debian-nossh:bookworm"
+# The SSH image with a service of its own: busybox's httpd on port 8080, as the image's USER
+# (nobody), serving /srv/www: index.html says "deepdockd service", /cgi-bin/id runs `id -un`.
+DEBIAN_SERVICE_IMAGE = "deepdockd-test/debian-service:bookworm"
 
-TEST_IMAGES = (BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, DEBIAN_NOSSH_IMAGE)
+TEST_IMAGES = (BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SERVICE_IMAGE)
 
 REGISTRY_ADDR = "127.0.0.1:5000"
 # A second registry that wants a user name and password (htpasswd), for private pulls.
@@ -56,6 +59,19 @@ _HOOK = """#!/bin/sh
 # an executable of this name is on its PATH. runc hands the hook the container state on stdin.
 cat >/dev/null
 exit 0
+"""
+
+_SERVICE_CGI = """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+id -un
+"""
+_SERVICE_DOCKERFILE = """FROM {base}
+COPY busybox /usr/local/bin/busybox
+COPY www /srv/www
+ENV GREETING="hello from the image"
+USER nobody
+WORKDIR /srv/www
+CMD ["/usr/local/bin/busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/srv/www"]
 """
 
 
@@ -292,9 +308,10 @@ class Rig:
         )
 
     def _remove_leftovers(self) -> None:
-        """Containers, owner networks and images that an earlier run left (the test images
-        stay). Tests remove their containers with ``docker rm``, behind deepdockd's back, so
-        the owner networks deepdockd made for them are cleared here."""
+        """Containers, owner networks, home volumes and images that an earlier run left (the
+        test images stay). Tests remove their containers with ``docker rm``, behind deepdockd's
+        back, so the owner networks and home volumes deepdockd made for them are cleared
+        here."""
         ids = self.docker("ps", "--all", "--quiet").split()
         if ids:
             self.docker("rm", "--force", "--volumes", *ids)
@@ -303,6 +320,11 @@ class Rig:
         ).split()
         if networks:
             self.docker("network", "rm", *networks)
+        volumes = self.docker(
+            "volume", "ls", "--quiet", "--filter", "label=deepdockd.namespace"
+        ).split()
+        if volumes:
+            self.docker("volume", "rm", "--force", *volumes)
         listing = self.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
         for line in listing.splitlines():
             reference, image_id = line.split()
@@ -390,7 +412,8 @@ class Rig:
 
     def build_images(self) -> None:
         """Import the test images the engine lacks, from cached root file systems when there
-        are some; the two Debian ones come from debootstrap (about 30 s each, run together)."""
+        are some; the two Debian ones come from debootstrap (about 30 s each, run together).
+        The service image is built on the Debian SSH one (a second)."""
         wanted = {
             BUSYBOX_IMAGE: self._busybox_rootfs,
             DEBIAN_SSH_IMAGE: lambda tar: self._debootstrap(tar, "openssh-server,passwd"),
@@ -406,6 +429,8 @@ class Rig:
                 build.wait()
         for name in missing:
             self._import(name, tarballs[name])
+        if not self.image_exists(DEBIAN_SERVICE_IMAGE):
+            self._build_service_image()
 
     def image_exists(self, name: str) -> bool:
         try:
@@ -427,6 +452,27 @@ class Rig:
             str(tarball),
             name,
         )
+
+    def _build_service_image(self) -> None:
+        """``docker build`` of DEBIAN_SERVICE_IMAGE: files copied in, no RUN step (a build
+        reaches no network)."""
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            raise RigError("no busybox found; install Debian's busybox-static package")
+        with tempfile.TemporaryDirectory(dir=self.root / "cache") as tmp:
+            context = Path(tmp)
+            shutil.copy(busybox, context / "busybox")
+            (context / "busybox").chmod(0o755)
+            www = context / "www"
+            (www / "cgi-bin").mkdir(parents=True)
+            (www / "index.html").write_text("deepdockd service\n")
+            (www / "cgi-bin" / "id").write_text(_SERVICE_CGI)
+            # Readable (and the script runnable) by nobody, whatever this process's umask.
+            for path in (www, www / "cgi-bin", www / "cgi-bin" / "id"):
+                path.chmod(0o755)
+            (www / "index.html").chmod(0o644)
+            (context / "Dockerfile").write_text(_SERVICE_DOCKERFILE.format(base=DEBIAN_SSH_IMAGE))
+            self.docker("build", "--quiet", "--tag", DEBIAN_SERVICE_IMAGE, str(context))
 
     def _busybox_rootfs(self, tarball: Path) -> None:
         busybox = shutil.which("busybox")

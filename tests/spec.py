@@ -164,6 +164,11 @@ def response_checker(failures: list[str]) -> Middleware:
             )
         elif isinstance(response, web.FileResponse):
             problem = None  # a static file (Swagger UI's), not an answer of the API
+        elif _STREAM_TEE in request and response.content_type == "text/plain":
+            # A text stream (a container's logs): checked whole, as the spec describes it.
+            tee = request[_STREAM_TEE]
+            whole = _Response(response.status, dict(response.headers), bytes(tee.written))
+            problem = _validate(AIOHTTPOpenAPIWebRequest(request, body=None), whole)
         elif _STREAM_TEE in request:
             tee = request[_STREAM_TEE]
             problem = ndjson_problem(bytes(tee.written), complete=not tee.broken)
@@ -178,7 +183,8 @@ def response_checker(failures: list[str]) -> Middleware:
 
 async def tee_streams(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: keep a copy of what a streamed answer writes."""
-    if isinstance(response, web.Response) or not response.content_type.startswith(_STREAMED_TYPES):
+    streamed = response.content_type.startswith((*_STREAMED_TYPES, "text/plain"))
+    if isinstance(response, web.Response) or not streamed:
         return
     tee = request[_STREAM_TEE] = _Tee()
     write = response.write

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deepdockd.__main__ import parse_args
-from deepdockd.config import PARSERS, Config, ConfigError, flag_name, load_config
+from deepdockd.config import PARSERS, Config, ConfigError, SharedMount, flag_name, load_config
 
 from daemon import run_deepdockd
 
@@ -159,7 +159,47 @@ BAD_STARTS = [
         "gpu_bucket: 0.5 s is shorter than gpu_sample_interval (1 s)",
     ),
     ([], {"DEEPDOCKD_GPU_RETENTION": "5"}, "gpu_retention: 5 s is shorter than gpu_bucket (10 s)"),
+    (
+        [],
+        {"DEEPDOCKD_SERVICE_PORT_RANGE": "22500-23500"},
+        "service_port_range: 22500-23500 overlaps ssh_port_range (22000-22999)",
+    ),
+    (
+        [],
+        {"DEEPDOCKD_SHARED_MOUNTS": "datasets:/datasets"},
+        "shared_mounts: 'datasets:/datasets' must be \"HOST_PATH:CONTAINER_PATH[:ro|rw]\"",
+    ),
+    (
+        [],
+        {"DEEPDOCKD_SHARED_MOUNTS": "/srv/data:/data:rwx"},
+        "shared_mounts: '/srv/data:/data:rwx' must be",
+    ),
+    (
+        [],
+        {"DEEPDOCKD_MAX_MEMORY_MB": "1024", "DEEPDOCKD_DEFAULT_MEMORY_MB": "2048"},
+        "default_memory_mb: 2048 MiB is above max_memory_mb (1024 MiB)",
+    ),
+    ([], {"DEEPDOCKD_MAX_CPUS": "many"}, "max_cpus: 'many' must be a number of CPUs"),
+    ([], {"DEEPDOCKD_PIDS_LIMIT": "-1"}, "pids_limit: '-1' must be a number of processes"),
 ]
+
+
+def test_shared_mounts_read_from_file_and_environment(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path / "c.toml", 'shared_mounts = ["/srv/datasets:/datasets", "/srv/tmp:/tmp2:rw"]\n'
+    )
+    from_file = load_config({"config": str(toml)}, {}, default_file=tmp_path / "x")
+    from_env = load_config(
+        NO_FLAGS,
+        {"DEEPDOCKD_SHARED_MOUNTS": "/srv/datasets:/datasets:ro, /srv/tmp:/tmp2:rw"},
+        default_file=tmp_path / "x",
+    )
+
+    expected = (
+        SharedMount("/srv/datasets", "/datasets", read_only=True),
+        SharedMount("/srv/tmp", "/tmp2", read_only=False),
+    )
+    assert from_file.shared_mounts == from_env.shared_mounts == expected
 
 
 @pytest.mark.parametrize(("args", "env", "message"), BAD_STARTS)

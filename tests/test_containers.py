@@ -18,6 +18,7 @@ import pytest
 
 from deepdockd.app import create_app
 from deepdockd.config import Config
+from deepdockd.containers.resources import default_shm_size_mb
 
 from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, sim_gpu
 from daemon import Daemon, http_json
@@ -27,6 +28,7 @@ SimGpus = Callable[..., Path]
 Gpus = list[dict[str, Any]]
 Leftovers = Callable[..., list[str]]
 SEED_CREATED_KEYS = {"message", "id", "name", "ssh-port"}
+CREATED_KEYS = SEED_CREATED_KEYS | {"ports"}  # the seed's, and the extra ports published
 SEED_LIST_KEYS = {"id", "name", "status", "image", "created", "ssh-port", "gpus"}
 
 
@@ -166,7 +168,8 @@ async def test_create_gives_a_working_ssh_login_with_gpus_and_env(
     status, answer = await create(gpu_client, **body("login", gpu_ids=[1, 3], env=env))
 
     assert status == 201, answer
-    assert set(answer) == SEED_CREATED_KEYS
+    assert set(answer) == CREATED_KEYS
+    assert answer["ports"] == {}  # none asked for
     assert answer["message"] == "container created"
     assert answer["name"] == "login"
     assert answer["id"] == inspect(rig, "login")["Id"][:12]
@@ -340,7 +343,9 @@ async def test_an_image_missing_locally_is_pulled_first(gpu_client: Client, rig:
 # --- life cycle ---
 
 
-async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig, gpus: Gpus) -> None:
+async def test_full_life_cycle_shows_in_the_list(
+    gpu_client: Client, rig: Rig, gpus: Gpus, namespace: str
+) -> None:
     async def listed() -> dict[str, Any]:
         response = await gpu_client.get("/containers")
         assert response.status == 200
@@ -367,6 +372,9 @@ async def test_full_life_cycle_shows_in_the_list(gpu_client: Client, rig: Rig, g
         "ssh_host_keys": [
             {"type": "ssh-ed25519", "public_key": host_key, "fingerprint": fingerprint(host_key)}
         ],
+        # The workspace defaults: no limits, half the RAM as /dev/shm, a home volume.
+        "ports": {}, "memory_mb": None, "cpus": None, "shm_size_mb": default_shm_size_mb(),
+        "home_volume": f"{namespace}-home-anonymous.alice",
     }  # fmt: skip
     assert item["created"].endswith("Z")
     assert len(item["created"].split(".")[1]) == 10  # nanoseconds, as Docker writes them
@@ -614,7 +622,7 @@ async def test_gpus_and_ports_held_in_another_namespace_are_not_given_again(
     assert theirs["ssh-port"] == ssh_ports[0]
 
     status, error = await create(gpu_client, **body("ours", gpu_ids=[0]))
-    assert status == 409
+    assert status == 409, error
     assert error["error"] == {
         "code": "gpu_busy",
         "message": "GPU 0 is held by running container 'theirs'",

@@ -61,6 +61,8 @@ def test_generated_requests_get_answers_within_the_spec(
         "NVML_SIM_CONFIG": str(ROOT / "tests" / "nvml-sim" / "demo-4gpu.json"),
         "DEEPDOCKD_NAMESPACE": namespace,
         "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999",
+        # Off the default 23000-23999, which is its SSH ports here (conftest.py's port plan).
+        "DEEPDOCKD_SERVICE_PORT_RANGE": "24000-24999",
     }
     daemon = rig_daemon(env=env, auth=True)
     try:
@@ -72,6 +74,11 @@ def test_generated_requests_get_answers_within_the_spec(
         )
         if leftovers.split():
             rig.docker("rm", "--force", *leftovers.split())
+        volumes = rig.docker(
+            "volume", "ls", "--quiet", "--filter", f"label=deepdockd.namespace={namespace}"
+        )
+        if volumes.split():
+            rig.docker("volume", "rm", "--force", *volumes.split())
         rig.build_images()  # generated DELETE /images may have hit a test image
 
     generated = re.search(r"(\d+) generated", run.stdout)

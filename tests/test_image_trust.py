@@ -21,7 +21,7 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory, random_layer_tar
+from conftest import Client, ClientFactory, clear_namespace, random_layer_tar, users_tokens
 from rig import (
     DEBIAN_SSH_IMAGE,
     PRIVATE_REGISTRY_ADDR,
@@ -68,19 +68,9 @@ async def people(
 ) -> AsyncIterator[People]:
     """A daemon with auth on, an admin and two users, alice and bob."""
     secured = dataclasses.replace(config, auth=True, ssh_port_range=ssh_ports)
-    store = TokenStore(secured.state_dir)
-    store.ensure_admin()
-    tokens = {
-        "admin": store.admin_token_path.read_text().strip(),
-        "alice": store.add("alice", "user"),
-        "bob": store.add("bob", "user"),
-    }
+    tokens = users_tokens(TokenStore(secured.state_dir))
     yield People(await aiohttp_client(create_app(secured)), tokens, secured.state_dir)
-    ids = rig.docker(
-        "ps", "-aq", "--filter", f"label=deepdockd.namespace={config.namespace}"
-    ).split()
-    if ids:
-        rig.docker("rm", "--force", *ids)
+    clear_namespace(rig, config.namespace)
 
 
 @dataclass(frozen=True)

@@ -107,17 +107,6 @@ def isolated_config(config: Config, ssh_ports: tuple[int, int], network_isolatio
 
 
 @pytest.fixture
-def cleanup(rig: Rig, namespace: str) -> Iterator[None]:
-    """Whatever this test's namespace left in Docker, containers then networks, goes."""
-    yield
-    containers = rig.docker("ps", "-aq", "--filter", f"label=deepdockd.namespace={namespace}")
-    if containers.split():
-        rig.docker("rm", "--force", *containers.split())
-    for network in namespace_networks(rig, namespace):
-        rig.docker("network", "rm", network["Id"])
-
-
-@pytest.fixture
 async def owners(aiohttp_client: ClientFactory, isolated_config: Config, cleanup: None) -> Owners:
     store = TokenStore(isolated_config.state_dir)
     store.ensure_admin()
@@ -391,7 +380,7 @@ def sudo_image(rig: Rig) -> Iterator[str]:
         "apt-get install -y -q --no-install-recommends sudo"
     )
     rig.docker("run", "--name", builder, DEBIAN_SSH_IMAGE, "sh", "-c", install)
-    rig.docker("commit", builder, image)
+    rig.docker("commit", "--change", 'CMD ["/bin/bash"]', builder, image)  # not the install
     rig.docker("rm", builder)
     yield image
     rig.docker("rmi", "--force", image)

@@ -245,7 +245,7 @@ def slow_mirror_image(rig: Rig) -> Iterator[str]:
     builder = f"build-{uuid.uuid4().hex[:8]}"
     script = "printf '#!/bin/sh\\nexec sleep 3600\\n' > /bin/apt-get && chmod 755 /bin/apt-get"
     rig.docker("run", "--name", builder, BUSYBOX_IMAGE, "sh", "-c", script)
-    rig.docker("commit", builder, image)
+    rig.docker("commit", "--change", 'CMD ["/bin/sh"]', builder, image)
     rig.docker("rm", builder)
     try:
         yield image

@@ -26,6 +26,10 @@ class PortsExhausted(ServiceUnavailable):
     code = "ssh_ports_exhausted"
 
 
+class ServicePortsExhausted(ServiceUnavailable):
+    code = "service_ports_exhausted"
+
+
 class GpuBusy(Conflict):
     code = "gpu_busy"
 
@@ -49,6 +53,7 @@ class Reservation:
     ssh_port: int | None
     gpus: tuple[Gpu, ...]
     container_id: str = ""  # "" for a create: the container does not exist yet
+    ports: Mapping[int, int] = field(default_factory=dict)  # container port -> host port
     key: int = field(default_factory=lambda: next(_reservation_keys), compare=False)
 
     def as_holder(self) -> ContainerSummary:
@@ -65,6 +70,7 @@ class Reservation:
                 labels.SSH_PORT: "" if self.ssh_port is None else str(self.ssh_port),
                 labels.GPU_INDICES: ",".join(str(g.index) for g in self.gpus),
                 labels.GPU_UUIDS: ",".join(g.uuid for g in self.gpus if g.uuid),
+                labels.PORTS: labels.format_ports(self.ports),
             },
             published={},
         )
@@ -89,7 +95,7 @@ class Reservations:
 
 
 class PortReleases:
-    """When each SSH port was last given back by a removed container, so that a freed port
+    """When each host port was last given back by a removed container, so that a freed port
     goes to a new container only when no port has been free for longer: a user who
     connects to their old port must not meet someone else's sshd there at once."""
 
@@ -97,9 +103,11 @@ class PortReleases:
         self._clock = clock
         self.released_at: dict[int, float] = {}
 
-    def release(self, port: int | None) -> None:
-        if port is not None:
-            self.released_at[port] = self._clock()
+    def release(self, *ports: int | None) -> None:
+        now = self._clock()
+        for port in ports:
+            if port is not None:
+                self.released_at[port] = now
 
 
 def host_port_free(address: str, port: int) -> bool:
@@ -118,6 +126,46 @@ def host_port_free(address: str, port: int) -> bool:
     return True
 
 
+def held_ports(containers: Iterable[ContainerSummary]) -> set[int]:
+    """The host ports deepdockd containers hold, running or not (a stopped one starts again
+    on its ports): SSH ports, service ports, and whatever Docker shows published."""
+    held = set()
+    for container in containers:
+        if container.labels.get(labels.SSH_PORT, "").isdecimal():
+            held.add(int(container.labels[labels.SSH_PORT]))
+        held.update(labels.ports(container.labels).values())
+        held.update(container.published.values())
+    return held
+
+
+def choose_ports(
+    count: int,
+    held: set[int],
+    port_range: tuple[int, int],
+    *,
+    address: str,
+    released_at: Mapping[int, float] | None = None,
+    is_free: Callable[[str, int], bool] = host_port_free,
+) -> list[int] | None:
+    """``count`` ports of the range that are not ``held`` and that nothing on the host binds:
+    the lowest that were never given back (``released_at``), else those given back longest
+    ago; None when the range has fewer."""
+    low, high = port_range
+    released_at = released_at or {}
+    never = float("-inf")
+    candidates = sorted(
+        (port for port in range(low, high + 1) if port not in held),
+        key=lambda port: (released_at.get(port, never), port),
+    )
+    chosen: list[int] = []
+    for port in candidates:
+        if len(chosen) == count:
+            break
+        if is_free(address, port):
+            chosen.append(port)
+    return chosen if len(chosen) == count else None
+
+
 def choose_ssh_port(
     containers: Iterable[ContainerSummary],
     port_range: tuple[int, int],
@@ -126,29 +174,48 @@ def choose_ssh_port(
     released_at: Mapping[int, float] | None = None,
     is_free: Callable[[str, int], bool] = host_port_free,
 ) -> int:
-    """A port of the range that no deepdockd container holds (running or not: a stopped one
-    starts again on its port) and that nothing on the host binds: the lowest that was never
-    given back (``released_at``), else the one given back longest ago."""
-    held = set()
-    for container in containers:
-        if container.labels.get(labels.SSH_PORT, "").isdecimal():
-            held.add(int(container.labels[labels.SSH_PORT]))
-        held.update(container.published.values())
-    low, high = port_range
-    released_at = released_at or {}
-    never = float("-inf")
-    candidates = sorted(
-        (port for port in range(low, high + 1) if port not in held),
-        key=lambda port: (released_at.get(port, never), port),
+    """A port of the range that no deepdockd container holds and that nothing on the host
+    binds (:func:`choose_ports`)."""
+    held = held_ports(containers)
+    chosen = choose_ports(
+        1, held, port_range, address=address, released_at=released_at, is_free=is_free
     )
-    for port in candidates:
-        if is_free(address, port):
-            return port
-    raise PortsExhausted(
-        f"no free SSH port in {low}-{high}: all {high - low + 1} are held by containers or "
-        "bound on the host; remove containers or widen ssh_port_range",
-        details={"ssh_port_range": f"{low}-{high}"},
+    if chosen is None:
+        low, high = port_range
+        raise PortsExhausted(
+            f"no free SSH port in {low}-{high}: all {high - low + 1} are held by containers or "
+            "bound on the host; remove containers or widen ssh_port_range",
+            details={"ssh_port_range": f"{low}-{high}"},
+        )
+    return chosen[0]
+
+
+def choose_service_ports(
+    wanted: Sequence[int],
+    containers: Iterable[ContainerSummary],
+    port_range: tuple[int, int],
+    *,
+    address: str,
+    released_at: Mapping[int, float] | None = None,
+    is_free: Callable[[str, int], bool] = host_port_free,
+) -> dict[int, int]:
+    """A free host port of ``port_range`` for each container port ``wanted``, chosen as SSH
+    ports are: {container port: host port}."""
+    if not wanted:
+        return {}
+    held = held_ports(containers)
+    chosen = choose_ports(
+        len(wanted), held, port_range, address=address, released_at=released_at, is_free=is_free
     )
+    if chosen is None:
+        low, high = port_range
+        raise ServicePortsExhausted(
+            f"not enough free ports in {low}-{high} to publish {len(wanted)}: the others are "
+            "held by containers or bound on the host; remove containers or widen "
+            "service_port_range",
+            details={"service_port_range": f"{low}-{high}", "ports": list(wanted)},
+        )
+    return dict(zip(wanted, chosen, strict=True))
 
 
 def check_gpus_free(

@@ -1,12 +1,23 @@
 #!/bin/sh
-# deepdockd's container entrypoint: give the container's user an SSH login, then run sshd.
+# deepdockd's container entrypoint: give the container's user an SSH login, run sshd, and
+# beside it the image's own command.
 #
-#   sh /.deepdockd/bootstrap.sh USER_NAME
+#   sh /.deepdockd/bootstrap.sh RUN_AS -- [COMMAND [ARG...]]
+#
+# RUN_AS is the image's User ("" for root), COMMAND the image's Entrypoint and Cmd (or the
+# request's command): what `docker run` would have run. If it exits, the container stays up
+# for SSH and its exit status is logged; if sshd exits, so does the container (and Docker
+# starts it again).
 #
 # Before the first start deepdockd puts into /.deepdockd (root's alone, mode 0700):
 #   bootstrap.sh          this script
-#   secret                "user:$6$...": the password's SHA-512 crypt hash, made by deepdockd;
-#                         the password itself never enters the container. Deleted once set.
+#   settings              user_name, home_uid (the home volume's uid; "" for a throwaway
+#                         home) and password_login (yes/no), as shell assignments
+#   secret                "user:$6$...": the password's SHA-512 crypt hash, made by deepdockd
+#                         ("user:*" for keys only); the password itself never enters the
+#                         container. Deleted once set.
+#   authorized_keys       the request's public keys, added to ~/.ssh/authorized_keys at the
+#                         first start. Deleted once added.
 #   env                   the create request's env, NAME=value lines, for the user's sessions
 #   ssh_host_ed25519_key  the container's own host key, the only one its sshd presents; it
 #                         stays, so a restart presents the same key
@@ -16,7 +27,7 @@
 # - Its steps run as root in a clean environment with a fixed PATH: it starts again under
 #   `env -i` first, so nothing of Docker's Env (PATH, LD_PRELOAD, ...) reaches them. The
 #   request's env is never in Docker's Env at all; it reaches the user's sessions only.
-# - In the user's home it follows no link and writes through none (write_ssh_environment).
+# - In the user's home it follows no link and writes through none (write_authorized_keys_file).
 # - It never runs the image's ssh-keygen nor presents the image's host keys, which every
 #   container of the image shares.
 # The image's own sshd is used when it has one; otherwise openssh-server is installed with the
@@ -25,28 +36,75 @@ set -u
 
 dir=/.deepdockd
 
-# First pass, in the environment Docker gave (the image's, and NVIDIA_VISIBLE_DEVICES): keep
-# it as the base of the user's sessions' environment, then start again without it. Absolute
-# paths only: PATH is still the image's here.
+say() { echo "deepdockd-bootstrap: $*" >&2; }
+fail() { echo "deepdockd-bootstrap: FAILED: $*" >&2; exit 1; }
+
+# The image's command as RUN_AS ("user", "uid", "user:group", "uid:gid"; "" is root), in the
+# environment and directory Docker gave; then its exit status, for the logs.
+run_command() {
+    run_as=$1
+    shift
+    say "starting the image's command as ${run_as:-root}: $*"
+    case "$run_as" in
+        "" | root | 0 | root:root | 0:0) "$@" ;;
+        *) as_user "$run_as" "$@" ;;
+    esac
+    say "the image's command exited with status $?; SSH stays up"
+}
+
+as_user() {
+    account=${1%%:*}
+    group=
+    case "$1" in *:*) group=${1#*:} ;; esac
+    shift
+    uid=$(id -u "$account" 2>/dev/null) || uid=$account
+    [ -n "$group" ] || group=$(id -g "$account" 2>/dev/null) || group=0
+    home=$(awk -F: -v name="$account" '$1 == name { print $6 }' /etc/passwd 2>/dev/null)
+    export HOME="${home:-/}"
+    for tool in /usr/bin/setpriv /bin/setpriv; do
+        if [ -x "$tool" ]; then
+            if id "$account" >/dev/null 2>&1; then groups=--init-groups; else groups=--clear-groups; fi
+            "$tool" --reuid="$uid" --regid="$group" "$groups" -- "$@"
+            return
+        fi
+    done
+    for tool in /usr/sbin/chroot /usr/bin/chroot; do
+        if [ -x "$tool" ] && "$tool" --help 2>&1 | grep -q userspec; then
+            "$tool" --skip-chdir --userspec="$uid:$group" / "$@"
+            return
+        fi
+    done
+    say "cannot run the image's command as $account: the image has neither setpriv nor a chroot with --userspec"
+    return 126
+}
+
+# First pass, in the environment Docker gave (the image's, and NVIDIA_VISIBLE_DEVICES): start
+# the image's command in it, keep it as the base of the user's sessions' environment, then
+# start again without it. Absolute paths only for our own steps: PATH is the image's here.
 if [ "${1-}" != --clean ]; then
+    run_as=${1-}
+    [ $# -gt 0 ] && shift
+    [ "${1-}" = -- ] && shift
+    if [ $# -gt 0 ]; then
+        run_command "$run_as" "$@" < /dev/null &
+    fi
     umask 077
     for env_program in /usr/bin/env /bin/env; do
         if [ -x "$env_program" ]; then
             "$env_program" > "$dir/image-env" || exit 1
             exec "$env_program" -i \
                 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-                /bin/sh "$dir/bootstrap.sh" --clean "$@"
+                /bin/sh "$dir/bootstrap.sh" --clean
         fi
     done
-    echo "deepdockd-bootstrap: FAILED: the image has no env program (looked for /usr/bin/env, /bin/env)" >&2
-    exit 1
+    fail "the image has no env program (looked for /usr/bin/env, /bin/env)"
 fi
-shift
-user_name=$1
 umask 022
-
-say() { echo "deepdockd-bootstrap: $*" >&2; }
-fail() { echo "deepdockd-bootstrap: FAILED: $*" >&2; exit 1; }
+user_name=
+home_uid=
+password_login=yes
+# shellcheck source=/dev/null
+. "$dir/settings" || fail "$dir/settings is missing"
 
 find_sshd() {
     for candidate in "$(command -v sshd 2>/dev/null)" /usr/sbin/sshd /usr/bin/sshd /sbin/sshd; do
@@ -87,20 +145,56 @@ login_shell() {
     echo /bin/sh
 }
 
+# With a home volume the account gets the volume's uid, in every image, so that the files in
+# the home stay the user's whatever the image; a uid the image gives another account is
+# refused rather than shared.
 add_user() {
     if id "$user_name" >/dev/null 2>&1; then
         uid=$(id -u "$user_name")
         # An account of the image's own (a service's) must not become a login.
         [ "$uid" -ge 1000 ] || fail "user $user_name is a system account of the image (uid $uid); choose another user_name"
+        [ -z "$home_uid" ] || [ "$uid" = "$home_uid" ] ||
+            fail "the image has an account $user_name with uid $uid, but $user_name's home volume belongs to uid $home_uid; choose another user_name, or create with persistent_home false"
         return 0
     fi
     shell=$(login_shell)
+    home=/home/$user_name
+    if [ -z "$home_uid" ]; then
+        if command -v useradd >/dev/null 2>&1; then
+            useradd --create-home --shell "$shell" "$user_name" || fail "useradd $user_name failed"
+        elif command -v adduser >/dev/null 2>&1; then
+            adduser -D -s "$shell" "$user_name" || fail "adduser $user_name failed"
+        else
+            fail "the image has neither useradd nor adduser to create user $user_name"
+        fi
+        return 0
+    fi
+    holder=$(awk -F: -v uid="$home_uid" '$3 == uid { print $1; exit }' /etc/passwd)
+    [ -z "$holder" ] || fail "uid $home_uid, which $user_name's home volume belongs to, is the image's account $holder; choose another user_name, or create with persistent_home false"
     if command -v useradd >/dev/null 2>&1; then
-        useradd --create-home --shell "$shell" "$user_name" || fail "useradd $user_name failed"
+        # --user-group: a group of the same name, its gid the uid when that is free.
+        useradd --uid "$home_uid" --user-group --no-create-home --home-dir "$home" \
+            --shell "$shell" "$user_name" || fail "useradd $user_name (uid $home_uid) failed"
     elif command -v adduser >/dev/null 2>&1; then
-        adduser -D -s "$shell" "$user_name" || fail "adduser $user_name failed"
+        adduser -D -H -u "$home_uid" -h "$home" -s "$shell" "$user_name" ||
+            fail "adduser $user_name (uid $home_uid) failed"
     else
         fail "the image has neither useradd nor adduser to create user $user_name"
+    fi
+}
+
+# The home volume's top directory is the user's; a new (empty) home gets the image's skeleton
+# files. chown -R does not follow links (-P), and runs on files just copied only.
+prepare_home() {
+    [ -n "$home_uid" ] || return 0
+    home=/home/$user_name
+    gid=$(id -g "$user_name")
+    [ -d "$home" ] && [ ! -L "$home" ] || fail "the home volume is not mounted at $home"
+    chown "$home_uid:$gid" "$home" && chmod 0750 "$home" || fail "cannot give $home to $user_name"
+    if [ -d /etc/skel ] && [ -z "$(ls -A "$home")" ]; then
+        say "a new home: copying /etc/skel into $home"
+        cp -R /etc/skel/. "$home/" && chown -R -P "$home_uid:$gid" "$home" ||
+            say "copying /etc/skel into $home failed; the home stays empty"
     fi
 }
 
@@ -113,13 +207,20 @@ set_password() {
 
 # The user's sessions see the image's environment (PATH, CUDA variables), the request's env on
 # top of it, and NVIDIA_VISIBLE_DEVICES. Written as NAME=value lines to $dir/session-env.
+# (In session-env the request's lines come last, as a shell that runs them wants; sshd's SetEnv
+# keeps the first of two same names, so sshd-env has them first.)
 write_session_environment() {
     (
         umask 077
-        cat "$dir/image-env" "$dir/env" 2>/dev/null |
-            grep -E '^[A-Za-z_][A-Za-z0-9_]*=' |
-            grep -Ev '^(HOME|HOSTNAME|PWD|SHLVL|OLDPWD|_)=' > "$dir/session-env"
+        session_lines "$dir/image-env" "$dir/env" > "$dir/session-env"
+        session_lines "$dir/env" "$dir/image-env" > "$dir/sshd-env"
     )
+}
+
+session_lines() {
+    cat "$@" 2>/dev/null |
+        grep -E '^[A-Za-z_][A-Za-z0-9_]*=' |
+        grep -Ev '^(HOME|HOSTNAME|PWD|SHLVL|OLDPWD|_)='
 }
 
 # Login shells (their /etc/profile resets PATH, then reads /etc/profile.d), for the user only:
@@ -135,15 +236,15 @@ write_profile() {
     } > /etc/profile.d/deepdockd-env.sh
 }
 
-# ~/.ssh/environment serves commands run over ssh (sshd reads it as the user). The home is the
-# user's: they may have left links in it (~/.ssh/environment -> /etc/shadow, ~/.ssh -> /etc)
-# and may swap them while this runs. So: a ~/.ssh that is a link or not a directory is
-# replaced; the work is done from inside ~/.ssh once the directory we are in is known to be
-# the real $home/.ssh; the old file is removed (rm removes a link, not its target) and the new
-# one created with noclobber (O_EXCL: it fails on anything that exists, a link included). The
-# file stays root's, mode 0644, so no chown can be turned onto another file; the user may
-# still replace it, as the directory is theirs.
-write_ssh_environment() {
+# ~/.ssh/authorized_keys gets the request's keys, at the first start only. The home is the
+# user's (and a home volume may be mounted in several of their containers at once): they may
+# have left links in it (~/.ssh/authorized_keys -> /etc/shadow, ~/.ssh -> /etc) and may swap
+# them while this runs. So: a ~/.ssh that is a link or not a directory is replaced; the work is
+# done from inside ~/.ssh once the directory we are in is known to be the real $home/.ssh; the
+# new file is created with noclobber (O_EXCL: it fails on anything that exists, a link
+# included) and renamed into place (a rename replaces a link, not its target).
+write_authorized_keys_file() {
+    [ -s "$dir/authorized_keys" ] || { rm -f "$dir/authorized_keys"; return 0; }
     home=$(getent passwd "$user_name" 2>/dev/null | cut -d: -f6)
     [ -n "$home" ] || home=/home/$user_name
     (
@@ -157,33 +258,89 @@ write_ssh_environment() {
             mkdir -m 700 .ssh && chown -h "$user_name:$(id -g "$user_name")" .ssh || exit 1
         fi
         cd -P .ssh && [ "$(pwd -P)" = "$home/.ssh" ] || exit 1
-        rm -f environment || exit 1
+        write_authorized_keys
+    ) || say "$home/.ssh/authorized_keys left out: $home or $home/.ssh is not a directory of the user's, or changed while it was written"
+    rm -f "$dir/authorized_keys"
+}
+
+# In the user's verified ~/.ssh: the keys the file has (unless it is a link), then the
+# request's that it lacks, into a new file of the user's, mode 0600, put in place by rename.
+write_authorized_keys() {
+    : > "$dir/authorized_keys.old"
+    if [ -f authorized_keys ] && [ ! -L authorized_keys ]; then
+        cat authorized_keys > "$dir/authorized_keys.old"
+    fi
+    rm -f authorized_keys.deepdockd || return 1
+    (
         set -C
-        cat "$dir/session-env" > environment
-    ) || say "$home/.ssh/environment left out: $home or $home/.ssh is not a directory of the user's, or changed while it was written"
+        {
+            cat "$dir/authorized_keys.old"
+            if [ -s "$dir/authorized_keys.old" ]; then
+                grep -vxF -f "$dir/authorized_keys.old" "$dir/authorized_keys" || true
+            else
+                cat "$dir/authorized_keys"
+            fi
+        } > authorized_keys.deepdockd
+    ) || return 1
+    chown -h "$user_name:$(id -g "$user_name")" authorized_keys.deepdockd &&
+        chmod 0600 authorized_keys.deepdockd &&
+        mv -f authorized_keys.deepdockd authorized_keys || return 1
+    rm -f "$dir/authorized_keys.old"
+    say "added $(wc -l < "$dir/authorized_keys") key(s) to ~$user_name/.ssh/authorized_keys"
 }
 
 sshd=$(find_sshd) || { install_sshd || fail "installing openssh-server failed (see above)"; sshd=$(find_sshd) || fail "openssh-server was installed but no sshd was found"; }
 add_user
+prepare_home
 set_password
 write_session_environment
 write_profile
-write_ssh_environment
+write_authorized_keys_file
 
 host_key=$dir/ssh_host_ed25519_key
 [ -f "$host_key" ] || fail "the container's host key $host_key is missing"
-# The image's sshd_config without its HostKey lines (they name the image's keys): -h names the
-# only key sshd loads.
-if [ -f /etc/ssh/sshd_config ]; then
-    grep -Eiv '^[[:space:]]*HostKey([[:space:]]|=)' /etc/ssh/sshd_config > "$dir/sshd_config"
-else
-    : > "$dir/sshd_config"
-fi
+# Our sshd_config: first the session environment as one SetEnv line (sshd takes the first
+# SetEnv it reads; each NAME=value quoted, with \ and " escaped), so that it is this
+# container's and not a file in a home that several containers may share; then the image's
+# sshd_config without its HostKey lines (they name the image's keys): -h names the only key
+# sshd loads.
+{
+    if [ -s "$dir/sshd-env" ]; then
+        printf 'SetEnv'
+        sed -e 's/[\\"]/\\&/g' -e 's/^/ "/' -e 's/$/"/' "$dir/sshd-env" | tr -d '\n'
+        printf '\n'
+    fi
+    if [ -f /etc/ssh/sshd_config ]; then
+        grep -Eiv '^[[:space:]]*HostKey([[:space:]]|=)' /etc/ssh/sshd_config
+    fi
+} > "$dir/sshd_config"
 mkdir -p /run/sshd /var/run/sshd
 chmod 0755 /run/sshd
-say "starting $sshd for $user_name"
-exec "$sshd" -D -e -f "$dir/sshd_config" -h "$host_key" \
-    -o PasswordAuthentication=yes \
+# docker stop: everything in the container (the image's command, sshd, the sessions) gets the
+# SIGTERM, not this shell alone; then this shell waits until they have all ended (a training
+# run saving its checkpoint), or until Docker's grace runs out and it kills them.
+others_alive() {
+    for process in /proc/[0-9]*; do
+        pid=${process#/proc/}
+        { [ "$pid" = 1 ] || [ "$pid" = "$$" ]; } && continue
+        state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "$process/status" 2>/dev/null)
+        [ -n "$state" ] && [ "$state" != Z ] && return 0
+    done
+    return 1
+}
+stop_everything() {
+    kill -TERM -1 2>/dev/null
+    while others_alive; do sleep 0.1 2>/dev/null || sleep 1; done
+    exit 143
+}
+trap stop_everything TERM INT
+say "starting $sshd for $user_name (password logins: $password_login)"
+"$sshd" -D -e -f "$dir/sshd_config" -h "$host_key" \
+    -o "PasswordAuthentication=$password_login" \
+    -o KbdInteractiveAuthentication=no \
     -o PermitRootLogin=no \
-    -o PermitUserEnvironment=yes \
-    -o "AllowUsers=$user_name"
+    -o PermitUserEnvironment=no \
+    -o "AllowUsers=$user_name" &
+sshd_pid=$!
+wait "$sshd_pid"
+fail "sshd exited with status $?; the container stops, and Docker starts it again"

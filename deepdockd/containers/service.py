@@ -14,12 +14,13 @@ import logging
 import re
 import tarfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 
 from deepdockd import labels
-from deepdockd.config import Config
+from deepdockd.config import Config, SharedMount
 from deepdockd.containers.allocation import (
     SSH_CONTAINER_PORT,
     Gpu,
@@ -27,10 +28,13 @@ from deepdockd.containers.allocation import (
     Reservation,
     Reservations,
     check_gpus_free,
+    choose_service_ports,
     choose_ssh_port,
 )
+from deepdockd.containers.homes import HomeVolume, HomeVolumes
 from deepdockd.containers.networks import OwnerNetworks
 from deepdockd.containers.passwords import sha512_crypt_hash
+from deepdockd.containers.resources import Resources, resources_for
 from deepdockd.containers.sshkeys import HostKey, PublicHostKey
 from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
 from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
@@ -78,10 +82,17 @@ class CreateRequest:
     name: str
     image: str
     user_name: str
-    password: str
-    env: dict[str, str]
-    gpu_ids: list[int]
     owner: str
+    password: str | None = None  # None: key logins only
+    env: dict[str, str] = field(default_factory=dict)
+    gpu_ids: list[int] = field(default_factory=list)
+    ssh_keys: list[str] = field(default_factory=list)
+    persistent_home: bool = True
+    command: list[str] | None = None  # None: the image's Cmd
+    shm_size_mb: int | None = None  # None: the config's default, for these three
+    memory_mb: int | None = None
+    cpus: float | None = None
+    ports: list[int] = field(default_factory=list)  # container ports to publish
     # The container's own SSH host key, made with the request: its public half goes into a
     # label, its private half into the container with the bootstrap.
     host_key: HostKey = field(default_factory=HostKey.generate, compare=False)
@@ -105,6 +116,11 @@ class ManagedContainer:
     owner: str
     ssh_user: str
     ssh_host_keys: list[PublicHostKey]  # the container's own, as its sshd presents them
+    ports: dict[int, int]  # container port -> host port, allocated (running or not)
+    memory_mb: int | None  # None: no limit
+    cpus: float | None  # None: no limit
+    shm_size_mb: int | None  # None: made before deepdockd set it (Docker's 64 MiB)
+    home_volume: str | None  # None: a throwaway home
 
     @property
     def short_id(self) -> str:
@@ -133,6 +149,11 @@ class ManagedContainer:
                 for line in labels.ssh_host_keys(summary.labels)
                 if (key := PublicHostKey.parse(line)) is not None
             ],
+            ports=labels.ports(summary.labels),
+            memory_mb=_int_label(label(labels.MEMORY_MB, "")),
+            cpus=_float_label(label(labels.CPUS, "")),
+            shm_size_mb=_int_label(label(labels.SHM_SIZE_MB, "")),
+            home_volume=label(labels.HOME_VOLUME) or None,
         )
 
 
@@ -144,6 +165,7 @@ class ContainerService:
         self._images = images
         self._gpus = gpus
         self._config = config
+        self.homes = HomeVolumes(docker, config)
         # Held while a port or GPUs are chosen; the choice is then a reservation until Docker
         # has the container running.
         self._allocation = asyncio.Lock()
@@ -190,8 +212,17 @@ class ContainerService:
         fails after Docker made it removes it, which gives back its port and GPUs. The image
         reference is resolved to an image id once, here: the container runs that image, and
         a later pull that re-points the tag changes nothing for it."""
+        resources = resources_for(
+            self._config,
+            shm_size_mb=request.shm_size_mb,
+            memory_mb=request.memory_mb,
+            cpus=request.cpus,
+        )
         image = await self._images.image_to_run(request.image, caller)
         gpus = await self._resolve_gpus(request.gpu_ids)
+        home = None
+        if request.persistent_home:  # kept, like every volume, if the create fails
+            home = await self.homes.ensure(request.owner, request.user_name)
         async with self._allocation:  # the decision only; Docker's slow steps come after
             everyone = await self._holders()
             if not self._config.gpu_sharing:
@@ -202,15 +233,24 @@ class ContainerService:
                 address=self._config.ssh_bind_address,
                 released_at=self._port_releases.released_at,
             )
-            reservation = self._reservations.add(
-                Reservation(request.name, request.owner, port, tuple(gpus))
+            ports = choose_service_ports(
+                request.ports,
+                everyone,
+                self._config.service_port_range,
+                address=self._config.ssh_bind_address,
+                released_at=self._port_releases.released_at,
             )
+            reservation = self._reservations.add(
+                Reservation(request.name, request.owner, port, tuple(gpus), ports=ports)
+            )
+        setup = Setup(image, gpus, port, ports, resources, home)
         try:
             await self._networks.ensure(request.owner)
-            container_id = await self._make(request, image, gpus, port)
+            container_id = await self._make(request, setup)
             try:
-                await self._docker.put_archive(container_id, "/", await _bootstrap_tar(request))
-                await self._start(container_id, port)
+                tar = await _bootstrap_tar(request, setup.home)
+                await self._docker.put_archive(container_id, "/", tar)
+                await self._start(container_id, port, ports)
             except BaseException:
                 await self._discard(container_id, request.name)
                 raise
@@ -248,10 +288,10 @@ class ContainerService:
             )
         return [Gpu(index=i, uuid=known[i].uuid) for i in gpu_ids]
 
-    async def _make(self, request: CreateRequest, image: Image, gpus: list[Gpu], port: int) -> str:
+    async def _make(self, request: CreateRequest, setup: Setup) -> str:
         try:
             return await self._docker.create_container(
-                request.name, self._container_config(request, image, gpus, port)
+                request.name, self._container_config(request, setup)
             )
         except DockerFailed as exc:
             if exc.docker_status == 409:
@@ -261,20 +301,22 @@ class ContainerService:
                 ) from None
             raise
 
-    def _container_config(
-        self, request: CreateRequest, image: Image, gpus: list[Gpu], port: int
-    ) -> dict[str, object]:
+    def _container_config(self, request: CreateRequest, setup: Setup) -> dict[str, object]:
         # The request's env is not the container's: root's bootstrap and every root process
         # would inherit it (PATH, LD_PRELOAD). It travels in the bootstrap tar, for the user's
         # sessions only.
         env: list[str] = []
+        image, gpus, port = setup.image, setup.gpus, setup.ssh_port
+        address = self._config.ssh_bind_address
+        published = {SSH_CONTAINER_PORT: port, **setup.ports}
         host_config: dict[str, object] = {
             "Init": True,
             "PortBindings": {
-                f"{SSH_CONTAINER_PORT}/tcp": [
-                    {"HostIp": self._config.ssh_bind_address, "HostPort": str(port)}
-                ]
+                f"{inside}/tcp": [{"HostIp": address, "HostPort": str(outside)}]
+                for inside, outside in published.items()
             },
+            "Mounts": _mounts(request, setup.home, self._config.shared_mounts),
+            **setup.resources.host_config(),
             "RestartPolicy": {"Name": "unless-stopped"},
             "CapDrop": ["ALL"],
             "CapAdd": list(CONTAINER_CAPABILITIES),
@@ -297,13 +339,18 @@ class ContainerService:
         else:
             # An image whose default is "all GPUs" (NVIDIA's CUDA images) must see none.
             env.append("NVIDIA_VISIBLE_DEVICES=void")
+        # The bootstrap runs the image's own command beside sshd, as the image's user.
+        command = [*image.entrypoint, *(image.cmd if request.command is None else request.command)]
+        resources = setup.resources
         return {
             "Image": image.id,
             "Entrypoint": ["/bin/sh", f"{BOOTSTRAP_DIR}/bootstrap.sh"],
-            "Cmd": [request.user_name],
+            "Cmd": [image.user, "--", *command],
+            # The bootstrap is root's; it runs the command as the image's User itself.
+            "User": "0",
             "Env": env,
             "Hostname": request.name[:63],
-            "ExposedPorts": {f"{SSH_CONTAINER_PORT}/tcp": {}},
+            "ExposedPorts": {f"{inside}/tcp": {} for inside in published},
             "Labels": {
                 labels.NAMESPACE: self._config.namespace,
                 labels.OWNER: request.owner,
@@ -315,20 +362,34 @@ class ContainerService:
                 labels.IMAGE: request.image,
                 labels.IMAGE_ID: image.id,
                 labels.SSH_HOST_KEYS: request.host_key.public.public_key,
+                labels.PORTS: labels.format_ports(setup.ports),
+                labels.MEMORY_MB: "" if resources.memory_mb is None else str(resources.memory_mb),
+                labels.CPUS: "" if resources.cpus is None else f"{resources.cpus:g}",
+                labels.SHM_SIZE_MB: str(resources.shm_size_mb),
+                labels.HOME_VOLUME: setup.home.name if setup.home else "",
             },
             "HostConfig": host_config,
         }
 
-    async def _start(self, container_id: str, port: int | None) -> None:
+    async def _start(
+        self, container_id: str, port: int | None, ports: Mapping[int, int] | None = None
+    ) -> None:
         try:
             await self._docker.start_container(container_id)
         except DockerFailed as exc:
-            if any(text in exc.docker_message for text in _PORT_TAKEN):
-                raise Conflict(
-                    f"SSH port {port} is taken on the host: {exc.docker_message}",
-                    details={"ssh_port": port},
-                ) from None
-            raise
+            if not any(text in exc.docker_message for text in _PORT_TAKEN):
+                raise
+            for inside, outside in (ports or {}).items():
+                if f":{outside}:" in exc.docker_message:
+                    raise Conflict(
+                        f"port {outside} (the container's {inside}) is taken on the host: "
+                        f"{exc.docker_message}",
+                        details={"port": outside},
+                    ) from None
+            raise Conflict(
+                f"SSH port {port} is taken on the host: {exc.docker_message}",
+                details={"ssh_port": port},
+            ) from None
 
     async def _wait_for_sshd(
         self, container_id: str, port: int | None, *, restarts_before: int = 0
@@ -391,7 +452,7 @@ class ContainerService:
             reservation = self._reservations.add(_reservation_of(container))
         try:
             restarts = await self._restart_count(container.id)
-            await self._start(container.id, container.ssh_port)
+            await self._start(container.id, container.ssh_port, container.ports)
         finally:
             self._reservations.remove(reservation)
         await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
@@ -427,7 +488,7 @@ class ContainerService:
                 details={"name": name, "state": container.state},
             )
         await self._docker.remove_container(container.id, force=force)
-        self._port_releases.release(container.ssh_port)
+        self._port_releases.release(container.ssh_port, *container.ports.values())
         await self._networks.release(container.owner)
 
     async def _holders(self) -> list[ContainerSummary]:
@@ -449,6 +510,51 @@ class ContainerService:
         return filters
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a create chose for its container before Docker makes it."""
+
+    image: Image
+    gpus: list[Gpu]
+    ssh_port: int
+    ports: dict[int, int]  # container port -> host port
+    resources: Resources
+    home: HomeVolume | None
+
+
+def _mounts(
+    request: CreateRequest, home: HomeVolume | None, shared: tuple[SharedMount, ...]
+) -> list[dict[str, object]]:
+    """The user's home volume and the admin's shared host directories; never a host path of
+    the request's."""
+    mounts: list[dict[str, object]] = [
+        {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+        for m in shared
+    ]
+    if home is not None:
+        mounts.append(
+            {
+                "Type": "volume",
+                "Source": home.name,
+                "Target": f"/home/{request.user_name}",
+                # Not the image's /home/<user>: the home is the volume's, whatever the image.
+                "VolumeOptions": {"NoCopy": True},
+            }
+        )
+    return mounts
+
+
+def _int_label(text: str) -> int | None:
+    return int(text) if text.isdecimal() else None
+
+
+def _float_label(text: str) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
 def _reservation_of(container: ManagedContainer) -> Reservation:
     """The GPUs an existing container takes when it starts (its port is its own already)."""
     uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
@@ -466,21 +572,36 @@ def _bootstrap_script() -> bytes:
     return resources.files("deepdockd.containers").joinpath("bootstrap.sh").read_bytes()
 
 
-async def _bootstrap_tar(request: CreateRequest) -> bytes:
+async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None) -> bytes:
     """What the bootstrap needs, to unpack at / before the container's first start, in a
     directory that only root may read:
 
     - ``bootstrap.sh``, the entrypoint;
-    - ``secret``: ``user:HASH``, the password's SHA-512 crypt hash; the password itself never
-      leaves this process, so no binary of the image ever sees it;
+    - ``settings``: shell assignments of checked values (the user name, the home volume's
+      uid or "", whether password logins are allowed);
+    - ``secret``: ``user:HASH``, the password's SHA-512 crypt hash (``*``, which no password
+      matches, when the request gave keys only); the password itself never leaves this
+      process, so no binary of the image ever sees it;
+    - ``authorized_keys``: the request's public keys, added to ~/.ssh/authorized_keys at the
+      first start (never in labels, env or a command line);
     - ``env``: the request's env as ``NAME=value`` lines (the schema refuses line breaks),
       for the user's sessions only;
     - ``ssh_host_ed25519_key``: the container's own host key, the only one its sshd presents.
     """
-    password_hash = await asyncio.to_thread(sha512_crypt_hash, request.password)
+    if request.password is None:
+        password_hash = "*"
+    else:
+        password_hash = await asyncio.to_thread(sha512_crypt_hash, request.password)
+    settings = {
+        "user_name": request.user_name,
+        "home_uid": str(home.uid) if home else "",
+        "password_login": "no" if request.password is None else "yes",
+    }
     files = (
         ("bootstrap.sh", _bootstrap_script(), 0o700),
+        ("settings", "".join(f"{k}='{v}'\n" for k, v in settings.items()).encode(), 0o600),
         ("secret", f"{request.user_name}:{password_hash}\n".encode(), 0o600),
+        ("authorized_keys", "".join(f"{key}\n" for key in request.ssh_keys).encode(), 0o600),
         ("env", "".join(f"{k}={v}\n" for k, v in request.env.items()).encode(), 0o600),
         ("ssh_host_ed25519_key", request.host_key.private_openssh, 0o600),
     )

@@ -10,7 +10,9 @@ import binascii
 import hashlib
 from dataclasses import dataclass, field
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
@@ -60,3 +62,35 @@ class HostKey:
         public = PublicHostKey.parse(line.decode())
         assert public is not None  # cryptography writes "ssh-ed25519 BASE64"
         return cls(private_openssh=private, public=public)
+
+
+# The users' own keys, for ~/.ssh/authorized_keys: the kinds OpenSSH and Dropbear both take.
+USER_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+MIN_RSA_BITS = 2048
+
+
+def check_user_key(line: str) -> str:
+    """A user's public key line, checked: "TYPE BASE64 [comment]" with one of USER_KEY_TYPES
+    whose key parses (an RSA key of MIN_RSA_BITS or more); ValueError says why not."""
+    parts = line.strip().split(None, 2)
+    if len(parts) < 2:
+        raise ValueError('is not an OpenSSH public key line ("ssh-ed25519 AAAA… comment")')
+    key_type = parts[0]
+    if key_type not in USER_KEY_TYPES:
+        raise ValueError(
+            f"has key type {key_type[:40]!r}; the types taken are {', '.join(USER_KEY_TYPES)}"
+        )
+    try:
+        key = serialization.load_ssh_public_key(f"{key_type} {parts[1]}".encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError(f"is not a valid {key_type} key: its base64 part does not parse") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        bits = key.key_size
+        raise ValueError(f"is an RSA key of {bits} bits; at least {MIN_RSA_BITS} are needed")
+    return " ".join(parts)
