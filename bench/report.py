@@ -59,7 +59,8 @@ def _row(figure: dict[str, Any]) -> str:
 
 
 def _number(value: float, unit: str) -> str:
-    decimals = 0 if unit == "requests/s" else 2  # a rate of thousands has no useful decimals
+    # A rate of thousands has no useful decimals; a count of clients has none at all.
+    decimals = 0 if unit in ("requests/s", "clients") else 2
     return f"{value:,.{decimals}f}"
 
 

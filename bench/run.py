@@ -1,8 +1,9 @@
 """deepdockd's benchmarks, on the test rig (private dockerd, simulated GPUs).
 
 Every figure is a ratio against a baseline measured in the same run, the same way, or a
-resource figure; no absolute time is a rule. Prints one table; a full run writes it to
-bench/results.json and into README.md (bench/report.py renders it).
+resource figure; no absolute time is a rule but the event lag's second, which clients of the
+live view are promised. Prints one table; a full run writes it to bench/results.json and into
+README.md (bench/report.py renders it).
 
     make bench        (or: .venv/bin/python bench/run.py [list memory series cpu create ...])
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import platform
@@ -25,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,12 @@ RESULTS = ROOT / "bench" / "results.json"
 README = ROOT / "README.md"
 PORTS = "24000-24999"
 LIST_SIZES = (10, 100, 300)
+# The event lag: this many of the listed containers started, then each stopped through
+# Docker, with GET /containers polled this often until it shows the change.
+LAG_SAMPLES = 30
+LIST_POLL_S = 0.005
+# Clients of GET /events held open during the concurrent creates and the RSS figure.
+EVENT_CLIENTS = 50
 FULL_RETENTION_POINTS = 24 * 3600 // 10  # 24 h of 10 s buckets
 GPUS = 8
 # What one NVML reading costs on a real H100 (driver 580, measured for the design notes):
@@ -123,19 +131,15 @@ async def timings(call: Callable[[], Awaitable[Any]], repeat: int, warmup: int =
 
 
 async def interleaved(
-    ours: Callable[[], Awaitable[Any]],
-    baseline: Callable[[], Awaitable[Any]],
-    rounds: int = 15,
-    per_round: int = 4,
-) -> tuple[list[float], list[float]]:
-    """Timings of deepdockd and of its baseline taken in turns, so that a slow moment of the
-    machine hits both."""
-    ours_s: list[float] = []
-    baseline_s: list[float] = []
+    *calls: Callable[[], Awaitable[Any]], rounds: int = 15, per_round: int = 4
+) -> list[list[float]]:
+    """Timings of each call (deepdockd's, then its baselines') taken in turns, so that a slow
+    moment of the machine hits them all."""
+    samples: list[list[float]] = [[] for _ in calls]
     for _ in range(rounds):
-        ours_s += await timings(ours, per_round, warmup=1)
-        baseline_s += await timings(baseline, per_round, warmup=1)
-    return ours_s, baseline_s
+        for call, durations in zip(calls, samples, strict=True):
+            durations += await timings(call, per_round, warmup=1)
+    return samples
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
@@ -235,7 +239,8 @@ class Bench:
 
     async def make_listed_containers(self, count: int, have: int) -> None:
         """Containers in the namespace, labelled as deepdockd labels them (created, not
-        started: the list costs the same), so that GET /containers has `count` to list."""
+        started: the list costs the same), so that GET /containers has `count` to list. Each
+        sleeps once started, for the event lag to stop."""
 
         async def create(i: int) -> None:
             labels = {
@@ -247,7 +252,7 @@ class Bench:
                 "deepdockd.gpu-uuids": f"GPU-x-{i % GPUS}",
                 "deepdockd.created": "2026-01-01T00:00:00.000000000Z",
             }
-            body = {"Image": BUSYBOX_IMAGE, "Cmd": ["true"], "Labels": labels}
+            body = {"Image": BUSYBOX_IMAGE, "Cmd": ["sleep", "3600"], "Labels": labels}
             async with self.docker.post(
                 "/containers/create", params={"name": f"{self.namespace}-{i:03d}"}, json=body
             ) as response:
@@ -273,13 +278,28 @@ class Bench:
     # --- the figures ---
 
     async def container_list(self) -> None:
-        daemon, base, auth = self.start_daemon("list", gpu_config=self.h100_gpus)
+        """GET /containers served from the live view, and by the old path (a second daemon,
+        with `live_view = false`, that asks Docker on every list), both against the raw call
+        to Docker, timed in turns so that all three see the same Docker; then the event lag."""
         filters = json.dumps({"label": [f"deepdockd.namespace={self.namespace}"]})
-        try:
-            async with aiohttp.ClientSession(headers=auth) as http:
+        with contextlib.ExitStack() as daemons:
+            daemon, base, auth = self.start_daemon("list", gpu_config=self.h100_gpus)
+            daemons.callback(daemon.stop)
+            old_daemon, old_base, old_auth = self.start_daemon(
+                "list-old", gpu_config=self.h100_gpus, live_view="false"
+            )
+            daemons.callback(old_daemon.stop)
+            async with (
+                aiohttp.ClientSession(headers=auth) as http,
+                aiohttp.ClientSession(headers=old_auth) as old_http,
+            ):
 
                 async def ours() -> None:
                     async with http.get(f"{base}/containers") as r:
+                        await r.read()
+
+                async def old_path() -> None:
+                    async with old_http.get(f"{old_base}/containers") as r:
                         await r.read()
 
                 async def raw() -> None:
@@ -297,22 +317,41 @@ class Bench:
                         async with self.docker.get(f"/containers/{item['Id']}/json") as r:
                             await r.read()
 
+                async def listed_by_view(count: int) -> None:
+                    """Until the live view lists them all (it follows Docker's events)."""
+                    await until_listed(http, base, lambda listed: len(listed) == count)
+
                 have = 0
                 for count in LIST_SIZES:
                     await self.make_listed_containers(count, have)
                     have = count
-                    ours_s, raw_s = await interleaved(ours, raw)
+                    await listed_by_view(count)
+                    ours_s, old_s, raw_s = await interleaved(ours, old_path, raw)
+                    last = count == LIST_SIZES[-1]
                     ratio = median_ms(ours_s) / median_ms(raw_s)
                     self.add(
                         Figure(
-                            f"GET /containers, {count} containers",
+                            f"GET /containers, {count} containers, live view",
                             median_ms(ours_s),
+                            "ms",
+                            against="the raw `containers/json` call (Docker's own list)",
+                            baseline=median_ms(raw_s),
+                            ratio=ratio,
+                            target="≤ 0.5×" if last else "report",
+                            met=ratio <= 0.5 if last else None,
+                        )
+                    )
+                    old_ratio = median_ms(old_s) / median_ms(raw_s)
+                    self.add(
+                        Figure(
+                            f"GET /containers, {count} containers, old path (`live_view = false`)",
+                            median_ms(old_s),
                             "ms",
                             against="the raw `containers/json` call it makes",
                             baseline=median_ms(raw_s),
-                            ratio=ratio,
-                            target="≤ 1.5×" if count == LIST_SIZES[-1] else "report",
-                            met=ratio <= 1.5 if count == LIST_SIZES[-1] else None,
+                            ratio=old_ratio,
+                            target="≤ 1.5×" if last else "report",
+                            met=old_ratio <= 1.5 if last else None,
                         )
                     )
                     naive_s = await timings(naive, 5, warmup=1)
@@ -326,8 +365,54 @@ class Bench:
                             ratio=median_ms(ours_s) / median_ms(naive_s),
                         )
                     )
-        finally:
-            daemon.stop()
+                await self.event_lag(http, base)
+
+    async def event_lag(
+        self, http: aiohttp.ClientSession, base: str, samples: int = LAG_SAMPLES
+    ) -> None:
+        """How soon the live view's list shows a change made behind the daemon's back: the
+        first `samples` listed containers started, then each stopped through Docker's own API
+        in turn, and GET /containers polled from Docker's answer until the container shows no
+        longer running. Below 100 samples the 99th percentile is the slowest of them."""
+        names = [f"{self.namespace}-{i:03d}" for i in range(samples)]
+
+        async def start(name: str) -> None:
+            async with self.docker.post(f"/containers/{name}/start") as r:
+                assert r.status == 204, await r.text()
+
+        await asyncio.gather(*(start(name) for name in names))
+        await until_listed(http, base, lambda listed: all(listed[n] == "running" for n in names))
+
+        async def lag(name: str) -> float:
+            async with self.docker.post(f"/containers/{name}/stop", params={"t": "0"}) as r:
+                stopped = time.perf_counter()  # Docker answers once the container has stopped
+                assert r.status == 204, await r.text()
+            shown = await until_listed(http, base, lambda listed: listed[name] != "running")
+            return shown - stopped
+
+        lags = [await lag(name) for name in names]
+        what = "event lag, a Docker stop → GET /containers shows it"
+        polled = f"polled every {LIST_POLL_S * 1000:.0f} ms"
+        self.add(
+            Figure(
+                f"{what}, median",
+                median_ms(lags),
+                "ms",
+                detail=f"{samples} stops, {polled}",
+                notes={"lags_ms": [s * 1000 for s in lags]},
+            )
+        )
+        p99 = percentile_ms(lags, 0.99)
+        self.add(
+            Figure(
+                f"{what}, 99th percentile",
+                p99,
+                "ms",
+                detail=f"the slowest of {samples}" if samples <= 100 else f"of {samples}",
+                target="≤ 1000 ms",
+                met=p99 <= 1000,
+            )
+        )
 
     async def gpu_series(self) -> None:
         """GET /metrics/gpus with 8 GPUs at full 24 h retention, against the naive path it
@@ -435,8 +520,9 @@ class Bench:
                 )
             )
 
-    async def memory(self) -> None:
-        """RSS of a daemon with full retention for 8 GPUs, listing 300 containers."""
+    async def memory(self, clients: int = EVENT_CLIENTS) -> None:
+        """RSS of a daemon with full retention for 8 GPUs, listing 300 containers (from its
+        live view); then again with `clients` event streams open."""
         await self.make_listed_containers(LIST_SIZES[-1], await self.listed_containers())
         bucket = 0.004
         daemon, base, auth = self.start_daemon(
@@ -456,13 +542,24 @@ class Bench:
                         break
                     assert time.monotonic() - started < 400, "the GPU history did not fill"
                     await asyncio.sleep(2)
-                # Then serve both big answers, as dashboards polling them would.
-                for _ in range(10):
-                    async with http.get(f"{base}/metrics/gpus") as r:
-                        points = sum(len(p) for p in (await r.json()).values())
-                    async with http.get(f"{base}/containers") as r:
-                        listed = len((await r.json())["containers"])
-            rss = rss_mib(daemon.process.pid)
+
+                async def dashboards() -> tuple[int, int]:
+                    """Both big answers served, as dashboards polling them would: the points
+                    and the containers listed."""
+                    for _ in range(10):
+                        async with http.get(f"{base}/metrics/gpus") as r:
+                            points = sum(len(p) for p in (await r.json()).values())
+                        async with http.get(f"{base}/containers") as r:
+                            listed = len((await r.json())["containers"])
+                    return points, listed
+
+                points, listed = await dashboards()
+                rss = rss_mib(daemon.process.pid)
+                async with event_streams(http, f"{base}/events", clients) as streams:
+                    await dashboards()
+                    rss_streams = rss_mib(daemon.process.pid)
+                    ended = [s.ended for s in streams if s.ended]
+                assert not ended, f"event streams ended before they were closed: {ended}"
         finally:
             daemon.stop()
         self.add(
@@ -473,6 +570,17 @@ class Bench:
                 target="≤ 100 MiB",
                 met=rss <= 100,
                 notes={"containers_listed": listed, "points": points},
+            )
+        )
+        self.add(
+            Figure(
+                f"daemon RSS, full retention, {GPUS} GPUs, {listed} containers, "
+                f"{clients} open event streams",
+                rss_streams,
+                "MiB",
+                target="≤ 100 MiB",
+                met=rss_streams <= 100,
+                notes={"containers_listed": listed, "points": points, "event_streams": clients},
             )
         )
 
@@ -552,14 +660,19 @@ class Bench:
             )
         )
 
-    async def concurrent_creates(self, count: int = 20) -> None:
+    async def concurrent_creates(self, count: int = 20, clients: int = EVENT_CLIENTS) -> None:
+        """`count` creates at once; then `count` more with `clients` clients of GET /events
+        attached, each of which must see every new container created and started, with ids
+        that only increase."""
         daemon, base, auth = self.start_daemon("concurrent", gpu_config=self.h100_gpus)
+        first = [f"{self.namespace}-c{i:02d}" for i in range(count)]
+        watched = [f"{self.namespace}-e{i:02d}" for i in range(count)]
         try:
             async with aiohttp.ClientSession(headers=auth) as http:
 
-                async def create(i: int) -> tuple[int, Any]:
+                async def create(name: str) -> tuple[int, Any]:
                     body = {
-                        "name": f"{self.namespace}-c{i:02d}",
+                        "name": name,
                         "image": DEBIAN_SSH_IMAGE,
                         "user_name": "u1",
                         "password": "pw1",
@@ -567,23 +680,70 @@ class Bench:
                     async with http.post(f"{base}/containers/create", json=body) as r:
                         return r.status, await r.json()
 
-                started = time.perf_counter()
-                answers = await asyncio.gather(*(create(i) for i in range(count)))
-                elapsed = time.perf_counter() - started
+                async def creates(names: list[str]) -> tuple[float, list[tuple[int, Any]]]:
+                    started = time.perf_counter()
+                    answers = await asyncio.gather(*(create(name) for name in names))
+                    return time.perf_counter() - started, answers
+
+                elapsed, answers = await creates(first)
+                # The second round starts as the first did: none of the namespace's containers.
+                await self.remove_namespace_matching(f"{self.namespace}-c")
+                async with event_streams(http, f"{base}/events", clients) as streams:
+                    watched_elapsed, watched_answers = await creates(watched)
+                    for _ in range(200):  # up to 10 s more for the last changes to come
+                        if all(s.saw(watched, ("created", "started")) for s in streams):
+                            break
+                        await asyncio.sleep(0.05)
         finally:
             daemon.stop()
-            await self.remove_namespace_matching("-c")
-        ports = [a["ssh-port"] for status, a in answers if status == 201]
-        ok = len(ports) == count and len(set(ports)) == count
-        self.add(
-            Figure(
-                f"{count} concurrent creates",
-                elapsed,
+            await self.remove_namespace_matching(f"{self.namespace}-c")
+            await self.remove_namespace_matching(f"{self.namespace}-e")
+
+        def created(
+            name: str, seconds: float, answers: list[tuple[int, Any]], **more: Any
+        ) -> Figure:
+            ports = [a["ssh-port"] for status, a in answers if status == 201]
+            return Figure(
+                name,
+                seconds,
                 "s",
                 target="all succeed, distinct ports",
-                met=ok,
+                met=len(ports) == count and len(set(ports)) == count,
                 detail=f"{len(ports)} succeeded, {len(set(ports))} distinct ports",
                 notes={"succeeded": len(ports), "distinct_ports": len(set(ports))},
+                **more,
+            )
+
+        self.add(created(f"{count} concurrent creates", elapsed, answers))
+        self.add(
+            created(
+                f"{count} concurrent creates, {clients} event-stream clients attached",
+                watched_elapsed,
+                watched_answers,
+                against="the same creates with none attached",
+                baseline=elapsed,
+                ratio=watched_elapsed / elapsed,
+            )
+        )
+        missed = sum(not s.saw(watched, ("created", "started")) for s in streams)
+        disordered = sum(not s.ids_increase() for s in streams)
+        everything = sum(
+            s.saw(watched, ("created", "started")) and s.ids_increase() for s in streams
+        )
+        self.add(
+            Figure(
+                f"{clients} event-stream clients during {count} concurrent creates: "
+                "every client saw every change",
+                everything,
+                "clients",
+                target=f"all {clients}",
+                met=everything == clients,
+                detail=f"each of the {count} created and started, ids increasing",
+                notes={
+                    "missed_a_change": missed,
+                    "ids_not_increasing": disordered,
+                    "ended_early": sorted({s.ended for s in streams if s.ended}),
+                },
             )
         )
 
@@ -666,6 +826,96 @@ async def ssh_login(port: int, user: str, password: str) -> None:
     _, stderr = await process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"SSH login on port {port} failed: {stderr.decode().strip()}")
+
+
+async def container_statuses(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
+    """GET /containers: each container's status, by name."""
+    async with http.get(f"{base}/containers") as r:
+        assert r.status == 200, await r.text()
+        return {c["name"]: c["status"] for c in (await r.json())["containers"]}
+
+
+async def until_listed(
+    http: aiohttp.ClientSession,
+    base: str,
+    shown: Callable[[dict[str, str]], bool],
+    timeout_s: float = 30,
+) -> float:
+    """Polls GET /containers every LIST_POLL_S until ``shown`` holds of its statuses by name;
+    returns when the first list that shows it was read (time.perf_counter)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = await container_statuses(http, base)
+        if shown(statuses):
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"GET /containers did not show the change within {timeout_s} s")
+        await asyncio.sleep(LIST_POLL_S)
+
+
+@dataclass
+class EventClient:
+    """One client of GET /events: each change it read, in order, as (id, type, container
+    name), and why its stream ended early ("" while it is open)."""
+
+    changes: list[tuple[int, str, str]] = field(default_factory=list)
+    ended: str = ""
+
+    def saw(self, names: Collection[str], types: Collection[str]) -> bool:
+        seen = {(name, kind) for _, kind, name in self.changes}
+        return all((name, kind) in seen for name in names for kind in types)
+
+    def ids_increase(self) -> bool:
+        """Every id greater than the one before it: none repeated, none out of order."""
+        return all(a < b for (a, _, _), (b, _, _) in itertools.pairwise(self.changes))
+
+
+async def read_events(response: aiohttp.ClientResponse, client: EventClient) -> None:
+    """Parses one Server-Sent Events stream into ``client`` until it ends or is cancelled;
+    comments (the heartbeats) are skipped."""
+    fields: dict[str, str] = {}
+    try:
+        async for raw in response.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith(":"):
+                continue
+            if line:
+                key, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                joined = key == "data" and key in fields  # data lines make one, by \n
+                fields[key] = f"{fields[key]}\n{value}" if joined else value
+            elif fields:  # a blank line ends an event
+                data = json.loads(fields["data"])
+                client.changes.append((int(fields["id"]), data["type"], data["container"]["name"]))
+                fields = {}
+        client.ended = "the daemon ended the stream"
+    except (aiohttp.ClientError, ValueError, KeyError) as exc:
+        client.ended = repr(exc)
+
+
+@contextlib.asynccontextmanager
+async def event_streams(
+    http: aiohttp.ClientSession, url: str, count: int
+) -> AsyncIterator[list[EventClient]]:
+    """``count`` clients of GET /events, each answered before the next is opened and read by
+    a task of its own; closed on exit."""
+    clients = [EventClient() for _ in range(count)]
+    responses: list[aiohttp.ClientResponse] = []
+    readers: list[asyncio.Task[None]] = []
+    try:
+        for client in clients:
+            response = await http.get(url)
+            responses.append(response)
+            assert response.status == 200, await response.text()
+            assert response.content_type == "text/event-stream", response.content_type
+            readers.append(asyncio.create_task(read_events(response, client)))
+        yield clients
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        for response in responses:
+            response.close()
 
 
 def git(*args: str) -> str:

@@ -10,6 +10,7 @@ from aiohttp import web
 from deepdockd.auth import audit_middleware, auth_middleware
 from deepdockd.config import Config
 from deepdockd.containers.service import ContainerService
+from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.records import ImageRecords
@@ -19,7 +20,7 @@ from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
 from deepdockd.routes import setup_routes
 from deepdockd.tokens import TokenStore
-from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS
+from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS, VIEW
 
 
 def create_app(
@@ -41,12 +42,15 @@ def create_app(
         records=ImageRecords(config.state_dir),
         namespace=config.namespace,
     )
-    app[METRICS] = MetricsService(app[GPUS], app[DOCKER], config.namespace)
-    app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config)
+    app[VIEW] = ContainerView(app[DOCKER], config.namespace)
+    app[METRICS] = MetricsService(app[GPUS], app[VIEW])
+    app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW])
     if tokens is not None:
         app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
     app.cleanup_ctx.append(_gpu_sampler)
+    if config.live_view:
+        app.cleanup_ctx.append(_container_view)
     setup_routes(app)
     return app
 
@@ -71,6 +75,13 @@ async def _docker_client(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[IMAGES].close()
     await docker.close()
+
+
+async def _container_view(app: web.Application) -> AsyncIterator[None]:
+    view = app[VIEW]
+    await view.start()
+    yield
+    await view.stop()
 
 
 async def _gpu_sampler(app: web.Application) -> AsyncIterator[None]:

@@ -93,6 +93,9 @@ class Config:
     # Host directories every container gets: "HOST_PATH:CONTAINER_PATH[:ro|rw]" (ro when
     # left out). Users never name a host path.
     shared_mounts: tuple[SharedMount, ...] = ()
+    # Answer container lists from a view kept current by Docker's events (false: ask Docker
+    # on every read, as before).
+    live_view: bool = True
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,7 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "pids_limit": _parse_pids_limit,
     "service_port_range": _parse_port_range,
     "shared_mounts": _parse_shared_mounts,
+    "live_view": _parse_bool,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 

@@ -99,6 +99,13 @@ class ContainerSummary:
 
 
 @dataclass(frozen=True)
+class ContainerEvent:
+    action: str  # "create", "start", "die", "destroy", "health_status: healthy", ...
+    container_id: str
+    time_ns: int  # when Docker saw it, in nanoseconds since the epoch
+
+
+@dataclass(frozen=True)
 class VolumeSummary:
     name: str
     labels: Mapping[str, str]
@@ -241,21 +248,59 @@ class Docker:
         async with self.translate_errors(timeout_s=60):
             await self.client.containers.container(container_id).delete(force=force, v=True)
 
-    async def container_state(self, container_id: str) -> ContainerState | None:
-        """The container's state, or None when it is gone."""
+    async def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        """Docker's inspect of the container, or None when it is gone."""
         try:
             async with self.translate_errors():
-                data = await self.client.containers.container(container_id).show()
+                data: dict[str, Any] = await self.client.containers.container(container_id).show()
         except DockerFailed as exc:
             if exc.docker_status == 404:
                 return None
             raise
+        return data
+
+    async def container_state(self, container_id: str) -> ContainerState | None:
+        """The container's state, or None when it is gone."""
+        data = await self._inspect(container_id)
+        if data is None:
+            return None
         state = data.get("State") or {}
         return ContainerState(
             running=bool(state.get("Running")),
             status=str(state.get("Status", "")),
             exit_code=int(state.get("ExitCode") or 0),
             restart_count=int(data.get("RestartCount") or 0),
+        )
+
+    async def container_summary(self, container_id: str) -> ContainerSummary | None:
+        """The container as the list shows it, read from Docker's inspect, or None when it is
+        gone. Unlike the list, inspect reads the container itself: right after an event (or a
+        change of ours) the list may still show what was before."""
+        data = await self._inspect(container_id)
+        if data is None:
+            return None
+        config = data.get("Config") or {}
+        ports = (data.get("NetworkSettings") or {}).get("Ports") or {}
+        published = {}
+        for port, bindings in ports.items():
+            number, _, protocol = port.partition("/")
+            if protocol == "tcp" and bindings and number.isdecimal():
+                host_port = str(bindings[0].get("HostPort") or "")
+                if host_port.isdecimal():
+                    published[int(number)] = int(host_port)
+        return ContainerSummary(
+            id=data["Id"],
+            name=str(data.get("Name") or "").lstrip("/"),
+            image=str(config.get("Image") or ""),
+            image_id=str(data.get("Image") or ""),
+            state=str((data.get("State") or {}).get("Status") or ""),
+            labels=config.get("Labels") or {},
+            published=published,
+            volumes=tuple(
+                str(m["Name"])
+                for m in data.get("Mounts") or []
+                if m.get("Type") == "volume" and m.get("Name")
+            ),
         )
 
     async def container_logs(self, container_id: str, *, tail: int = 40) -> str:
@@ -282,14 +327,48 @@ class Docker:
                 f"containers/{container_id}/logs", params=params, timeout=None
             )
             async with query as response:
-                # Never a TTY here: each frame is an 8-byte header (stream, size) + payload.
-                while True:
-                    try:
-                        header = await response.content.readexactly(8)
-                    except asyncio.IncompleteReadError:
-                        return
-                    size = int.from_bytes(header[4:8], "big")
-                    yield await response.content.readexactly(size)
+                try:
+                    # Never a TTY here: each frame is an 8-byte header (stream, size) + payload.
+                    while True:
+                        try:
+                            header = await response.content.readexactly(8)
+                        except asyncio.IncompleteReadError:
+                            return
+                        size = int.from_bytes(header[4:8], "big")
+                        yield await response.content.readexactly(size)
+                finally:
+                    response.close()  # aiodocker's _query leaves a response to its caller
+
+    @asynccontextmanager
+    async def container_events(
+        self, *, filters: Mapping[str, list[str]]
+    ) -> AsyncIterator[AsyncIterator[ContainerEvent]]:
+        """Docker's event stream of containers that match ``filters``, from the moment this
+        is entered (the stream is open then) until Docker or the caller ends it. A stream
+        that breaks raises DockerUnavailable."""
+        params = {"filters": json.dumps({**filters, "type": ["container"]})}
+        async with self.translate_errors():
+            query = self.client._query("events", params=params, timeout=None)
+            response = await query.__aenter__()
+        try:
+            yield self._events(response)
+        finally:
+            response.close()  # aiodocker's _query leaves a response to its caller
+            await query.__aexit__(None, None, None)
+
+    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[ContainerEvent]:
+        async with self.translate_errors(timeout_s=None):
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                actor = item.get("Actor") or {}
+                yield ContainerEvent(
+                    action=str(item.get("Action") or item.get("status") or ""),
+                    container_id=str(actor.get("ID") or item.get("id") or ""),
+                    time_ns=int(item.get("timeNano") or 0),
+                )
+        raise DockerUnavailable(f"Docker at {self.url} ended its event stream")
 
     @asynccontextmanager
     async def translate_errors(

@@ -32,3 +32,7 @@ def read_host_metrics() -> HostMetrics:
         cpu_logical_cores=logical,
         load_average=(load[0], load[1], load[2]),
     )
+
+
+def ram_total_mib() -> int:
+    return int(psutil.virtual_memory().total // (1024 * 1024))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from deepdockd import labels
-from deepdockd.docker import Docker, DockerUnavailable
+from deepdockd.containers.view import ContainerView
+from deepdockd.docker import DockerUnavailable
 from deepdockd.gpu.nvml import GpuInfo
 from deepdockd.gpu.sampler import GpuPoint, GpuSampler, points_since
 from deepdockd.host import HostMetrics, read_host_metrics
@@ -23,10 +24,9 @@ class GpuEntry:
 
 
 class MetricsService:
-    def __init__(self, sampler: GpuSampler, docker: Docker, namespace: str) -> None:
+    def __init__(self, sampler: GpuSampler, view: ContainerView) -> None:
         self._sampler = sampler
-        self._docker = docker
-        self._namespace = namespace
+        self._view = view
 
     async def host(self) -> HostMetrics:
         return await asyncio.to_thread(read_host_metrics)
@@ -48,14 +48,14 @@ class MetricsService:
         holders: dict[int, list[str]] | None = {s.info.index: [] for s in statuses}
         if statuses:
             try:
-                containers = await self._docker.list_containers(
-                    filters=labels.namespace_filter(self._namespace) | {"status": ["running"]}
-                )
+                containers = await self._view.summaries()
             except DockerUnavailable:
                 holders = None
             else:
                 assert holders is not None
                 for container in containers:
+                    if container.state != "running":
+                        continue
                     if not caller.is_admin and container.labels.get(labels.OWNER) != caller.user:
                         continue
                     for index in labels.gpu_indices(container.labels):

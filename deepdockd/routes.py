@@ -19,6 +19,7 @@ ROUTES = [
     web.post("/containers/{name}/stop", views.stop_container),
     web.post("/containers/{name}/restart", views.restart_container),
     web.get("/containers/{name}/logs", views.container_logs, allow_head=False),
+    web.get("/events", views.container_events, allow_head=False),
     web.get("/volumes", views.list_volumes, allow_head=False),
     web.delete("/volumes/{name}", views.delete_volume),
     web.get("/metrics", views.host_metrics, allow_head=False),

@@ -16,6 +16,7 @@ from deepdockd import __version__, connections, systemd
 from deepdockd.app import create_app
 from deepdockd.config import Config
 from deepdockd.logs import ACCESS_LOGGER, AccessLogger
+from deepdockd.typedefs import VIEW
 
 log = logging.getLogger("deepdockd")
 
@@ -93,6 +94,7 @@ async def serve(config: Config) -> None:
         await site.stop()  # no new connections
         if runner.server is not None:
             runner.server.pre_shutdown()  # idle keep-alive connections close; no new requests
+        app[VIEW].end_streams()  # event streams end now; they never would by themselves
         await in_flight.finish(config.shutdown_timeout)
     finally:
         await runner.cleanup()

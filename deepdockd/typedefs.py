@@ -5,6 +5,7 @@ from aiohttp import web
 
 from deepdockd.config import Config
 from deepdockd.containers.service import ContainerService
+from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
@@ -16,3 +17,4 @@ IMAGES = web.AppKey("images", ImageService)
 GPUS = web.AppKey("gpus", GpuSampler)
 METRICS = web.AppKey("metrics", MetricsService)
 CONTAINERS = web.AppKey("containers", ContainerService)
+VIEW = web.AppKey("view", ContainerView)

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import time
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,16 +17,21 @@ from aiohttp import web
 from deepdockd import __version__, docs
 from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers.service import CreateRequest, ManagedContainer
+from deepdockd.containers.view import Change
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
 from deepdockd.errors import ApiError, InvalidInput, NotFound
 from deepdockd.images.service import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
 from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
-from deepdockd.typedefs import CONTAINERS, DOCKER, GPUS, IMAGES, METRICS
+from deepdockd.typedefs import CONTAINERS, DOCKER, GPUS, IMAGES, METRICS, VIEW
 
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
+# Event streams: a comment this often keeps proxies from closing an idle one, and the kernel's
+# send buffer of each is this small (bytes).
+HEARTBEAT_S = 15.0
+SSE_SEND_BUFFER = 32 * 1024
 # Far above any history (24 h of 1 s buckets is 86,400 points), far below what breaks islice.
 MAX_QUERY_INT = 10_000_000
 MIB = 1024 * 1024
@@ -187,6 +194,86 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
             await response.write(f"\n[deepdockd: the log stream broke: {exc.message}]\n".encode())
     await response.write_eof()
     return response
+
+
+# --- events ---
+
+
+async def container_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: each change of a container the caller may see, as it happens,
+    with a heartbeat comment every HEARTBEAT_S; ``Last-Event-ID`` resumes where the view still
+    holds the changes after it. A client that leaves CLIENT_BACKLOG changes unread is let go."""
+    caller = caller_of(request)
+    after = _last_event_id(request)
+    # Like Kubernetes' watch timeoutSeconds: the stream ends then, and the client comes back
+    # with Last-Event-ID.
+    timeout_s = _int_query(request, "timeout")
+    ends = None if timeout_s is None else time.monotonic() + timeout_s
+    view = request.app[VIEW]
+    subscription, missed = view.subscribe(
+        lambda change: caller.is_admin or change.owner == caller.user, after=after
+    )
+    try:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        # A first line at once: proxies pass the answer on, the client knows it is open.
+        await response.write(b": deepdockd events\n\n")
+        transport = request.transport
+        if transport is not None:
+            subscription.on_drop = transport.abort
+            _small_send_buffer(transport)
+        for earlier in missed:
+            await response.write(_event(earlier))
+        while ends is None or time.monotonic() < ends:
+            wait_s = HEARTBEAT_S if ends is None else min(HEARTBEAT_S, ends - time.monotonic())
+            try:
+                async with asyncio.timeout(wait_s):
+                    change = await subscription.changes.get()
+            except TimeoutError:
+                if ends is None or time.monotonic() < ends:
+                    await response.write(b": heartbeat\n\n")
+                continue
+            if change is None:  # let go: it read too slowly, or the daemon stops
+                break
+            await response.write(_event(change))
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left (or was let go)
+    finally:
+        view.unsubscribe(subscription)
+    return response
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    text = request.headers.get("Last-Event-ID", "")
+    if not text:
+        return None
+    if not text.isdecimal() or len(text) > 18:
+        raise InvalidInput(
+            "Last-Event-ID: must be the id of an event this stream sent (a whole number)",
+            details={"field": "Last-Event-ID"},
+        )
+    return int(text)
+
+
+def _event(change: Change) -> bytes:
+    data = {
+        "type": change.type,
+        "container": _container(ManagedContainer.from_summary(change.container)),
+        "time": change.time,
+    }
+    return f"id: {change.id}\nevent: {change.type}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _small_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """A client that stops reading is found out after a little kernel buffer, not megabytes
+    of it (on loopback the kernel would otherwise take several)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SSE_SEND_BUFFER)
 
 
 # --- volumes ---

@@ -25,3 +25,14 @@ def no_unexpected_server_error(ctx: Any, response: Any, case: Any) -> None:
         code = None
     if (response.status_code, code) not in EXPECTED_5XX:
         raise AssertionError(f"server error {response.status_code} ({code}): {response.text[:300]}")
+
+
+# An event stream stays open until its client leaves: the run asks for one second of it.
+EVENT_STREAM_SECONDS = 1
+
+
+@schemathesis.hook
+def map_case(ctx: Any, case: Any) -> Any:
+    if case.operation.path == "/events":
+        case.query = {**(case.query or {}), "timeout": EVENT_STREAM_SECONDS}
+    return case

@@ -44,6 +44,7 @@ _STREAM_EVENT = "PullProgress"
 _STREAM_ENDS = ("PullResult", "Error")
 # Answers whose body is a stream (no whole body to check with openapi-core).
 _STREAMED_TYPES = (NDJSON,)
+_TEXT_STREAMS = ("text/plain", "text/event-stream")
 
 
 def _schema_errors(instance: object, component: str) -> list[str]:
@@ -164,10 +165,14 @@ def response_checker(failures: list[str]) -> Middleware:
             )
         elif isinstance(response, web.FileResponse):
             problem = None  # a static file (Swagger UI's), not an answer of the API
-        elif _STREAM_TEE in request and response.content_type == "text/plain":
-            # A text stream (a container's logs): checked whole, as the spec describes it.
+        elif _STREAM_TEE in request and response.content_type in _TEXT_STREAMS:
+            # A text stream (a container's logs, an event stream): checked whole, as the spec
+            # describes it.
             tee = request[_STREAM_TEE]
-            whole = _Response(response.status, dict(response.headers), bytes(tee.written))
+            written = bytes(tee.written)
+            # openapi-core decodes text/plain itself, and leaves other types as they come.
+            text = written if response.content_type == "text/plain" else written.decode()
+            whole = _Response(response.status, dict(response.headers), text)  # type: ignore[arg-type]
             problem = _validate(AIOHTTPOpenAPIWebRequest(request, body=None), whole)
         elif _STREAM_TEE in request:
             tee = request[_STREAM_TEE]
@@ -183,7 +188,7 @@ def response_checker(failures: list[str]) -> Middleware:
 
 async def tee_streams(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: keep a copy of what a streamed answer writes."""
-    streamed = response.content_type.startswith((*_STREAMED_TYPES, "text/plain"))
+    streamed = response.content_type.startswith((*_STREAMED_TYPES, *_TEXT_STREAMS))
     if isinstance(response, web.Response) or not streamed:
         return
     tee = request[_STREAM_TEE] = _Tee()

@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import psutil
-
 from deepdockd.config import Config
 from deepdockd.errors import InvalidInput
+from deepdockd.host import ram_total_mib
 
 MIB = 1024 * 1024
 # The default /dev/shm when the config leaves it to us: half the host's RAM, at most this.
@@ -70,4 +69,4 @@ def _within(
 
 
 def default_shm_size_mb() -> int:
-    return min(psutil.virtual_memory().total // MIB // 2, MAX_DEFAULT_SHM_MB)
+    return min(ram_total_mib() // 2, MAX_DEFAULT_SHM_MB)

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import io
 import logging
-import re
 import tarfile
 import time
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from deepdockd.containers.networks import OwnerNetworks
 from deepdockd.containers.passwords import sha512_crypt_hash
 from deepdockd.containers.resources import Resources, resources_for
 from deepdockd.containers.sshkeys import HostKey, PublicHostKey
+from deepdockd.containers.view import ContainerView
 from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
 from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
 from deepdockd.gpu.sampler import GpuSampler
@@ -159,9 +159,15 @@ class ManagedContainer:
 
 class ContainerService:
     def __init__(
-        self, docker: Docker, images: ImageService, gpus: GpuSampler, config: Config
+        self,
+        docker: Docker,
+        images: ImageService,
+        gpus: GpuSampler,
+        config: Config,
+        view: ContainerView,
     ) -> None:
         self._docker = docker
+        self._view = view
         self._images = images
         self._gpus = gpus
         self._config = config
@@ -182,19 +188,22 @@ class ContainerService:
     # --- reading ---
 
     async def list_all(self, caller: Caller) -> list[ManagedContainer]:
-        """The caller's containers (an admin's: all of this namespace's), from one Docker
-        call, whatever their number."""
-        summaries = await self._docker.list_containers(filters=self._visible_to(caller))
-        return [ManagedContainer.from_summary(s) for s in summaries]
+        """The caller's containers (an admin's: all of this namespace's), from the live view
+        (or one Docker call while it is stale), whatever their number."""
+        summaries = await self._view.summaries()
+        return sorted(
+            (ManagedContainer.from_summary(s) for s in summaries if _may_see(caller, s)),
+            key=lambda c: c.created,
+            reverse=True,  # newest first, as Docker lists them
+        )
 
     async def get(self, name: str, caller: Caller) -> ManagedContainer:
         """The container, if the caller may see it: another user's is as absent as one that
         does not exist, so that names do not leak."""
-        filters = self._visible_to(caller) | {"name": [f"^/{re.escape(name)}$"]}
-        found = await self._docker.list_containers(filters=filters)
-        if not found:
-            raise NotFound(f"no container {name!r}", details={"name": name})
-        return ManagedContainer.from_summary(found[0])
+        for summary in await self._view.summaries():
+            if summary.name == name and _may_see(caller, summary):
+                return ManagedContainer.from_summary(summary)
+        raise NotFound(f"no container {name!r}", details={"name": name})
 
     # --- create ---
 
@@ -268,6 +277,7 @@ class ContainerService:
             "created container %s for %s: ssh port %d, GPUs %s",
             request.name, request.owner, port, [g.index for g in gpus] or "none",
         )  # fmt: skip
+        await self._view.refresh(container_id)  # the caller's next list shows it
         return await self.get(request.name, caller)
 
     async def _resolve_gpus(self, gpu_ids: list[int]) -> list[Gpu]:
@@ -439,6 +449,7 @@ class ContainerService:
             )
         else:
             log.info("removed the failed container %s", name)
+            self._view.forget(container_id)
 
     # --- life cycle ---
 
@@ -455,11 +466,17 @@ class ContainerService:
             await self._start(container.id, container.ssh_port, container.ports)
         finally:
             self._reservations.remove(reservation)
-        await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
+        try:
+            await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
+        finally:
+            await self._view.refresh(container.id)
 
     async def stop(self, name: str, caller: Caller) -> None:
         container = await self.get(name, caller)
-        await self._docker.stop_container(container.id)
+        try:
+            await self._docker.stop_container(container.id)
+        finally:
+            await self._view.refresh(container.id)
 
     async def restart(self, name: str, caller: Caller) -> None:
         async with self._allocation:
@@ -473,7 +490,10 @@ class ContainerService:
             await self._docker.restart_container(container.id)
         finally:
             self._reservations.remove(reservation)
-        await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
+        try:
+            await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
+        finally:
+            await self._view.refresh(container.id)
 
     async def _restart_count(self, container_id: str) -> int:
         state = await self._docker.container_state(container_id)
@@ -488,6 +508,7 @@ class ContainerService:
                 details={"name": name, "state": container.state},
             )
         await self._docker.remove_container(container.id, force=force)
+        self._view.forget(container.id)
         self._port_releases.release(container.ssh_port, *container.ports.values())
         await self._networks.release(container.owner)
 
@@ -502,12 +523,6 @@ class ContainerService:
         gpus = _reservation_of(container).gpus
         holders = await self._holders()
         check_gpus_free(gpus, holders, exclude_id=container.id, viewer=_viewer(caller))
-
-    def _visible_to(self, caller: Caller) -> dict[str, list[str]]:
-        filters = labels.namespace_filter(self._config.namespace)
-        if not caller.is_admin:
-            filters["label"].append(f"{labels.OWNER}={caller.user}")
-        return filters
 
 
 @dataclass(frozen=True)
@@ -560,6 +575,10 @@ def _reservation_of(container: ManagedContainer) -> Reservation:
     uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
     gpus = tuple(Gpu(i, u) for i, u in zip(container.gpu_indices, uuids, strict=False))
     return Reservation(container.name, container.owner, None, gpus, container_id=container.id)
+
+
+def _may_see(caller: Caller, container: ContainerSummary) -> bool:
+    return caller.is_admin or container.labels.get(labels.OWNER) == caller.user
 
 
 def _viewer(caller: Caller) -> str | None:
