@@ -412,6 +412,21 @@ class Docker:
             for item in answer.get("Volumes") or []
         ]
 
+    async def volume(self, name: str) -> VolumeSummary | None:
+        """One volume by name, or None when there is none."""
+        try:
+            async with self.translate_errors():
+                item = await aiodocker.volumes.DockerVolume(self.client, name).show()  # type: ignore[no-untyped-call]
+        except DockerFailed as exc:
+            if exc.docker_status == 404:
+                return None
+            raise
+        return VolumeSummary(
+            name=item["Name"],
+            labels=item.get("Labels") or {},
+            created=str(item.get("CreatedAt") or ""),
+        )
+
     async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None:
         """A local volume; Docker answers with the existing one when the name is taken."""
         async with self.translate_errors():

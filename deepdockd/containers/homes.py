@@ -50,6 +50,9 @@ class HomeVolumes:
         """The pair's volume, made now (with the lowest uid no home volume of this Docker
         host has) if it does not exist yet."""
         name = self.name_for(owner, user_name)
+        existing = await self._docker.volume(name)  # one quick call, as a create usually finds
+        if existing is not None:
+            return self._checked(existing, owner, user_name)
         async with self._choosing:
             every_home = {"label": [f"{labels.KIND}={HOME_KIND}"]}
             homes = await self._docker.list_volumes(filters=every_home)
