@@ -19,11 +19,11 @@ from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers.service import CreateRequest, ManagedContainer
 from deepdockd.containers.view import Change
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
-from deepdockd.errors import ApiError, InvalidInput, NotFound
+from deepdockd.errors import ApiError, InvalidInput, NotFound, ServiceUnavailable
 from deepdockd.images.service import Credentials, PullResult
 from deepdockd.metrics import GpuEntry
 from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
-from deepdockd.typedefs import CONTAINERS, DOCKER, GPUS, IMAGES, METRICS, VIEW
+from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS, VIEW
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ NDJSON = "application/x-ndjson"
 # Event streams: a comment this often keeps proxies from closing an idle one, and the kernel's
 # send buffer of each is this small (bytes).
 HEARTBEAT_S = 15.0
+# How often a log stream that has nothing to send looks whether its client is still there.
+CLIENT_CHECK_S = 2.0
 SSE_SEND_BUFFER = 32 * 1024
 # Far above any history (24 h of 1 s buckets is 86,400 points), far below what breaks islice.
 MAX_QUERY_INT = 10_000_000
@@ -180,20 +182,50 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
         container.id, follow=follow, tail=tail, timestamps=timestamps
     )
     async with contextlib.aclosing(chunks):
-        # The first chunk before answering: a Docker failure is then an ordinary error answer.
-        first = await anext(chunks, b"")
+        # Without follow, the first chunk before answering: a Docker failure is then an
+        # ordinary error answer. With follow, the answer starts at once (a quiet container
+        # may say nothing for hours).
+        first = b"" if follow else await anext(chunks, b"")
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
         try:
             await response.write(first)
-            async for chunk in chunks:
-                await response.write(chunk)
+            await _relay(request, response, chunks)
         except ConnectionResetError:
             return response
         except ApiError as exc:  # Docker went away mid-stream: say so, in the text
             await response.write(f"\n[deepdockd: the log stream broke: {exc.message}]\n".encode())
     await response.write_eof()
     return response
+
+
+async def _relay(
+    request: web.Request, response: web.StreamResponse, chunks: AsyncGenerator[bytes]
+) -> None:
+    """Each chunk to the client as it comes; every CLIENT_CHECK_S without one, whether the
+    client is still there (aiohttp does not tell a handler that its client left), so that a
+    follow nobody reads does not hold a Docker connection for good."""
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(chunks))
+            done, _ = await asyncio.wait({pending}, timeout=CLIENT_CHECK_S)
+            if not done:
+                if request.transport is None or request.transport.is_closing():
+                    return  # the client left
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                return
+            pending = None
+            await response.write(chunk)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, ApiError):
+                await pending
 
 
 # --- events ---
@@ -203,6 +235,11 @@ async def container_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each change of a container the caller may see, as it happens,
     with a heartbeat comment every HEARTBEAT_S; ``Last-Event-ID`` resumes where the view still
     holds the changes after it. A client that leaves CLIENT_BACKLOG changes unread is let go."""
+    if not request.app[CONFIG].live_view:
+        raise ServiceUnavailable(
+            "GET /events needs the live view, and this daemon runs with live_view = false",
+            details={"setting": "live_view"},
+        )
     caller = caller_of(request)
     after = _last_event_id(request)
     # Like Kubernetes' watch timeoutSeconds: the stream ends then, and the client comes back

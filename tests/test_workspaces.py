@@ -593,6 +593,43 @@ async def test_keys_in_the_home_are_kept_and_none_is_added_twice(
     assert [listed.count(key.split()[1]) for key in (first_key, second_key, own_key)] == [1, 1, 1]
 
 
+async def test_keys_reach_a_home_whose_file_is_a_link_or_lacks_its_last_newline(
+    ws_client: Client, rig: Rig, tmp_path: Path
+) -> None:
+    own, first, second = (new_key(tmp_path / n) for n in ("own", "one", "two"))
+    port = (await created(ws_client, **body("plant")))["ssh-port"]
+    # A file whose last key has no newline, and (in a second home) a link to a directory
+    # that root's shells read: mv would move the new file into it.
+    planted = ssh(
+        port, "alice", "pw-plant",
+        f"mkdir -p ~/.ssh && printf %s {shlex.quote(own)} > ~/.ssh/authorized_keys",
+    )  # fmt: skip
+    assert planted.returncode == 0, planted.stderr
+    await remove(ws_client, "plant")
+
+    fields = body("glued", ssh_keys=[first])
+    del fields["password"]
+    port = (await created(ws_client, **fields))["ssh-port"]
+    logins = {k: ssh_with_key(port, "alice", tmp_path / k, "id -un").stdout for k in ("own", "one")}
+    linked = ssh_with_key(
+        port, "alice", tmp_path / "one", "rm ~/.ssh/authorized_keys && ln -s /etc/profile.d ~/.ssh/authorized_keys"
+    )  # fmt: skip
+    assert linked.returncode == 0, linked.stderr
+    await remove(ws_client, "glued")
+
+    fields = body("linked", ssh_keys=[second])
+    del fields["password"]
+    port = (await created(ws_client, **fields))["ssh-port"]
+    second_login = ssh_with_key(
+        port, "alice", tmp_path / "two", "id -un; test -L ~/.ssh/authorized_keys || echo file"
+    )
+
+    assert logins == {"own": "alice\n", "one": "alice\n"}
+    assert second_login.stdout.splitlines() == ["alice", "file"], second_login.stderr
+    profile_d = rig.docker("exec", "linked", "ls", "-A", "/etc/profile.d").split()
+    assert "authorized_keys.deepdockd" not in profile_d
+
+
 @pytest.mark.parametrize(
     ("case", "field", "says"),
     [

@@ -259,7 +259,13 @@ write_authorized_keys_file() {
         fi
         cd -P .ssh && [ "$(pwd -P)" = "$home/.ssh" ] || exit 1
         write_authorized_keys
-    ) || say "$home/.ssh/authorized_keys left out: $home or $home/.ssh is not a directory of the user's, or changed while it was written"
+    ) || {
+        rm -f "$dir/authorized_keys"
+        why="$home/.ssh/authorized_keys left out: $home, $home/.ssh or the file is not what the user's should be, or changed while it was written"
+        # Without a password, the keys are the only way in: no login is a failed create.
+        [ "$password_login" = yes ] || fail "$why"
+        say "$why"
+    }
     rm -f "$dir/authorized_keys"
 }
 
@@ -275,6 +281,8 @@ write_authorized_keys() {
         set -C
         {
             cat "$dir/authorized_keys.old"
+            # An old file without a final newline: the first new key starts a line of its own.
+            [ -z "$(tail -c 1 "$dir/authorized_keys.old")" ] || echo
             if [ -s "$dir/authorized_keys.old" ]; then
                 grep -vxF -f "$dir/authorized_keys.old" "$dir/authorized_keys" || true
             else
@@ -283,8 +291,14 @@ write_authorized_keys() {
         } > authorized_keys.deepdockd
     ) || return 1
     chown -h "$user_name:$(id -g "$user_name")" authorized_keys.deepdockd &&
-        chmod 0600 authorized_keys.deepdockd &&
+        chmod 0600 authorized_keys.deepdockd || return 1
+    # A rename replaces a link itself, but mv moves INTO a directory (or a link to one):
+    # -T refuses that where mv has it; elsewhere a link goes first and a directory is refused.
+    if ! mv -fT authorized_keys.deepdockd authorized_keys 2>/dev/null; then
+        [ ! -L authorized_keys ] || rm -f authorized_keys || return 1
+        [ ! -d authorized_keys ] || return 1
         mv -f authorized_keys.deepdockd authorized_keys || return 1
+    fi
     rm -f "$dir/authorized_keys.old"
     say "added $(wc -l < "$dir/authorized_keys") key(s) to ~$user_name/.ssh/authorized_keys"
 }

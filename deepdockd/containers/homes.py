@@ -32,6 +32,17 @@ class HomeVolume:
     uid: int
     created: str
     containers: tuple[str, ...] = ()  # the namespace's containers that mount it, any state
+    namespace: str = ""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            labels.NAMESPACE: self.namespace,
+            labels.KIND: HOME_KIND,
+            labels.OWNER: self.owner,
+            labels.SSH_USER: self.user_name,
+            labels.UID: str(self.uid),
+        }
 
 
 class HomeVolumes:
@@ -61,17 +72,16 @@ class HomeVolumes:
                     return self._checked(volume, owner, user_name)
             taken = {_uid(v) for v in homes}
             uid = next(u for u in range(FIRST_UID, FIRST_UID + len(taken) + 1) if u not in taken)
-            await self._docker.create_volume(
-                name,
-                labels={
-                    labels.NAMESPACE: self._config.namespace,
-                    labels.KIND: HOME_KIND,
-                    labels.OWNER: owner,
-                    labels.SSH_USER: user_name,
-                    labels.UID: str(uid),
-                },
+            home = HomeVolume(
+                name=name,
+                owner=owner,
+                user_name=user_name,
+                uid=uid,
+                created="",
+                namespace=self._config.namespace,
             )
-        return HomeVolume(name=name, owner=owner, user_name=user_name, uid=uid, created="")
+            await self._docker.create_volume(name, labels=home.labels)
+        return home
 
     def _checked(self, volume: VolumeSummary, owner: str, user_name: str) -> HomeVolume:
         home = _home(volume)
@@ -151,4 +161,5 @@ def _home(volume: VolumeSummary, containers: tuple[str, ...] = ()) -> HomeVolume
         uid=_uid(volume),
         created=volume.created,
         containers=containers,
+        namespace=volume.labels.get(labels.NAMESPACE, ""),
     )

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import io
 import logging
+import re
 import tarfile
 import time
 from collections.abc import Mapping
@@ -390,7 +391,7 @@ class ContainerService:
             if not any(text in exc.docker_message for text in _PORT_TAKEN):
                 raise
             for inside, outside in (ports or {}).items():
-                if f":{outside}:" in exc.docker_message:
+                if re.search(rf":{outside}\b", exc.docker_message):
                     raise Conflict(
                         f"port {outside} (the container's {inside}) is taken on the host: "
                         f"{exc.docker_message}",
@@ -457,7 +458,7 @@ class ContainerService:
         """Start it and wait until its sshd answers (a login works when this returns)."""
         async with self._allocation:
             container = await self.get(name, caller)
-            if container.state == "running":
+            if await self._running(container.id):  # Docker's word, not the view's
                 return
             await self._check_own_gpus_free(container, caller)
             reservation = self._reservations.add(_reservation_of(container))
@@ -481,7 +482,7 @@ class ContainerService:
     async def restart(self, name: str, caller: Caller) -> None:
         async with self._allocation:
             container = await self.get(name, caller)
-            if container.state != "running":
+            if not await self._running(container.id):  # Docker's word, not the view's
                 await self._check_own_gpus_free(container, caller)
             # Held through the stop and the start, so that nobody takes its GPUs in between.
             reservation = self._reservations.add(_reservation_of(container))
@@ -494,6 +495,10 @@ class ContainerService:
             await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
         finally:
             await self._view.refresh(container.id)
+
+    async def _running(self, container_id: str) -> bool:
+        state = await self._docker.container_state(container_id)
+        return state is not None and state.running
 
     async def _restart_count(self, container_id: str) -> int:
         state = await self._docker.container_state(container_id)
@@ -553,7 +558,8 @@ def _mounts(
                 "Source": home.name,
                 "Target": f"/home/{request.user_name}",
                 # Not the image's /home/<user>: the home is the volume's, whatever the image.
-                "VolumeOptions": {"NoCopy": True},
+                # Its labels too, should Docker have to make it again (removed meanwhile).
+                "VolumeOptions": {"NoCopy": True, "Labels": dict(home.labels)},
             }
         )
     return mounts

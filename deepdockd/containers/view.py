@@ -96,7 +96,8 @@ class ContainerView:
         self._reads = itertools.count()
         self._seen: dict[str, int] = {}
         self._history: deque[Change] = deque(maxlen=HISTORY)
-        self._ids = itertools.count(1)
+        # Event ids go on increasing across daemon restarts: they start at the time in µs.
+        self._ids = itertools.count(time.time_ns() // 1000)
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -123,11 +124,21 @@ class ContainerView:
             log.warning("container view stale until listed again: %s", exc.message)
             self._fresh = False
             return
-        self._put(container_id, found, read)
+        self._put_and_tell_removal(container_id, found, read)
 
     def forget(self, container_id: str) -> None:
         """A container removed through the API."""
-        self._put(container_id, None, next(self._reads))
+        self._put_and_tell_removal(container_id, None, next(self._reads))
+
+    def _put_and_tell_removal(
+        self, container_id: str, container: ContainerSummary | None, read: int
+    ) -> None:
+        """A write's read: when it finds the container gone, clients are told now (Docker's
+        destroy event, coming later, finds nothing left to tell)."""
+        before = self._containers.get(container_id)
+        self._put(container_id, container, read)
+        if before is not None and container_id not in self._containers:
+            self._tell("removed", before, time.time_ns())
 
     # --- the change stream ---
 
