@@ -60,18 +60,25 @@ LIST_POLL_S = 0.005
 EVENT_CLIENTS = 50
 FULL_RETENTION_POINTS = 24 * 3600 // 10  # 24 h of 10 s buckets
 GPUS = 8
-# What one NVML reading costs on a real H100 (driver 580, measured for the design notes):
+# What one NVML call costs on a real H100 (driver 580, measured for the design notes):
 # memory, utilization, power, temperature and clocks 2-8 us each; the top of that range is
-# used. Fan speed is NOT_SUPPORTED there and was not timed: taken as the same. The slow calls
-# measured there (compute processes about 9 us, total energy about 3 ms, PCIe throughput
-# about 21 ms) are not made by the sampler, so the simulator has none of them.
+# used. Fan speed is NOT_SUPPORTED there and was not timed: taken as the same. The process
+# lists cost about 9 us; the per-process SM samples were not timed apart: taken as the same.
+# The slow calls measured there (total energy about 3 ms, PCIe throughput about 21 ms) are
+# not made by the sampler, so the simulator has none of them.
 H100_CALL_DELAY_US = {
     "nvmlDeviceGetMemoryInfo": 8,
+    "nvmlDeviceGetMemoryInfo_v2": 8,
     "nvmlDeviceGetUtilizationRates": 8,
     "nvmlDeviceGetPowerUsage": 8,
     "nvmlDeviceGetTemperature": 8,
     "nvmlDeviceGetFanSpeed": 8,
+    "nvmlDeviceGetClockInfo": 8,
+    "nvmlDeviceGetComputeRunningProcesses_v3": 9,
+    "nvmlDeviceGetGraphicsRunningProcesses_v3": 9,
+    "nvmlDeviceGetProcessUtilization": 9,
 }
+GPU_PROCESSES = 50  # processes on the GPUs, for the accounting figures
 
 
 @dataclass
@@ -90,7 +97,9 @@ class Figure:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def eight_gpus(path: Path, call_delay_us: dict[str, int] | None) -> Path:
+def eight_gpus(
+    path: Path, call_delay_us: dict[str, int] | None, processes_file: Path | None = None
+) -> Path:
     gpus = [
         {
             "name": "NVIDIA H100 80GB HBM3",
@@ -102,11 +111,26 @@ def eight_gpus(path: Path, call_delay_us: dict[str, int] | None) -> Path:
             "power_w": [71.5, 310.25, 690, 402],
             "temperature_c": [33, 52, 71, 60],
             "fan_pct": None,
+            "memory_reserved_mib": 480,
+            "sm_clock_mhz": [1980, 1755],
+            "mem_clock_mhz": 2619,
             "call_delay_us": call_delay_us,
         }
         for i in range(GPUS)
     ]
-    path.write_text(json.dumps({"driver_version": "550.54.15", "gpus": gpus}))
+    described: dict[str, Any] = {"driver_version": "550.54.15", "gpus": gpus}
+    if processes_file is not None:
+        described["processes_file"] = str(processes_file)
+    path.write_text(json.dumps(described))
+    return path
+
+
+def gpu_processes_file(path: Path, pids: list[int]) -> Path:
+    """The simulator's process lists: ``pids`` dealt over the GPUs, 1 GiB and 40 % each."""
+    by_gpu: dict[str, list[dict[str, Any]]] = {str(i): [] for i in range(GPUS)}
+    for n, pid in enumerate(pids):
+        by_gpu[str(n % GPUS)].append({"pid": pid, "used_memory_mib": 1024, "sm": 40})
+    path.write_text(json.dumps(by_gpu))
     return path
 
 
@@ -191,6 +215,16 @@ class Bench:
         # Every figure's GPUs cost what an H100's do; the CPU figure also runs without.
         self.h100_gpus = eight_gpus(workdir / "gpus-h100.json", H100_CALL_DELAY_US)
         self.free_gpus = eight_gpus(workdir / "gpus-free.json", None)
+        # The same, with GPU_PROCESSES real host processes (sleepers) on them to attribute.
+        self.sleepers = [
+            subprocess.Popen(["sleep", "7200"], start_new_session=True)
+            for _ in range(GPU_PROCESSES)
+        ]
+        self.busy_gpus = eight_gpus(
+            workdir / "gpus-busy.json",
+            H100_CALL_DELAY_US,
+            gpu_processes_file(workdir / "processes.json", [p.pid for p in self.sleepers]),
+        )
         self.figures: list[Figure] = []
         self.docker = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(str(rig.docker_socket)), base_url="http://docker"
@@ -267,6 +301,11 @@ class Bench:
             "/containers/json", params={"all": "1", "filters": filters}
         ) as r:
             return len(await r.json())
+
+    def stop_sleepers(self) -> None:
+        for sleeper in self.sleepers:
+            sleeper.kill()
+            sleeper.wait()
 
     async def remove_namespace(self) -> None:
         ids = self.rig.docker(
@@ -495,6 +534,7 @@ class Bench:
         daemons = {
             "free": self.start_daemon("cpu-free", gpu_config=self.free_gpus)[0],
             "h100": self.start_daemon("cpu-h100", gpu_config=self.h100_gpus)[0],
+            "busy": self.start_daemon("cpu-busy", gpu_config=self.busy_gpus)[0],
             "none": self.start_daemon("cpu-none", gpu_config=None)[0],
         }
         try:
@@ -506,7 +546,11 @@ class Bench:
             for daemon in daemons.values():
                 daemon.stop()
         percent = {name: (after[name] - before[name]) / seconds * 100 for name in daemons}
-        for name, driver in (("free", "no cost per call"), ("h100", "an H100's cost per call")):
+        for name, driver in (
+            ("free", "no cost per call"),
+            ("h100", "an H100's cost per call"),
+            ("busy", f"an H100's cost per call, {GPU_PROCESSES} processes attributed"),
+        ):
             self.add(
                 Figure(
                     f"daemon CPU sampling {GPUS} GPUs at 1 s, simulated driver with {driver}",
@@ -519,6 +563,53 @@ class Bench:
                     notes={"window_s": seconds},
                 )
             )
+
+    async def scrape(self) -> None:
+        """One Prometheus scrape of a daemon with 8 GPUs, 300 containers and GPU_PROCESSES
+        attributed processes, against GET /metrics/gpus?limit=1 of the same daemon (the
+        smallest answer built from the same samples), timed in turns."""
+        await self.make_listed_containers(LIST_SIZES[-1], await self.listed_containers())
+        daemon, base, auth = self.start_daemon("scrape", gpu_config=self.busy_gpus)
+        try:
+            async with aiohttp.ClientSession(headers=auth) as http:
+                await until_listed(http, base, lambda listed: len(listed) == LIST_SIZES[-1])
+                started = time.monotonic()
+                while True:  # every process attributed: the accounting has run
+                    async with http.get(f"{base}/gpus") as r:
+                        gpus = (await r.json())["gpus"]
+                    if sum(len(g["processes"] or []) for g in gpus) == GPU_PROCESSES:
+                        break
+                    assert time.monotonic() - started < 30, "the GPU processes were not listed"
+                    await asyncio.sleep(0.2)
+                sizes: dict[str, int] = {}
+
+                def fetch(name: str, path: str) -> Callable[[], Awaitable[None]]:
+                    async def get() -> None:
+                        async with http.get(f"{base}{path}") as r:
+                            assert r.status == 200, await r.text()
+                            sizes[name] = len(await r.read())
+
+                    return get
+
+                scrape_s, series_s = await interleaved(
+                    fetch("scrape", "/metrics/prometheus"),
+                    fetch("series", "/metrics/gpus?limit=1"),
+                )
+        finally:
+            daemon.stop()
+        ratio = median_ms(scrape_s) / median_ms(series_s)
+        self.add(
+            Figure(
+                f"GET /metrics/prometheus, {GPUS} GPUs, {LIST_SIZES[-1]} containers, "
+                f"{GPU_PROCESSES} GPU processes",
+                median_ms(scrape_s),
+                "ms",
+                against="GET /metrics/gpus?limit=1 of the same daemon",
+                baseline=median_ms(series_s),
+                ratio=ratio,
+                notes={"body_bytes": sizes},
+            )
+        )
 
     async def memory(self, clients: int = EVENT_CLIENTS) -> None:
         """RSS of a daemon with full retention for 8 GPUs, listing 300 containers (from its
@@ -952,6 +1043,7 @@ async def main() -> int:
         bench = Bench(rig, Path(tmp))
         steps = {
             "list": bench.container_list,
+            "scrape": bench.scrape,
             "memory": bench.memory,
             "series": bench.gpu_series,
             "cpu": bench.sampler_cpu,
@@ -975,6 +1067,7 @@ async def main() -> int:
                     await bench.remove_namespace()
         finally:
             await bench.remove_namespace()
+            bench.stop_sleepers()
             await bench.docker.close()
             rig.stop()
             rig.release()

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from deepdockd.accounting import GpuAccounting
 from deepdockd.auth import audit_middleware, auth_middleware
 from deepdockd.config import Config
 from deepdockd.containers.service import ContainerService
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
+from deepdockd.exporter.service import Exporter
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.records import ImageRecords
 from deepdockd.images.registries import RegistryReach
@@ -20,7 +22,17 @@ from deepdockd.metrics import MetricsService
 from deepdockd.middlewares import error_middleware
 from deepdockd.routes import setup_routes
 from deepdockd.tokens import TokenStore
-from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS, VIEW
+from deepdockd.typedefs import (
+    ACCOUNTING,
+    CONFIG,
+    CONTAINERS,
+    DOCKER,
+    EXPORTER,
+    GPUS,
+    IMAGES,
+    METRICS,
+    VIEW,
+)
 
 
 def create_app(
@@ -29,26 +41,39 @@ def create_app(
     """``docker`` and ``gpus`` are seams for tests; None means the real thing, made from
     ``config``."""
     tokens = TokenStore(config.state_dir) if config.auth else None
+    docker = docker if docker is not None else Docker(config.docker_host)
+    gpus = gpus if gpus is not None else _sampler(config)
+    view = ContainerView(docker, config.namespace)
+    accounting = GpuAccounting(gpus, view, docker)
+    exporter = Exporter(config, gpus, accounting, view)
     app = web.Application(
-        middlewares=[audit_middleware, error_middleware, auth_middleware(tokens)],
+        middlewares=[
+            exporter.requests.middleware(),
+            audit_middleware,
+            error_middleware,
+            auth_middleware(tokens),
+        ],
         client_max_size=config.max_body_size,
     )
     app[CONFIG] = config
-    app[DOCKER] = docker if docker is not None else Docker(config.docker_host)
-    app[GPUS] = gpus if gpus is not None else _sampler(config)
+    app[DOCKER] = docker
+    app[GPUS] = gpus
+    app[VIEW] = view
+    app[ACCOUNTING] = accounting
+    app[EXPORTER] = exporter
     app[IMAGES] = ImageService(
         app[DOCKER],
         RegistryReach(config.allowed_registries),
         records=ImageRecords(config.state_dir),
         namespace=config.namespace,
     )
-    app[VIEW] = ContainerView(app[DOCKER], config.namespace)
-    app[METRICS] = MetricsService(app[GPUS], app[VIEW])
+    app[METRICS] = MetricsService(gpus, view, accounting)
     app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW])
     if tokens is not None:
         app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
     app.cleanup_ctx.append(_gpu_sampler)
+    app.cleanup_ctx.append(_gpu_accounting)
     if config.live_view:
         app.cleanup_ctx.append(_container_view)
     setup_routes(app)
@@ -89,3 +114,10 @@ async def _gpu_sampler(app: web.Application) -> AsyncIterator[None]:
     await sampler.start()
     yield
     await sampler.stop()
+
+
+async def _gpu_accounting(app: web.Application) -> AsyncIterator[None]:
+    accounting = app[ACCOUNTING]
+    await accounting.start()
+    yield
+    await accounting.stop()

@@ -71,7 +71,8 @@ def _check(request: web.Request, tokens: TokenStore) -> Caller:
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line for each request that changes something: who, what, on what, and how it
-    ended. Outermost, so that it sees the answer to every request, errors included."""
+    ended. Outside the error middleware, so that it sees the answer to every request, errors
+    included."""
     response = await handler(request)
     if request.method in ("POST", "PUT", "PATCH", "DELETE"):
         target = request.get(AUDIT_TARGET) or "/".join(request.match_info.values()) or "-"

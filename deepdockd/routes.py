@@ -24,6 +24,7 @@ ROUTES = [
     web.delete("/volumes/{name}", views.delete_volume),
     web.get("/metrics", views.host_metrics, allow_head=False),
     web.get("/metrics/gpus", views.gpu_metrics, allow_head=False),
+    web.get("/metrics/prometheus", views.prometheus_metrics, allow_head=False),
     web.get("/gpus", views.list_gpus, allow_head=False),
     web.get("/healthz", views.healthz, allow_head=False),
     web.get("/openapi.yaml", views.openapi_yaml, allow_head=False),

@@ -3,10 +3,12 @@ services can import them without import cycles."""
 
 from aiohttp import web
 
+from deepdockd.accounting import GpuAccounting
 from deepdockd.config import Config
 from deepdockd.containers.service import ContainerService
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
+from deepdockd.exporter.service import Exporter
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
@@ -18,3 +20,5 @@ GPUS = web.AppKey("gpus", GpuSampler)
 METRICS = web.AppKey("metrics", MetricsService)
 CONTAINERS = web.AppKey("containers", ContainerService)
 VIEW = web.AppKey("view", ContainerView)
+ACCOUNTING = web.AppKey("accounting", GpuAccounting)
+EXPORTER = web.AppKey("exporter", Exporter)

@@ -15,15 +15,33 @@ from typing import Any
 from aiohttp import web
 
 from deepdockd import __version__, docs
+from deepdockd.accounting import GpuAccounting
 from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers.service import CreateRequest, ManagedContainer
 from deepdockd.containers.view import Change
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
-from deepdockd.errors import ApiError, InvalidInput, NotFound, ServiceUnavailable
+from deepdockd.errors import (
+    ApiError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
+from deepdockd.exporter.service import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from deepdockd.images.service import Credentials, PullResult
-from deepdockd.metrics import GpuEntry
+from deepdockd.metrics import GpuEntry, VisibleProcess
 from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
-from deepdockd.typedefs import CONFIG, CONTAINERS, DOCKER, GPUS, IMAGES, METRICS, VIEW
+from deepdockd.typedefs import (
+    ACCOUNTING,
+    CONFIG,
+    CONTAINERS,
+    DOCKER,
+    EXPORTER,
+    GPUS,
+    IMAGES,
+    METRICS,
+    VIEW,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +107,13 @@ async def docs_file(request: web.Request) -> web.FileResponse:
 
 async def list_containers(request: web.Request) -> web.Response:
     containers = await request.app[CONTAINERS].list_all(caller_of(request))
-    return web.json_response({"containers": [_container(c) for c in containers]})
+    accounting = request.app[ACCOUNTING]
+    return web.json_response({"containers": [_container(c, accounting) for c in containers]})
 
 
 async def get_container(request: web.Request) -> web.Response:
     container = await request.app[CONTAINERS].get(request.match_info["name"], caller_of(request))
-    return web.json_response(_container(container))
+    return web.json_response(_container(container, request.app[ACCOUNTING]))
 
 
 async def create_container(request: web.Request) -> web.Response:
@@ -140,8 +159,10 @@ async def delete_container(request: web.Request) -> web.Response:
     return web.json_response({"message": f"container '{name}' removed"})
 
 
-def _container(container: ManagedContainer) -> dict[str, Any]:
+def _container(container: ManagedContainer, accounting: GpuAccounting) -> dict[str, Any]:
     running = container.state == "running"
+    # What its processes use on the GPUs; unknown (null) without NVML.
+    use = accounting.latest.container_use(container.id) if accounting.available else None
     return {
         "id": container.short_id,
         "name": container.name,
@@ -163,6 +184,8 @@ def _container(container: ManagedContainer) -> dict[str, Any]:
         "cpus": container.cpus,
         "shm_size_mb": container.shm_size_mb,
         "home_volume": container.home_volume,
+        "gpu_memory_used_mib": use.memory_used_mib if use is not None else None,
+        "gpu_utilization": use.utilization if use is not None else None,
     }
 
 
@@ -247,6 +270,7 @@ async def container_events(request: web.Request) -> web.StreamResponse:
     timeout_s = _int_query(request, "timeout")
     ends = None if timeout_s is None else time.monotonic() + timeout_s
     view = request.app[VIEW]
+    accounting = request.app[ACCOUNTING]
     subscription, missed = view.subscribe(
         lambda change: caller.is_admin or change.owner == caller.user, after=after
     )
@@ -262,7 +286,7 @@ async def container_events(request: web.Request) -> web.StreamResponse:
             subscription.on_drop = transport.abort
             _small_send_buffer(transport)
         for earlier in missed:
-            await response.write(_event(earlier))
+            await response.write(_event(earlier, accounting))
         while ends is None or time.monotonic() < ends:
             wait_s = HEARTBEAT_S if ends is None else min(HEARTBEAT_S, ends - time.monotonic())
             try:
@@ -274,7 +298,7 @@ async def container_events(request: web.Request) -> web.StreamResponse:
                 continue
             if change is None:  # let go: it read too slowly, or the daemon stops
                 break
-            await response.write(_event(change))
+            await response.write(_event(change, accounting))
         await response.write_eof()
     except ConnectionError:
         pass  # the client left (or was let go)
@@ -295,10 +319,10 @@ def _last_event_id(request: web.Request) -> int | None:
     return int(text)
 
 
-def _event(change: Change) -> bytes:
+def _event(change: Change, accounting: GpuAccounting) -> bytes:
     data = {
         "type": change.type,
-        "container": _container(ManagedContainer.from_summary(change.container)),
+        "container": _container(ManagedContainer.from_summary(change.container), accounting),
         "time": change.time,
     }
     return f"id: {change.id}\nevent: {change.type}\ndata: {json.dumps(data)}\n\n".encode()
@@ -373,6 +397,16 @@ async def gpu_metrics(request: web.Request) -> web.Response:
     return web.Response(body=b"{" + b",".join(parts) + b"}", content_type="application/json")
 
 
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    if not caller_of(request).is_admin:
+        raise Forbidden(
+            "GET /metrics/prometheus names every user's containers and processes: it answers"
+            " admin tokens only (give the Prometheus server one, in a credentials_file)"
+        )
+    body = await request.app[EXPORTER].scrape()
+    return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+
 async def list_gpus(request: web.Request) -> web.Response:
     entries = await request.app[METRICS].gpus(caller_of(request))
     return web.json_response({"count": len(entries), "gpus": [_gpu(e) for e in entries]})
@@ -388,6 +422,26 @@ def _gpu(entry: GpuEntry) -> dict[str, Any]:
         "containers": entry.holders,
         "health": "ok" if entry.error is None else entry.error,
         "points": entry.points,
+        "memory_reserved_mib": entry.memory_reserved_mib,
+        "processes": (
+            [_gpu_process(p) for p in entry.processes] if entry.processes is not None else None
+        ),
+    }
+
+
+def _gpu_process(process: VisibleProcess) -> dict[str, Any]:
+    use = process.use
+    if not process.whole:
+        return {"memory_used_mib": use.memory_used_mib, "kind": use.kind}
+    return {
+        "pid": use.pid,
+        "kind": use.kind,
+        "container": use.container,
+        "owner": use.owner,
+        "command": use.command,
+        "memory_used_mib": use.memory_used_mib,
+        "sm_utilization": use.sm_utilization,
+        "stray": use.stray,
     }
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages that the test rig needs (tests/rig.py): a Docker engine to run
 # privately, a registry, debootstrap and busybox for the test images. Skips apt when all are
-# present, so a second run costs nothing.
+# present, so a second run costs nothing. Prometheus and promtool (package prometheus) scrape
+# and lint the daemon's metrics (tests/prometheus.py).
 set -euo pipefail
 
-packages=(docker.io docker-registry apache2-utils debootstrap busybox-static iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium systemd)
+packages=(docker.io docker-registry apache2-utils debootstrap busybox-static iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium systemd prometheus)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "make test needs root: the test rig starts a private dockerd, a bridge and a registry." >&2
@@ -24,4 +25,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # Debian's prometheus package enables a system-wide Prometheus on :9090 and, under systemd,
+    # starts it. The tests run their own on a free loopback port, so switch off the one that
+    # was just installed (one that was there before is left alone).
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now --quiet prometheus.service
+        else
+            /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+            systemctl disable --quiet prometheus.service 2>/dev/null \
+                || update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+    fi
 fi

@@ -375,6 +375,8 @@ async def test_full_life_cycle_shows_in_the_list(
         # The workspace defaults: no limits, half the RAM as /dev/shm, a home volume.
         "ports": {}, "memory_mb": None, "cpus": None, "shm_size_mb": default_shm_size_mb(),
         "home_volume": f"{namespace}-home-anonymous.alice",
+        # NVML lists no process of it on its GPUs: none used (not unknown).
+        "gpu_memory_used_mib": 0.0, "gpu_utilization": 0.0,
     }  # fmt: skip
     assert item["created"].endswith("Z")
     assert len(item["created"].split(".")[1]) == 10  # nanoseconds, as Docker writes them

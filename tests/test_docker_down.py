@@ -50,6 +50,12 @@ async def test_docker_backed_routes_answer_503_and_the_others_answer(
     assert (await client.get("/metrics/gpus")).status == 200
     gpus = await client.get("/gpus")
     assert gpus.status == 200
+    # The scrape goes on, and says Docker is down rather than counting no containers.
+    scrape = await client.get("/metrics/prometheus")
+    text = await scrape.text()
+    assert scrape.status == 200, text
+    assert "deepdockd_docker_up 0.0" in text.splitlines()
+    assert "deepdockd_containers{" not in text
 
 
 @pytest.fixture

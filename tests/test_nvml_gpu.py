@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from deepdockd.accounting import attribute
 from deepdockd.gpu import nvml
-from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.gpu.procfs import origin_of
+from deepdockd.gpu.sampler import GpuSampler, ProcessSnapshot
 
 pytestmark = pytest.mark.gpu
 
@@ -115,3 +119,74 @@ async def test_sampler_keeps_points_for_every_real_gpu() -> None:
             assert [s.error for s in sampler.statuses()] == [None] * len(sampler.gpus)
     finally:
         await sampler.stop()
+
+
+def test_memory_used_leaves_out_what_the_driver_reserves(inventory: nvml.NvmlInventory) -> None:
+    """As nvidia-smi shows it: an idle H100 has 0 MiB used and about 480 MiB reserved, which
+    NVML's v1 call counts as used."""
+    for gpu in inventory.gpus:
+        used, reserved = smi("memory.used,memory.reserved")[gpu.index]
+        reading = nvml.read(gpu.index)
+        assert used is not None
+        assert reserved is not None
+        assert reading.memory_used_mib == pytest.approx(float(used), abs=16)
+        assert reading.memory_reserved_mib == pytest.approx(float(reserved), abs=16)
+
+
+# A CUDA process: 1 GiB of device memory, then matrix products to keep the SMs busy.
+CUDA_WORKER = """
+import time, torch
+held = torch.empty(256 * 1024 * 1024, dtype=torch.float32, device="cuda")
+a = torch.randn(4096, 4096, device="cuda")
+print("ready", flush=True)
+end = time.time() + 60
+while time.time() < end:
+    a = a @ a
+    a = a / a.norm()
+    torch.cuda.synchronize()
+"""
+
+
+@pytest.fixture
+def cuda_process() -> Iterator[subprocess.Popen[str]]:
+    with subprocess.Popen(
+        [sys.executable, "-c", CUDA_WORKER], stdout=subprocess.PIPE, text=True
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready", "the CUDA worker did not start"
+            yield worker
+        finally:
+            worker.kill()
+
+
+def test_a_cuda_process_is_listed_with_its_pid_memory_and_sm_share(
+    inventory: nvml.NvmlInventory, cuda_process: subprocess.Popen[str]
+) -> None:
+    pid = cuda_process.pid
+    deadline = time.monotonic() + 20
+    busy = None
+    while time.monotonic() < deadline:
+        found = {p.pid: p for p in nvml.processes(0) or []}
+        if pid in found and (found[pid].sm_utilization or 0) > 0:
+            busy = found[pid]
+            break
+        time.sleep(0.2)
+    assert busy is not None, f"pid {pid} never listed busy on GPU 0: {nvml.processes(0)}"
+    apps = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    smi_memory = {int(p): float(m) for p, m in (line.split(",") for line in apps.splitlines())}
+    assert busy.memory_used_mib == pytest.approx(smi_memory[pid], abs=16)
+    assert busy.memory_used_mib is not None
+    assert busy.memory_used_mib >= 1024
+
+    # Where it comes from: no container, this user, its command; so a host process.
+    origin = origin_of(pid)
+    assert origin.container_id is None
+    assert origin.command is not None
+    assert origin.command.startswith(sys.executable)
+    snapshot = ProcessSnapshot(number=1, processes={0: (busy,)}, origins={pid: origin})
+    (use,) = attribute(snapshot, [], {}).by_gpu[0] or ()
+    assert (use.kind, use.pid, use.container, use.stray) == ("host", pid, None, False)

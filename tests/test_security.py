@@ -91,6 +91,8 @@ async def test_every_route_for_every_caller(
         row("GET", "/docs/swagger-ui.css", None, 200, 200, 200, 200),
         row("GET", "/metrics", None, 401, 200, 200, 200),
         row("GET", "/metrics/gpus", None, 401, 200, 200, 200),
+        # It names every user's containers: for admins (and their Prometheus) only.
+        row("GET", "/metrics/prometheus", None, 401, 403, 403, 200),
         row("GET", "/gpus", None, 401, 200, 200, 200),
         row("GET", "/images", None, 401, 200, 200, 200),
         row("POST", "/images", {"repo_tag": reference}, 401, 200, 200, 200),

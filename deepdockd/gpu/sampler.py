@@ -1,5 +1,7 @@
 """The GPU sampler: one asyncio task that reads every GPU each interval, averages each bucket
-into one point, and keeps the points in one bounded deque per GPU.
+into one point, and keeps the points in one bounded deque per GPU. Each tick also lists the
+processes on every GPU (with where each new pid comes from, read from /proc): the snapshot
+that the GPU accounting attributes to containers.
 
 Every NVML call runs in one worker thread of the sampler's own, so the event loop never
 waits on the driver. The ticks do not drift: the next tick is the previous deadline plus
@@ -16,18 +18,22 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from deepdockd.gpu import nvml
-from deepdockd.gpu.nvml import GpuInfo, GpuReading, NvmlInventory, NvmlUnavailable
+from deepdockd.gpu import nvml, procfs
+from deepdockd.gpu.nvml import GpuInfo, GpuProcess, GpuReading, NvmlInventory, NvmlUnavailable
+from deepdockd.gpu.procfs import ProcessOrigin
 
 log = logging.getLogger(__name__)
 
-_READING_FIELDS = tuple(f.name for f in fields(GpuReading) if f.name != "error")
+# The fields that the time series keeps (the rest are read for the latest values only).
+_READING_FIELDS = (
+    "memory_used_mib", "utilization_pct", "power_w", "temperature_c", "fan_pct",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,25 @@ class _Bucket:
 class GpuStatus:
     info: GpuInfo
     error: str | None  # what the last sample met; None: healthy
+    latest: GpuReading | None  # the last sample; None before the first
+
+
+@dataclass(frozen=True)
+class ProcessSnapshot:
+    """The processes on every GPU as one sampler pass found them."""
+
+    number: int  # counts the passes; 0: none yet
+    processes: Mapping[int, tuple[GpuProcess, ...] | None]  # by GPU; None: could not be listed
+    origins: Mapping[int, ProcessOrigin]  # by pid, for every pid listed
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one tick read, in the worker thread."""
+
+    readings: list[GpuReading]
+    processes: list[tuple[GpuProcess, ...] | None]
+    origins: dict[int, ProcessOrigin]  # of the pids this pass saw first
 
 
 class GpuSampler:
@@ -103,6 +128,11 @@ class GpuSampler:
         self._inventory: NvmlInventory | None = None
         self.unavailable_reason: str | None = "NVML not tried yet"
         self._errors: dict[int, str | None] = {}
+        self._latest: dict[int, GpuReading] = {}
+        self._snapshot = ProcessSnapshot(number=0, processes={}, origins={})
+        self._new_snapshot = asyncio.Condition()
+        self.ticks = 0  # ticks sampled, and the seconds they took all together
+        self.tick_seconds = 0.0
         self._history: dict[int, deque[GpuPoint]] = {}
         self._buckets: dict[int, _Bucket] = {}
         self._bucket_ends = 0.0  # loop time at which the open buckets close
@@ -123,7 +153,20 @@ class GpuSampler:
         return self._inventory.gpus if self._inventory else ()
 
     def statuses(self) -> list[GpuStatus]:
-        return [GpuStatus(info, self._errors.get(info.index)) for info in self.gpus]
+        return [
+            GpuStatus(info, self._errors.get(info.index), self._latest.get(info.index))
+            for info in self.gpus
+        ]
+
+    @property
+    def processes(self) -> ProcessSnapshot:
+        return self._snapshot
+
+    async def next_processes(self, after: int) -> ProcessSnapshot:
+        """The first snapshot of a pass numbered above ``after``, once there is one."""
+        async with self._new_snapshot:
+            await self._new_snapshot.wait_for(lambda: self._snapshot.number > after)
+            return self._snapshot
 
     async def wait_until_tried(self) -> None:
         """Return once NVML has been tried, so that callers read a settled inventory."""
@@ -167,10 +210,13 @@ class GpuSampler:
                 self._tried.set()
                 next_try = loop.time() + self.retry_interval_s
             if self._inventory is not None:
+                started = loop.time()
                 try:
-                    await self._sample_once(loop.time())
+                    await self._sample_once(started)
                 except Exception:  # never let one bad tick stop the sampler
                     log.exception("GPU sample failed")
+                self.ticks += 1
+                self.tick_seconds += loop.time() - started
             next_tick += self.interval_s
             now = loop.time()
             if next_tick < now:  # late (a slow driver): skip the missed ticks, keep the phase
@@ -209,7 +255,9 @@ class GpuSampler:
         log.info("NVML %s: %d GPU(s) (%s)", inventory.driver_version, len(inventory.gpus), names)
 
     async def _sample_once(self, now: float) -> None:
-        readings: list[GpuReading] = await self._in_worker(_read_all, len(self.gpus))
+        known = frozenset(self._snapshot.origins)
+        sampled: _Pass = await self._in_worker(_read_all, len(self.gpus), known)
+        readings = sampled.readings
         if now >= self._bucket_ends:
             self._close_buckets()
             self._bucket_ends += (
@@ -222,7 +270,20 @@ class GpuSampler:
                 else:
                     log.info("GPU %d: healthy again", index)
             self._errors[index] = reading.error
+            self._latest[index] = reading
             self._buckets[index].add(reading)
+        await self._publish(sampled)
+
+    async def _publish(self, sampled: _Pass) -> None:
+        origins = {**self._snapshot.origins, **sampled.origins}
+        listed = {p.pid for found in sampled.processes if found for p in found}
+        self._snapshot = ProcessSnapshot(
+            number=self._snapshot.number + 1,
+            processes=dict(enumerate(sampled.processes)),
+            origins={pid: origins[pid] for pid in listed},
+        )
+        async with self._new_snapshot:
+            self._new_snapshot.notify_all()
 
     def _close_buckets(self) -> None:
         closed = self._clock()
@@ -232,8 +293,15 @@ class GpuSampler:
             self._buckets[index] = _Bucket()
 
 
-def _read_all(count: int) -> list[GpuReading]:
-    return [nvml.read(index) for index in range(count)]
+def _read_all(count: int, known_pids: frozenset[int]) -> _Pass:
+    """Every GPU's reading and processes, and where each process first seen comes from."""
+    readings = [nvml.read(index) for index in range(count)]
+    processes: list[tuple[GpuProcess, ...] | None] = []
+    for index, reading in enumerate(readings):
+        found = nvml.processes(index) if reading.error is None else None
+        processes.append(tuple(found) if found is not None else None)
+    new_pids = {p.pid for found in processes if found for p in found} - known_pids
+    return _Pass(readings, processes, {pid: procfs.origin_of(pid) for pid in new_pids})
 
 
 def points_since(
