@@ -30,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     # was just installed (one that was there before is left alone).
     if [[ " ${missing[*]} " == *" prometheus "* ]]; then
         if [ -d /run/systemd/system ]; then
-            systemctl disable --now --quiet prometheus.service
+            systemctl disable --now --quiet prometheus.service || true
         else
             /etc/init.d/prometheus stop >/dev/null 2>&1 || true
             systemctl disable --quiet prometheus.service 2>/dev/null \
