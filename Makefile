@@ -8,14 +8,16 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 NVML_SIM := build/nvml-sim/libnvidia-ml.so.1
+SSH_SERVER := deepdockd/containers/ssh-server/VERSION
 
-.PHONY: help venv install run run-sim nvml-sim test bench lint format clean rig-start rig-stop
+.PHONY: help venv install run run-sim nvml-sim ssh-server test bench lint format clean rig-start rig-stop
 
 help:
 	@echo "make run      serve the API on 127.0.0.1:8000 against the host's Docker (ARGS=... for flags)"
 	@echo "make run-sim  the same with 4 simulated GPUs (a simulated NVML), for a host without GPUs"
 	@echo "make test     the whole test suite, on a private dockerd, registry and test images"
 	@echo "make bench    the benchmarks: ratios against baselines measured in the same run"
+	@echo "make ssh-server  the static SSH server bundled into containers (from Debian's sources)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
 	@echo "make install  deepdockd into $(PREFIX), its systemd unit, /etc/deepdockd/deepdockd.toml"
 	@echo "make clean    remove the virtual environment and caches"
@@ -32,7 +34,7 @@ venv: $(BIN)/.installed
 
 # The package into its own virtual environment, the systemd unit, and the default config
 # (an existing config is kept).
-install:
+install: ssh-server
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q --upgrade pip
 	$(PREFIX)/bin/pip install -q .
@@ -48,7 +50,7 @@ install:
 	@echo "installed /usr/local/bin/deepdockd, its unit and /etc/deepdockd/deepdockd.toml."
 	@echo "next: systemctl enable --now deepdockd"
 
-run: venv
+run: venv ssh-server
 	scripts/ensure-docker.sh
 	$(BIN)/deepdockd $(ARGS)
 
@@ -60,14 +62,23 @@ $(NVML_SIM): tests/nvml-sim/nvml_sim.c
 
 nvml-sim: $(NVML_SIM)
 
-run-sim: venv nvml-sim
+# The SSH server bundled into containers whose image has none: static Dropbear (dropbear,
+# dropbearkey, dropbearconvert, scp) and OpenSSH's sftp-server, built from Debian 12's source
+# packages by scripts/build-ssh-server.sh into deepdockd/containers/ssh-server/ (installed
+# with the package, never committed) and kept until the script or its files change.
+ssh-server: $(SSH_SERVER)
+
+$(SSH_SERVER): scripts/build-ssh-server.sh $(wildcard scripts/ssh-server/*.h scripts/ssh-server/*.c scripts/ssh-server/patches/*.patch)
+	scripts/build-ssh-server.sh
+
+run-sim: venv nvml-sim ssh-server
 	scripts/ensure-docker.sh
 	LD_LIBRARY_PATH=$(CURDIR)/build/nvml-sim NVML_SIM_CONFIG=$(CURDIR)/tests/nvml-sim/demo-4gpu.json \
 		$(BIN)/deepdockd $(ARGS)
 
 test:
 	scripts/install-test-deps.sh
-	$(MAKE) venv nvml-sim
+	$(MAKE) venv nvml-sim ssh-server
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -82,7 +93,7 @@ format: venv
 # Benchmarks on the test rig: one table, and bench/results.json.
 bench:
 	scripts/install-test-deps.sh
-	$(MAKE) venv nvml-sim
+	$(MAKE) venv nvml-sim ssh-server
 	$(BIN)/python bench/run.py
 
 rig-start: venv
@@ -92,5 +103,5 @@ rig-stop: venv
 	$(BIN)/python tests/rig.py stop
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache deepdockd/containers/ssh-server
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

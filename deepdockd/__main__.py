@@ -22,6 +22,7 @@ from deepdockd.config import (
     flag_name,
     load_config,
 )
+from deepdockd.containers.ssh_server import bundled_server
 from deepdockd.logs import setup_logging
 from deepdockd.server import serve
 from deepdockd.tokens import TokenError, TokenStore
@@ -53,7 +54,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
     )
     for key, help_text in _FLAG_HELP.items():
         parser.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=help_text)
-    parser.add_argument("--version", action="version", version=f"deepdockd {__version__}")
+    parser.add_argument("--version", action="version", version=_version())
     parser.epilog = (parser.epilog or "") + " Tokens: deepdockd token add|list|revoke (see --help)."
     return vars(parser.parse_args(argv))
 
@@ -65,6 +66,12 @@ def prepare_state_dir(config: Config) -> None:
         raise ConfigError(
             f"state_dir: cannot create {str(config.state_dir)!r}: {exc.strerror}"
         ) from None
+
+
+def _version() -> str:
+    bundle = bundled_server()
+    carried = bundle.version if bundle else "none; build it with make ssh-server"
+    return f"deepdockd {__version__} (bundled SSH server: {carried})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

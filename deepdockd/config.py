@@ -66,8 +66,12 @@ class Config:
     # Containers: SSH ports are allocated from this range and published on this address.
     ssh_port_range: tuple[int, int] = (22000, 22999)
     ssh_bind_address: str = "0.0.0.0"
-    # How long a create waits for the container's sshd (installing one can take minutes).
+    # How long a create waits for the container's SSH server to greet.
     ssh_ready_timeout: float = 300.0
+    # Which SSH server a container runs: "auto" (the image's OpenSSH sshd when it has one,
+    # else deepdockd's bundled static server), "bundled" (always ours), "image" (the image's
+    # only; an image without sshd fails the create).
+    ssh_server: str = "auto"
     # Let two running containers hold the same GPU.
     gpu_sharing: bool = False
     # Registries ("host" or "host:port") that pulls may use although they are loopback,
@@ -156,6 +160,15 @@ def _parse_namespace(raw: object) -> str:
 def _parse_log_level(raw: object) -> str:
     if not isinstance(raw, str) or raw.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return raw.lower()
+
+
+SSH_SERVERS = ("auto", "bundled", "image")
+
+
+def _parse_ssh_server(raw: object) -> str:
+    if not isinstance(raw, str) or raw.lower() not in SSH_SERVERS:
+        raise ValueError(f"must be one of {', '.join(SSH_SERVERS)}")
     return raw.lower()
 
 
@@ -306,6 +319,7 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "ssh_port_range": _parse_port_range,
     "ssh_bind_address": _parse_ip_address,
     "ssh_ready_timeout": _parse_seconds,
+    "ssh_server": _parse_ssh_server,
     "gpu_sharing": _parse_bool,
     "auth": _parse_bool,
     "max_body_size": _parse_body_size,

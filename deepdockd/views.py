@@ -18,6 +18,7 @@ from deepdockd import __version__, docs
 from deepdockd.accounting import GpuAccounting
 from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers.service import CreateRequest, ManagedContainer
+from deepdockd.containers.ssh_server import bundled_server
 from deepdockd.containers.view import Change
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
 from deepdockd.errors import (
@@ -66,14 +67,25 @@ async def healthz(request: web.Request) -> web.Response:
         gpus["driver_version"] = sampler.driver_version
     else:
         gpus["error"] = sampler.unavailable_reason
+    bundle = bundled_server()
+    ssh_server = {
+        "setting": request.app[CONFIG].ssh_server,
+        "bundled": bundle.version if bundle else None,
+    }
     try:
         version = await request.app[DOCKER].version()
     except DockerUnavailable as exc:
         docker: dict[str, Any] = {"ok": False, "error": exc.message}
-        body = {"status": "unavailable", "version": __version__, "docker": docker, "gpus": gpus}
+        body = {
+            "status": "unavailable", "version": __version__, "docker": docker, "gpus": gpus,
+            "ssh_server": ssh_server,
+        }  # fmt: skip
         return web.json_response(body, status=503)
     docker = {"ok": True, "version": version.version, "api_version": version.api_version}
-    body = {"status": "ok", "version": __version__, "docker": docker, "gpus": gpus}
+    body = {
+        "status": "ok", "version": __version__, "docker": docker, "gpus": gpus,
+        "ssh_server": ssh_server,
+    }  # fmt: skip
     return web.json_response(body)
 
 

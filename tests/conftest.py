@@ -23,7 +23,7 @@ from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
 from daemon import Daemon
-from rig import REGISTRIES, REGISTRY_ADDR, Rig
+from rig import BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, REGISTRIES, REGISTRY_ADDR, Rig
 from spec import response_checker, tee_streams
 
 Client = TestClient[web.Request, web.Application]
@@ -337,3 +337,53 @@ def users_tokens(store: TokenStore) -> dict[str, str]:
 def gpu_stem() -> str:
     """A UUID stem of this test's own, for ``sim_gpu(index, stem=gpu_stem)``."""
     return uuid.uuid4().hex[:8]
+
+
+# --- images made for one test: SSH servers that answer late, or never ---
+
+
+def derived_image(rig: Rig, base: str, script: str, command: str) -> str:
+    """An image made from ``base`` by running ``script`` in it (``docker commit``)."""
+    image = f"deepdockd-test/derived:{uuid.uuid4().hex[:8]}"
+    builder = f"build-{uuid.uuid4().hex[:8]}"
+    rig.docker("run", "--name", builder, "--entrypoint", "/bin/sh", base, "-c", script)
+    rig.docker("commit", "--change", f'CMD ["{command}"]', builder, image)
+    rig.docker("rm", builder)
+    return image
+
+
+@pytest.fixture
+def silent_sshd_image(rig: Rig) -> Iterator[str]:
+    """An image whose sshd never answers (it sleeps an hour): a create of it waits for its
+    SSH server as long as ssh_ready_timeout lets it."""
+    script = (
+        "mkdir -p /usr/sbin && printf '#!/bin/sh\\nexec sleep 3600\\n' > /usr/sbin/sshd"
+        " && chmod 755 /usr/sbin/sshd"
+    )
+    image = derived_image(rig, BUSYBOX_IMAGE, script, "/bin/sh")
+    yield image
+    rig.docker("rmi", "--force", image)
+
+
+@pytest.fixture
+def slow_sshd_image(rig: Rig) -> Iterator[str]:
+    """The Debian image whose OpenSSH sshd starts 3 s late: a create that takes a while and
+    then succeeds."""
+    script = (
+        "mv /usr/sbin/sshd /usr/sbin/sshd.real"
+        " && printf '#!/bin/sh\\nsleep 3\\nexec /usr/sbin/sshd.real \"$@\"\\n' > /usr/sbin/sshd"
+        " && chmod 755 /usr/sbin/sshd"
+    )
+    image = derived_image(rig, DEBIAN_SSH_IMAGE, script, "/bin/bash")
+    yield image
+    rig.docker("rmi", "--force", image)
+
+
+@pytest.fixture
+def shell_less_image(rig: Rig) -> Iterator[str]:
+    """An image with no /bin/sh (its busybox moved to /tools), as a distroless image is: the
+    bootstrap cannot run, so a create of it fails when the container starts."""
+    script = "mkdir /tools && mv /bin/* /tools/ 2>/dev/null; /tools/true"
+    image = derived_image(rig, BUSYBOX_IMAGE, script, "/tools/sh")
+    yield image
+    rig.docker("rmi", "--force", image)

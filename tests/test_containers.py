@@ -196,11 +196,20 @@ async def test_create_gives_a_working_ssh_login_with_gpus_and_env(
     assert refused.stdout == ""
 
 
-async def test_image_without_sshd_gets_one_installed(gpu_client: Client) -> None:
+async def test_image_without_sshd_runs_the_bundled_server_and_installs_nothing(
+    gpu_client: Client,
+) -> None:
     answer = await created(gpu_client, **body("nossh", image=DEBIAN_NOSSH_IMAGE))
 
-    command = ssh(answer["ssh-port"], "alice", "pw-nossh", "id -un; command -v sshd")
-    assert command.stdout.split() == ["alice", "/usr/sbin/sshd"]
+    command = ssh(answer["ssh-port"], "alice", "pw-nossh", "id -un; command -v sshd || echo none")
+    assert command.stdout.split() == ["alice", "none"]
+    assert ssh_greeting(answer["ssh-port"]).startswith("SSH-2.0-dropbear_")
+
+
+def ssh_greeting(port: int) -> str:
+    """The SSH server's first line on the port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        return connection.makefile("rb").readline().decode().strip()
 
 
 async def test_docker_gets_the_gpus_by_uuid_labels_and_restart_policy(
@@ -260,19 +269,27 @@ async def test_the_password_is_nowhere_to_be_read(
 
 
 async def test_image_that_cannot_have_ssh_fails_and_leaves_nothing(
-    gpu_client: Client, leftovers: Leftovers, ssh_ports: tuple[int, int]
+    aiohttp_client: ClientFactory,
+    test_config: Config,
+    gpus: Gpus,
+    leftovers: Leftovers,
+    ssh_ports: tuple[int, int],
 ) -> None:
-    status, error = await create(gpu_client, **body("nope", image=BUSYBOX_IMAGE, gpu_ids=[0]))
+    """With ssh_server = image, an image without OpenSSH's sshd cannot give a login."""
+    image_only = Config(**{**test_config.__dict__, "ssh_server": "image"})
+    client = await aiohttp_client(create_app(image_only))
+    status, error = await create(client, **body("nope", image=BUSYBOX_IMAGE, gpu_ids=[0]))
 
     assert status == 422
     assert error["error"]["code"] == "ssh_unavailable"
     assert error["error"]["message"] == (
-        "the container could not provide SSH: the image has no sshd and no package manager to "
-        "install one (looked for sshd, apt-get, dnf, yum, apk); container removed"
+        "the container could not provide SSH: the image has no OpenSSH sshd, and ssh_server is"
+        " image (deepdockd's bundled SSH server is off); use an image with openssh-server, or"
+        " set ssh_server to auto; container removed"
     )
     assert leftovers() == []
     # Its port and GPU are free again.
-    answer = await created(gpu_client, **body("next", gpu_ids=[0]))
+    answer = await created(client, **body("next", gpu_ids=[0]))
     assert answer["ssh-port"] == ssh_ports[0]
 
 
@@ -281,18 +298,19 @@ async def test_sshd_that_does_not_answer_in_time_is_504_and_leaves_nothing(
     test_config: Config,
     leftovers: Leftovers,
     ssh_ports: tuple[int, int],
+    silent_sshd_image: str,
 ) -> None:
-    # An image without sshd installs one with apt-get: far longer than 0.2 s.
+    # An sshd that never answers.
     impatient = Config(**{**test_config.__dict__, "ssh_ready_timeout": 0.2})
     client = await aiohttp_client(create_app(impatient))
 
-    status, error = await create(client, **body("slow", image=DEBIAN_NOSSH_IMAGE))
+    status, error = await create(client, **body("slow", image=silent_sshd_image))
 
     assert status == 504
     assert error["error"] == {
         "code": "ssh_timeout",
         "message": (
-            f"sshd did not answer on port {ssh_ports[0]} within 0.2 s (ssh_ready_timeout); "
+            f"the SSH server did not answer on port {ssh_ports[0]} within 0.2 s (ssh_ready_timeout); "
             "container removed"
         ),
         "details": {},
@@ -318,7 +336,7 @@ async def test_a_start_whose_sshd_does_not_answer_in_time_is_504_and_keeps_the_c
     assert response.status == 504
     assert (await response.json())["error"] == {
         "code": "ssh_timeout",
-        "message": f"sshd did not answer on port {port} within 0.001 s (ssh_ready_timeout)",
+        "message": f"the SSH server did not answer on port {port} within 0.001 s (ssh_ready_timeout)",
         "details": {},
     }
     # Left running, not removed: its logs say why, and a later look finds its sshd.

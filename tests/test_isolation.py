@@ -30,7 +30,7 @@ from deepdockd.docker import Docker
 from deepdockd.tokens import TokenStore
 
 from conftest import Client, ClientFactory
-from rig import BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, Rig, RigError
+from rig import DEBIAN_SSH_IMAGE, Rig, RigError
 
 POOL = ipaddress.IPv4Network(Config().network_pool)
 # The kernel's numbers of the capabilities a root shell may hold (linux/capability.h).
@@ -523,12 +523,14 @@ async def test_an_owners_network_comes_with_the_first_container_and_goes_with_th
     assert [n["Id"] for n in namespace_networks(rig, namespace, "bob")] == [bobs["Id"]]
 
 
-async def test_a_failed_create_leaves_no_network_behind(owners: Owners, rig: Rig) -> None:
+async def test_a_failed_create_leaves_no_network_behind(
+    owners: Owners, rig: Rig, shell_less_image: str
+) -> None:
     await owners.created("bob", "b1")
 
-    # busybox can have no sshd: the create fails after its network and container were made.
-    alices = await owners.create("alice", "nossh-a", image=BUSYBOX_IMAGE)
-    bobs = await owners.create("bob", "nossh-b", image=BUSYBOX_IMAGE)
+    # An image without a shell: the create fails once its network and container were made.
+    alices = await owners.create("alice", "nossh-a", image=shell_less_image)
+    bobs = await owners.create("bob", "nossh-b", image=shell_less_image)
 
     assert (alices[0], bobs[0]) == (422, 422)
     assert alices[1]["error"]["code"] == "ssh_unavailable"

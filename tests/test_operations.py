@@ -13,19 +13,16 @@ import subprocess
 import threading
 import time
 import tomllib
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from deepdockd.config import PARSERS, Config, load_config
 from deepdockd.server import CANCEL_GRACE_S
 
 from conftest import RunningDaemon
 from daemon import Daemon, http_get, http_json
-from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig, RigError
+from rig import DEBIAN_SSH_IMAGE, Rig, RigError
 
 ROOT = Path(__file__).parents[1]
 UNIT = ROOT / "systemd" / "deepdockd.service"
@@ -201,6 +198,7 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
     rig_daemon: Callable[..., RunningDaemon],
     namespace: str,
     ssh_ports: tuple[int, int],
+    slow_sshd_image: str,
 ) -> None:
     env = {"DEEPDOCKD_NAMESPACE": namespace, "DEEPDOCKD_SSH_PORT_RANGE": port_range(ssh_ports)}
     running = rig_daemon(env=env)
@@ -208,8 +206,8 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
     name = f"{namespace}-slow"
     answer: list[tuple[int, Any]] = []
     try:
-        # Installing openssh-server in an image without it takes seconds: a slow request.
-        fields = {"name": name, "image": DEBIAN_NOSSH_IMAGE, "user_name": "ops", "password": "pw"}
+        # An sshd that starts 3 s late: a slow request.
+        fields = {"name": name, "image": slow_sshd_image, "user_name": "ops", "password": "pw"}
         request = threading.Thread(
             target=lambda: answer.append(post(f"{base}/containers/create", fields))
         )
@@ -237,22 +235,6 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
     assert log.rstrip().endswith("deepdockd: stopped")
 
 
-@pytest.fixture
-def slow_mirror_image(rig: Rig) -> Iterator[str]:
-    """An image without sshd whose apt-get takes an hour, as from a mirror that hardly
-    answers: a create of it waits for its sshd as long as ssh_ready_timeout lets it."""
-    image = f"deepdockd-test/slow-mirror:{uuid.uuid4().hex[:8]}"
-    builder = f"build-{uuid.uuid4().hex[:8]}"
-    script = "printf '#!/bin/sh\\nexec sleep 3600\\n' > /bin/apt-get && chmod 755 /bin/apt-get"
-    rig.docker("run", "--name", builder, BUSYBOX_IMAGE, "sh", "-c", script)
-    rig.docker("commit", "--change", 'CMD ["/bin/sh"]', builder, image)
-    rig.docker("rm", builder)
-    try:
-        yield image
-    finally:
-        rig.docker("rmi", "--force", image)
-
-
 def processes_of(rig: Rig, container: str) -> str:
     """``docker top``: the container's processes, or "" while it is not running."""
     try:
@@ -265,7 +247,7 @@ def test_sigterm_cancels_a_request_that_outlasts_the_shutdown_timeout(
     rig: Rig,
     rig_daemon: Callable[..., RunningDaemon],
     namespace: str,
-    slow_mirror_image: str,
+    silent_sshd_image: str,
     ssh_ports: tuple[int, int],
 ) -> None:
     shutdown_timeout_s = 1
@@ -280,7 +262,7 @@ def test_sigterm_cancels_a_request_that_outlasts_the_shutdown_timeout(
     outcome: list[object] = []
 
     def create() -> None:
-        fields = {"name": name, "image": slow_mirror_image, "user_name": "ops", "password": "pw"}
+        fields = {"name": name, "image": silent_sshd_image, "user_name": "ops", "password": "pw"}
         try:
             outcome.append(post(f"{base}/containers/create", fields))
         except Exception as exc:  # what the client met, for the test to look at
@@ -289,10 +271,10 @@ def test_sigterm_cancels_a_request_that_outlasts_the_shutdown_timeout(
     request = threading.Thread(target=create)
     try:
         request.start()
-        # Running, its bootstrap in apt-get: the create waits for an sshd that will not come.
+        # Running, its sshd asleep: the create waits for an SSH server that will not come.
         wait_until(
             lambda: "sleep 3600" in processes_of(rig, name),
-            "the create in flight, its container installing sshd",
+            "the create in flight, its container's sshd asleep",
         )
 
         stopping = time.monotonic()

@@ -27,7 +27,6 @@ from deepdockd.tokens import TokenStore
 from conftest import Client, ClientFactory, RunningDaemon, sim_gpu, users_tokens
 from daemon import http_json
 from rig import (
-    BUSYBOX_IMAGE,
     DEBIAN_NOSSH_IMAGE,
     DEBIAN_SERVICE_IMAGE,
     DEBIAN_SSH_IMAGE,
@@ -885,6 +884,7 @@ def test_twenty_concurrent_creates_with_ports_share_nothing_and_survive_a_killed
     ssh_ports: tuple[int, int],
     service_ports: tuple[int, int],
     cleanup: None,
+    shell_less_image: str,
 ) -> None:
     low, high = service_ports
     env = {
@@ -897,8 +897,9 @@ def test_twenty_concurrent_creates_with_ports_share_nothing_and_survive_a_killed
     absent = f"{REGISTRY_ADDR}/deepdockd-test/absent-{uuid.uuid4().hex[:8]}:v1"
     failing = [
         wanted["w00"],  # the name of another of the batch
-        body("nossh1", image=BUSYBOX_IMAGE, ports=[8080, 9000]),  # fails once it runs
-        body("nossh2", image=BUSYBOX_IMAGE, ports=[8080]),
+        # An image without a shell: it fails when Docker starts it.
+        body("nossh1", image=shell_less_image, ports=[8080, 9000]),
+        body("nossh2", image=shell_less_image, ports=[8080]),
         body("absent", image=absent, ports=[8080]),  # no such image
     ]
     requests = [*wanted.values(), *failing]

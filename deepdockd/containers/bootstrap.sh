@@ -12,7 +12,8 @@
 # Before the first start deepdockd puts into /.deepdockd (root's alone, mode 0700):
 #   bootstrap.sh          this script
 #   settings              user_name, home_uid (the home volume's uid; "" for a throwaway
-#                         home) and password_login (yes/no), as shell assignments
+#                         home), password_login (yes/no) and ssh_server (auto, bundled,
+#                         image), as shell assignments
 #   secret                "user:$6$...": the password's SHA-512 crypt hash, made by deepdockd
 #                         ("user:*" for keys only); the password itself never enters the
 #                         container. Deleted once set.
@@ -30,8 +31,8 @@
 # - In the user's home it follows no link and writes through none (write_authorized_keys_file).
 # - It never runs the image's ssh-keygen nor presents the image's host keys, which every
 #   container of the image shares.
-# The image's own sshd is used when it has one; otherwise openssh-server is installed with the
-# image's package manager.
+# The SSH server is the image's OpenSSH sshd, or deepdockd's bundled static Dropbear (in
+# /.deepdockd-ssh, beside this directory), by the setting ssh_server; nothing is installed.
 set -u
 
 dir=/.deepdockd
@@ -103,6 +104,8 @@ umask 022
 user_name=
 home_uid=
 password_login=yes
+ssh_server=auto
+bundle=/.deepdockd-ssh
 # shellcheck source=/dev/null
 . "$dir/settings" || fail "$dir/settings is missing"
 
@@ -116,23 +119,30 @@ find_sshd() {
     return 1
 }
 
-install_sshd() {
-    if command -v apt-get >/dev/null 2>&1; then
-        say "no sshd in the image: installing openssh-server with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >&2 && apt-get install -y -q --no-install-recommends openssh-server >&2
-    elif command -v dnf >/dev/null 2>&1; then
-        say "no sshd in the image: installing openssh-server with dnf"
-        dnf install -y openssh-server >&2
-    elif command -v yum >/dev/null 2>&1; then
-        say "no sshd in the image: installing openssh-server with yum"
-        yum install -y openssh-server >&2
-    elif command -v apk >/dev/null 2>&1; then
-        say "no sshd in the image: installing openssh-server with apk"
-        apk add --no-cache openssh-server >&2
-    else
-        fail "the image has no sshd and no package manager to install one (looked for sshd, apt-get, dnf, yum, apk)"
-    fi
+# The SSH server, by ssh_server: the image's OpenSSH sshd ("image"), deepdockd's bundled
+# Dropbear ("bundled"), or the image's when it has one and else the bundled ("auto"). Nothing
+# is ever installed into the image.
+choose_server() {
+    case "$ssh_server" in
+        image)
+            sshd=$(find_sshd) ||
+                fail "the image has no OpenSSH sshd, and ssh_server is image (deepdockd's bundled SSH server is off); use an image with openssh-server, or set ssh_server to auto"
+            server=openssh
+            ;;
+        bundled)
+            [ -x "$bundle/dropbear" ] || fail "the bundled SSH server is missing from $bundle"
+            server=dropbear
+            ;;
+        *)
+            if sshd=$(find_sshd); then
+                server=openssh
+            elif [ -x "$bundle/dropbear" ]; then
+                server=dropbear
+            else
+                fail "the image has no OpenSSH sshd, and this deepdockd has no bundled SSH server (build it with make ssh-server)"
+            fi
+            ;;
+    esac
 }
 
 login_shell() {
@@ -165,7 +175,9 @@ add_user() {
         elif command -v adduser >/dev/null 2>&1; then
             adduser -D -s "$shell" "$user_name" || fail "adduser $user_name failed"
         else
-            fail "the image has neither useradd nor adduser to create user $user_name"
+            add_user_to_files "$(free_id /etc/passwd 1000)" "$home" "$shell"
+            mkdir -p "$home" && chown "$user_name:$user_name" "$home" && chmod 0750 "$home" ||
+                fail "cannot make $home for $user_name"
         fi
         return 0
     fi
@@ -179,8 +191,32 @@ add_user() {
         adduser -D -H -u "$home_uid" -h "$home" -s "$shell" "$user_name" ||
             fail "adduser $user_name (uid $home_uid) failed"
     else
-        fail "the image has neither useradd nor adduser to create user $user_name"
+        add_user_to_files "$home_uid" "$home" "$shell"
     fi
+}
+
+# The lowest id from $2 up that field 3 of file $1 (/etc/passwd, /etc/group) does not use.
+free_id() {
+    awk -F: -v low="$2" '{ used[$3] = 1 } END { id = low; while (id in used) id++; print id }' \
+        "$1" 2>/dev/null || echo "$2"
+}
+
+# An image without useradd and adduser (Debian's busybox has neither): the account is written
+# into the files themselves, as those tools would. The group has the user's name, its gid the
+# uid when that is free; the password is locked ("*") until set_password sets it.
+add_user_to_files() {
+    uid=$1 home=$2 shell=$3
+    say "no useradd or adduser in the image: adding $user_name (uid $uid) to /etc/passwd itself"
+    gid=$uid
+    if awk -F: -v gid="$gid" '$3 == gid { found = 1 } END { exit !found }' /etc/group 2>/dev/null; then
+        gid=$(free_id /etc/group "$uid")
+    fi
+    {
+        echo "$user_name:x:$gid:" >> /etc/group &&
+            echo "$user_name:x:$uid:$gid::$home:$shell" >> /etc/passwd &&
+            echo "$user_name:*:0:0:99999:7:::" >> /etc/shadow &&
+            chmod 0600 /etc/shadow
+    } || fail "adding $user_name to /etc/passwd, /etc/group and /etc/shadow failed"
 }
 
 # The home volume's top directory is the user's; a new (empty) home gets the image's skeleton
@@ -198,11 +234,28 @@ prepare_home() {
     fi
 }
 
-# The image's chpasswd sees the hash only ("user:$6$..."), never the password.
+# The image's chpasswd sees the hash only ("user:$6$..."), never the password. Without one
+# (Debian's busybox has none) the hash goes into /etc/shadow itself.
 set_password() {
     [ -f "$dir/secret" ] || return 0  # set at the first start; a restart keeps it
-    chpasswd -e < "$dir/secret" || { rm -f "$dir/secret"; fail "setting the password of $user_name failed"; }
+    if command -v chpasswd >/dev/null 2>&1; then
+        chpasswd -e < "$dir/secret" || { rm -f "$dir/secret"; fail "setting the password of $user_name failed"; }
+    else
+        write_shadow_hash || { rm -f "$dir/secret"; fail "setting the password of $user_name in /etc/shadow failed"; }
+    fi
     rm -f "$dir/secret"
+}
+
+write_shadow_hash() {
+    hash=$(cut -d: -f2- "$dir/secret")
+    [ -f /etc/shadow ] || { : > /etc/shadow && chmod 0600 /etc/shadow; } || return 1
+    grep -q "^$user_name:" /etc/shadow || echo "$user_name:*:0:0:99999:7:::" >> /etc/shadow || return 1
+    # A crypt hash has no backslash, so awk -v takes it as it is.
+    awk -F: -v OFS=: -v name="$user_name" -v hash="$hash" '$1 == name { $2 = hash } { print }' \
+        /etc/shadow > "$dir/shadow.new" && cat "$dir/shadow.new" > /etc/shadow
+    status=$?
+    rm -f "$dir/shadow.new"
+    return $status
 }
 
 # The user's sessions see the image's environment (PATH, CUDA variables), the request's env on
@@ -303,7 +356,7 @@ write_authorized_keys() {
     say "added $(wc -l < "$dir/authorized_keys") key(s) to ~$user_name/.ssh/authorized_keys"
 }
 
-sshd=$(find_sshd) || { install_sshd || fail "installing openssh-server failed (see above)"; sshd=$(find_sshd) || fail "openssh-server was installed but no sshd was found"; }
+choose_server
 add_user
 prepare_home
 set_password
@@ -313,23 +366,60 @@ write_authorized_keys_file
 
 host_key=$dir/ssh_host_ed25519_key
 [ -f "$host_key" ] || fail "the container's host key $host_key is missing"
+
 # Our sshd_config: first the session environment as one SetEnv line (sshd takes the first
 # SetEnv it reads; each NAME=value quoted, with \ and " escaped), so that it is this
 # container's and not a file in a home that several containers may share; then the image's
 # sshd_config without its HostKey lines (they name the image's keys): -h names the only key
 # sshd loads.
-{
-    if [ -s "$dir/sshd-env" ]; then
-        printf 'SetEnv'
-        sed -e 's/[\\"]/\\&/g' -e 's/^/ "/' -e 's/$/"/' "$dir/sshd-env" | tr -d '\n'
-        printf '\n'
+start_openssh() {
+    {
+        if [ -s "$dir/sshd-env" ]; then
+            printf 'SetEnv'
+            sed -e 's/[\\"]/\\&/g' -e 's/^/ "/' -e 's/$/"/' "$dir/sshd-env" | tr -d '\n'
+            printf '\n'
+        fi
+        if [ -f /etc/ssh/sshd_config ]; then
+            grep -Eiv '^[[:space:]]*HostKey([[:space:]]|=)' /etc/ssh/sshd_config
+        fi
+    } > "$dir/sshd_config"
+    mkdir -p /run/sshd /var/run/sshd
+    chmod 0755 /run/sshd
+    say "starting $sshd for $user_name (password logins: $password_login)"
+    "$sshd" -D -e -f "$dir/sshd_config" -h "$host_key" \
+        -o "PasswordAuthentication=$password_login" \
+        -o KbdInteractiveAuthentication=no \
+        -o PermitRootLogin=no \
+        -o PermitUserEnvironment=no \
+        -o "AllowUsers=$user_name" &
+    server_pid=$!
+}
+
+# The bundled Dropbear: the same host key (converted to its format), the same account, and
+# the sessions' environment from $bundle/session-env, which our build of it reads as the user
+# for each session (it has no SetEnv; like /etc/profile.d/deepdockd-env.sh, the file is
+# readable in the container). Logins: the user's group only (-G), never root (-w), keys only
+# without a password (-s). musl reads accounts from /etc/passwd and /etc/shadow only, and
+# Dropbear refuses a login shell that /etc/shells does not list.
+start_dropbear() {
+    dropbear_key=$dir/dropbear_ed25519_host_key
+    rm -f "$dropbear_key"
+    "$bundle/dropbearconvert" openssh dropbear "$host_key" "$dropbear_key" >/dev/null 2>&1 ||
+        fail "converting the host key for the bundled SSH server failed"
+    shell=$(awk -F: -v name="$user_name" '$1 == name { print $7 }' /etc/passwd)
+    if [ -n "$shell" ] && ! grep -qxF "$shell" /etc/shells 2>/dev/null; then
+        echo "$shell" >> /etc/shells
     fi
-    if [ -f /etc/ssh/sshd_config ]; then
-        grep -Eiv '^[[:space:]]*HostKey([[:space:]]|=)' /etc/ssh/sshd_config
-    fi
-} > "$dir/sshd_config"
-mkdir -p /run/sshd /var/run/sshd
-chmod 0755 /run/sshd
+    install -m 0644 "$dir/session-env" "$bundle/session-env" 2>/dev/null ||
+        { cp "$dir/session-env" "$bundle/session-env" && chmod 0644 "$bundle/session-env"; } ||
+        fail "writing the sessions' environment for the bundled SSH server failed"
+    set -- -F -E -m -p 22 -r "$dropbear_key" -w -G "$(id -gn "$user_name")"
+    [ "$password_login" = yes ] || set -- "$@" -s
+    say "starting the bundled $("$bundle/dropbear" -V 2>&1 | head -n 1) for $user_name (password logins: $password_login)"
+    "$bundle/dropbear" "$@" &
+    server_pid=$!
+}
+
 # docker stop: everything in the container (the image's command, sshd, the sessions) gets the
 # SIGTERM, not this shell alone; then this shell waits until they have all ended (a training
 # run saving its checkpoint), or until Docker's grace runs out and it kills them.
@@ -348,13 +438,6 @@ stop_everything() {
     exit 143
 }
 trap stop_everything TERM INT
-say "starting $sshd for $user_name (password logins: $password_login)"
-"$sshd" -D -e -f "$dir/sshd_config" -h "$host_key" \
-    -o "PasswordAuthentication=$password_login" \
-    -o KbdInteractiveAuthentication=no \
-    -o PermitRootLogin=no \
-    -o PermitUserEnvironment=no \
-    -o "AllowUsers=$user_name" &
-sshd_pid=$!
-wait "$sshd_pid"
-fail "sshd exited with status $?; the container stops, and Docker starts it again"
+if [ "$server" = openssh ]; then start_openssh; else start_dropbear; fi
+wait "$server_pid"
+fail "the SSH server exited with status $?; the container stops, and Docker starts it again"

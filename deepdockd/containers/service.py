@@ -35,10 +35,11 @@ from deepdockd.containers.homes import HomeVolume, HomeVolumes
 from deepdockd.containers.networks import OwnerNetworks
 from deepdockd.containers.passwords import sha512_crypt_hash
 from deepdockd.containers.resources import Resources, resources_for
+from deepdockd.containers.ssh_server import BUNDLE_DIR, SshServerBundle, bundled_server
 from deepdockd.containers.sshkeys import HostKey, PublicHostKey
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
-from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound
+from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound, ServiceUnavailable
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.tokens import Caller
@@ -49,6 +50,7 @@ BOOTSTRAP_DIR = "/.deepdockd"
 # How often a create looks for sshd's greeting: each look is a Docker inspect and a connect.
 SSH_POLL_INTERVAL_S = 0.05
 _FAILED_MARK = "deepdockd-bootstrap: FAILED: "
+_NO_SHELL = "exec /bin/sh failed: No such file or directory"
 # Docker's words for a host port that something else holds.
 _PORT_TAKEN = ("port is already allocated", "address already in use")
 # The only capabilities root has in a container: Docker's default set less NET_RAW (raw
@@ -258,7 +260,7 @@ class ContainerService:
             await self._networks.ensure(request.owner)
             container_id = await self._make(request, setup)
             try:
-                tar = await _bootstrap_tar(request, setup.home)
+                tar = await _bootstrap_tar(request, setup.home, self._config.ssh_server)
                 await self._docker.put_archive(container_id, "/", tar)
                 await self._start(container_id, port, ports)
             except BaseException:
@@ -420,7 +422,7 @@ class ContainerService:
                 return
             if time.monotonic() > deadline:
                 raise SshTimeout(
-                    f"sshd did not answer on port {port} within "
+                    f"the SSH server did not answer on port {port} within "
                     f"{self._config.ssh_ready_timeout:g} s (ssh_ready_timeout)"
                 )
             await asyncio.sleep(SSH_POLL_INTERVAL_S)
@@ -428,6 +430,13 @@ class ContainerService:
     async def _bootstrap_error(self, container_id: str) -> str:
         with contextlib.suppress(ApiError):
             output = await self._docker.container_logs(container_id)
+            if _NO_SHELL in output:  # tini, the container's init, could not start the bootstrap
+                return (
+                    "the container could not provide SSH: the image has no /bin/sh, which"
+                    " deepdockd's bootstrap needs to set up the"
+                    " SSH login (an image without a shell, such as a distroless one, cannot be"
+                    " used): choose an image with a shell"
+                )
             failures = [
                 line.split(_FAILED_MARK, 1)[1]
                 for line in output.splitlines()
@@ -597,7 +606,7 @@ def _bootstrap_script() -> bytes:
     return resources.files("deepdockd.containers").joinpath("bootstrap.sh").read_bytes()
 
 
-async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None) -> bytes:
+async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None, ssh_server: str) -> bytes:
     """What the bootstrap needs, to unpack at / before the container's first start, in a
     directory that only root may read:
 
@@ -612,6 +621,8 @@ async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None) -> byt
     - ``env``: the request's env as ``NAME=value`` lines (the schema refuses line breaks),
       for the user's sessions only;
     - ``ssh_host_ed25519_key``: the container's own host key, the only one its sshd presents.
+
+    Unless ``ssh_server`` is "image", the bundled SSH server goes beside it, in BUNDLE_DIR.
     """
     if request.password is None:
         password_hash = "*"
@@ -621,7 +632,15 @@ async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None) -> byt
         "user_name": request.user_name,
         "home_uid": str(home.uid) if home else "",
         "password_login": "no" if request.password is None else "yes",
+        "ssh_server": ssh_server,
     }
+    bundle = bundled_server() if ssh_server != "image" else None
+    if ssh_server == "bundled" and bundle is None:
+        raise ServiceUnavailable(
+            "ssh_server is bundled, but this deepdockd was installed without its SSH server;"
+            " build it with `make ssh-server` (or install a package that carries it)",
+            details={"setting": "ssh_server"},
+        )
     files = (
         ("bootstrap.sh", _bootstrap_script(), 0o700),
         ("settings", "".join(f"{k}='{v}'\n" for k, v in settings.items()).encode(), 0o600),
@@ -639,7 +658,26 @@ async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None) -> byt
             info = tarfile.TarInfo(f"{BOOTSTRAP_DIR.lstrip('/')}/{name}")
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
+        if bundle is not None:
+            _add_bundle(tar, bundle)
     return buffer.getvalue()
+
+
+def _add_bundle(tar: tarfile.TarFile, bundle: SshServerBundle) -> None:
+    """The bundled server at BUNDLE_DIR: root's, readable and runnable by every user (their
+    sessions run its scp and sftp-server), writable by none."""
+    folder = BUNDLE_DIR.lstrip("/")
+    directory = tarfile.TarInfo(folder)
+    directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+    tar.addfile(directory)
+    for name, data in bundle.files:
+        info = tarfile.TarInfo(f"{folder}/{name}")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    for name, target in bundle.links:
+        link = tarfile.TarInfo(f"{folder}/{name}")
+        link.type, link.linkname, link.mode = tarfile.SYMTYPE, target, 0o777
+        tar.addfile(link)
 
 
 async def ssh_greets(host: str, port: int) -> bool:

@@ -1,0 +1,286 @@
+"""SSH into any image, offline: deepdockd's bundled static Dropbear (with scp and OpenSSH's
+sftp-server) runs in images that have no sshd, with no package manager and no network, and
+gives the same login as the image's own sshd would. Checked with the real OpenSSH client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepdockd.app import create_app
+from deepdockd.config import Config
+from deepdockd.containers.ssh_server import bundled_server
+
+from conftest import Client, ClientFactory, clear_namespace
+from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
+
+OPTIONS = (
+    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+)  # fmt: skip
+
+
+class Login:
+    """One container's SSH login, driven with the real OpenSSH tools."""
+
+    def __init__(self, port: int, user: str, password: str, key: Path) -> None:
+        self.port, self.user, self.password, self.key = port, user, password, key
+
+    def _run(self, argv: list[str], **more: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False,
+            env={"SSHPASS": self.password, "PATH": "/usr/bin:/bin"}, **more,
+        )  # fmt: skip
+
+    def with_password(self, command: str) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            [
+                "sshpass", "-e", "ssh", "-p", str(self.port), *OPTIONS,
+                "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+                f"{self.user}@127.0.0.1", command,
+            ]
+        )  # fmt: skip
+
+    def key_options(self) -> list[str]:
+        return [*OPTIONS, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(self.key)]
+
+    def with_key(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            ["ssh", "-p", str(self.port), *self.key_options(), f"{self.user}@127.0.0.1", *args]
+        )
+
+    def scp(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run(["scp", "-P", str(self.port), *self.key_options(), *args])
+
+    def sftp(self, batch: str) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            [
+                "sftp",
+                "-P",
+                str(self.port),
+                *self.key_options(),
+                "-b",
+                "-",
+                f"{self.user}@127.0.0.1",
+            ],
+            input=batch,
+        )
+
+    @property
+    def remote(self) -> str:
+        return f"{self.user}@127.0.0.1"
+
+
+def greeting(port: int) -> str:
+    """The SSH server's first line on the port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        return connection.makefile("rb").readline().decode().strip()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def offline(config: Config) -> Iterator[None]:
+    """The containers' networks cut off from everything beyond the host: nothing they send is
+    forwarded (the owners' networks are /24s of network_pool). SSH still reaches them: the
+    published ports are the host's."""
+    rule = ["FORWARD", "-s", str(config.network_pool), "-j", "DROP"]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+
+
+@pytest.fixture
+def user_key(tmp_path: Path) -> Path:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: ClientFactory, config: Config, ssh_ports: tuple[int, int], rig: Rig
+) -> Iterator[Any]:
+    """Factory: a client of a daemon with this test's ports and the given settings."""
+
+    async def make(**settings: Any) -> Client:
+        fields = {**config.__dict__, "ssh_port_range": ssh_ports, **settings}
+        return await aiohttp_client(create_app(Config(**fields)))
+
+    yield make
+    clear_namespace(rig, config.namespace)
+
+
+async def create(client: Client, name: str, image: str, key: Path, **extra: Any) -> Any:
+    body = {
+        "name": name,
+        "image": image,
+        "user_name": "u1",
+        "password": "pw-" + name,
+        "ssh_keys": [key.with_suffix(".pub").read_text().strip()],
+        "env": {"FOO": "bar baz"},
+    } | extra
+    response = await client.post("/containers/create", json=body)
+    answer = await response.json()
+    assert response.status == 201, answer
+    return answer
+
+
+def test_the_bundle_is_built_and_says_its_version() -> None:
+    bundle = bundled_server()
+    assert bundle is not None, "the bundled SSH server is not built: run make ssh-server"
+    assert bundle.version.startswith("Dropbear 2022.83")
+    assert "sftp-server" in bundle.version
+
+
+@pytest.mark.parametrize("image", [BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE])
+async def test_an_image_without_sshd_gives_the_whole_login_offline(
+    image: str, make_client: Any, offline: None, user_key: Path, tmp_path: Path
+) -> None:
+    client = await make_client()
+    answer = await create(client, "anywhere", image, user_key)
+    login = Login(answer["ssh-port"], "u1", "pw-anywhere", user_key)
+
+    assert greeting(login.port).startswith("SSH-2.0-dropbear_2022.83")
+    by_password = login.with_password("id -un")
+    assert (by_password.returncode, by_password.stdout) == (0, "u1\n"), by_password.stderr
+    by_key = login.with_key('echo "$FOO|$HOME"; command -v scp')
+    assert by_key.stdout.splitlines() == ["bar baz|/home/u1", "/.deepdockd-ssh/scp"], by_key
+    tty = login.with_key("-tt", "tty")
+    assert tty.stdout.strip().startswith("/dev/pts/"), tty
+
+    # scp (SFTP, OpenSSH 9's default) and scp -O (the old protocol), both ways.
+    original = tmp_path / "payload"
+    original.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    for mode in ([], ["-O"]):
+        back = tmp_path / f"back{len(mode)}"
+        sent = login.scp(*mode, str(original), f"{login.remote}:payload{len(mode)}")
+        assert sent.returncode == 0, sent.stderr
+        fetched = login.scp(*mode, f"{login.remote}:payload{len(mode)}", str(back))
+        assert fetched.returncode == 0, fetched.stderr
+        assert back.read_bytes() == original.read_bytes()
+
+    # sftp in batch mode: put, ls, get.
+    got = tmp_path / "got"
+    batch = login.sftp(f"put {original} viasftp\nls -1\nget viasftp {got}\n")
+    assert batch.returncode == 0, batch.stderr
+    assert "viasftp" in batch.stdout
+    assert got.read_bytes() == original.read_bytes()
+
+    # ssh -L: a local port forwarded to the container's own SSH server.
+    local = free_port()
+    with forwarding(login, local):
+        assert greeting(local).startswith("SSH-2.0-dropbear_")
+
+
+@contextlib.contextmanager
+def forwarding(login: Login, local: int) -> Iterator[None]:
+    tunnel = subprocess.Popen(
+        [
+            "ssh", "-N", "-p", str(login.port), *login.key_options(),
+            "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local}:127.0.0.1:22",
+            login.remote,
+        ]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local), 1):
+                break
+            assert tunnel.poll() is None, "ssh -L exited"
+            assert time.monotonic() < deadline, "ssh -L did not listen"
+            time.sleep(0.1)
+        yield
+    finally:
+        tunnel.terminate()
+        tunnel.wait()
+
+
+async def test_bundled_always_uses_ours_and_auto_the_images_sshd(
+    make_client: Any, user_key: Path
+) -> None:
+    bundled = await make_client(ssh_server="bundled")
+    ours = await create(bundled, "ours", DEBIAN_SSH_IMAGE, user_key)
+    auto = await make_client()
+    theirs = await create(auto, "theirs", DEBIAN_SSH_IMAGE, user_key)
+
+    assert greeting(ours["ssh-port"]).startswith("SSH-2.0-dropbear_")
+    assert greeting(theirs["ssh-port"]).startswith("SSH-2.0-OpenSSH_")
+    for answer, name in ((ours, "ours"), (theirs, "theirs")):
+        login = Login(answer["ssh-port"], "u1", f"pw-{name}", user_key)
+        assert login.with_key('echo "$FOO"').stdout == "bar baz\n"
+        assert login.with_password("id -un").stdout == "u1\n"
+
+
+def host_key_seen(port: int) -> str:
+    """The ed25519 host key the server presents, as ``type base64``."""
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return " ".join(scanned.stdout.split()[1:3])
+
+
+async def test_restarts_keep_the_login_and_the_host_key(
+    make_client: Any, user_key: Path, rig: Rig
+) -> None:
+    client = await make_client()
+    answer = await create(client, "kept", BUSYBOX_IMAGE, user_key)
+    port = answer["ssh-port"]
+    shown = (await (await client.get("/containers/kept")).json())["ssh_host_keys"][0]
+    # The bundled server presents the container's own key, the one the API reports.
+    assert host_key_seen(port) == shown["public_key"]
+    login = Login(port, "u1", "pw-kept", user_key)
+
+    response = await client.post("/containers/kept/restart")
+    assert response.status == 200, await response.text()
+    assert host_key_seen(port) == shown["public_key"]
+    assert login.with_key("id -un").stdout == "u1\n"
+
+    with rig.docker_stopped():
+        pass  # dockerd restarts; the container comes back by its restart policy
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if greeting(port).startswith("SSH-"):
+                break
+        await asyncio.sleep(0.2)
+    assert host_key_seen(port) == shown["public_key"]
+    assert login.with_password("id -un").stdout == "u1\n"
+
+
+async def test_an_image_without_a_shell_is_refused_and_leaves_nothing(
+    make_client: Any, rig: Rig, config: Config, shell_less_image: str
+) -> None:
+    """A distroless image: no /bin/sh for the bootstrap. A clear 422, and no container."""
+    client = await make_client()
+    body = {"name": "noshell", "image": shell_less_image, "user_name": "u1", "password": "pw"}
+    response = await client.post("/containers/create", json=body)
+    error = (await response.json())["error"]
+    assert response.status == 422, error
+    assert error == {
+        "code": "ssh_unavailable",
+        "message": (
+            "the container could not provide SSH: the image has no /bin/sh, which deepdockd's"
+            " bootstrap needs to set up the SSH login (an image without a shell, such as a"
+            " distroless one, cannot be used): choose an image with a shell; container removed"
+        ),
+        "details": {},
+    }
+    namespace = f"label=deepdockd.namespace={config.namespace}"
+    assert rig.docker("ps", "-a", "-q", "--filter", namespace).split() == []
