@@ -54,7 +54,9 @@ class MetricsService:
     async def gpus(self, caller: Caller) -> list[GpuEntry]:
         """Each GPU with the running containers that hold it: all of them for an admin, the
         caller's own for a user (another user's container names do not leak)."""
+        # Both read before the wait for Docker: one answer shows one moment of the sampler.
         statuses = self._sampler.statuses()
+        by_gpu = self._accounting.latest.by_gpu
         holders: dict[int, list[str]] | None = {s.info.index: [] for s in statuses}
         if statuses:
             try:
@@ -70,7 +72,6 @@ class MetricsService:
                         continue
                     for index in labels.gpu_indices(container.labels):
                         holders.setdefault(index, []).append(container.name)
-        by_gpu = self._accounting.latest.by_gpu
         return [
             GpuEntry(
                 info=s.info,

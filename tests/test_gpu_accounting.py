@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from deepdockd.app import create_app
@@ -90,6 +92,34 @@ def test_origin_of_a_host_process_reads_its_user_and_command() -> None:
     assert origin.container_id is None
     assert origin.user == "root"
     assert origin.command == "sleep 30"
+
+
+# A process that names itself with bytes that are not UTF-8, and a ")" that /proc/<pid>/stat's
+# parser must not take for the end of the name (prctl PR_SET_NAME = 15; any user may).
+ODD_NAME = """
+import ctypes, sys, time
+ctypes.CDLL(None).prctl(15, b"a) b\\xff\\xfe", 0, 0, 0)
+print("named", flush=True)
+time.sleep(30)
+"""
+
+
+def test_origin_of_a_process_with_any_bytes_in_its_name() -> None:
+    with subprocess.Popen([sys.executable, "-c", ODD_NAME], stdout=subprocess.PIPE) as odd:
+        try:
+            assert odd.stdout is not None
+            assert odd.stdout.readline() == b"named\n"
+            origin = origin_of(odd.pid)
+            created = psutil.Process(odd.pid).create_time()
+        finally:
+            odd.kill()
+    assert origin.user == "root"
+    assert origin.command is not None
+    assert origin.command.startswith(sys.executable)
+    # The start time, counted after the name: what psutil reads as the process's creation.
+    assert origin.started is not None
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert psutil.boot_time() + origin.started / ticks == pytest.approx(created, abs=0.05)
 
 
 def test_origin_of_a_process_that_is_gone_is_unknown() -> None:

@@ -20,7 +20,7 @@ from deepdockd.app import create_app
 from deepdockd.config import Config
 from deepdockd.containers.ssh_server import bundled_server
 
-from conftest import Client, ClientFactory, clear_namespace
+from conftest import Client, ClientFactory, clear_namespace, derived_image
 from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
 
 OPTIONS = (
@@ -150,7 +150,7 @@ def test_the_bundle_is_built_and_says_its_version() -> None:
 
 @pytest.mark.parametrize("image", [BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE])
 async def test_an_image_without_sshd_gives_the_whole_login_offline(
-    image: str, make_client: Any, offline: None, user_key: Path, tmp_path: Path
+    image: str, make_client: Any, offline: None, user_key: Path, tmp_path: Path, rig: Rig
 ) -> None:
     client = await make_client()
     answer = await create(client, "anywhere", image, user_key)
@@ -182,6 +182,15 @@ async def test_an_image_without_sshd_gives_the_whole_login_offline(
     assert "viasftp" in batch.stdout
     assert got.read_bytes() == original.read_bytes()
 
+    # An account the bootstrap wrote itself (busybox has no useradd) is not asked to change
+    # its password at the next login (a last change of 0 would, for OpenSSH).
+    [shadow] = [
+        line
+        for line in rig.docker("exec", "anywhere", "cat", "/etc/shadow").splitlines()
+        if line.startswith("u1:")
+    ]
+    assert shadow.split(":")[2] != "0", shadow
+
     # ssh -L: a local port forwarded to the container's own SSH server.
     local = free_port()
     with forwarding(login, local):
@@ -209,6 +218,26 @@ def forwarding(login: Login, local: int) -> Iterator[None]:
     finally:
         tunnel.terminate()
         tunnel.wait()
+
+
+async def test_a_shells_file_without_a_final_newline_still_lets_the_user_in(
+    make_client: Any, user_key: Path, rig: Rig
+) -> None:
+    """Dropbear admits only a login shell /etc/shells lists: the bootstrap adds the user's on
+    a line of its own, whatever the file's last line."""
+    script = "printf '/bin/false' > /etc/shells"
+    image = derived_image(rig, BUSYBOX_IMAGE, script, "/bin/sh")
+    try:
+        client = await make_client()
+        answer = await create(client, "shells", image, user_key)
+        login = Login(answer["ssh-port"], "u1", "pw-shells", user_key)
+        assert login.with_password("id -un").stdout == "u1\n"
+        assert rig.docker("exec", "shells", "cat", "/etc/shells") == "/bin/false\n/bin/sh\n"
+    finally:
+        clear_container = rig.docker("ps", "-aq", "--filter", "name=^shells$").split()
+        if clear_container:
+            rig.docker("rm", "--force", *clear_container)
+        rig.docker("rmi", "--force", image)
 
 
 async def test_bundled_always_uses_ours_and_auto_the_images_sshd(

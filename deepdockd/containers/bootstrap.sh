@@ -203,7 +203,8 @@ free_id() {
 
 # An image without useradd and adduser (Debian's busybox has neither): the account is written
 # into the files themselves, as those tools would. The group has the user's name, its gid the
-# uid when that is free; the password is locked ("*") until set_password sets it.
+# uid when that is free; the password is locked ("*") until set_password sets it, and the
+# date of its last change is empty (0 would mean "change it at the next login" to OpenSSH).
 add_user_to_files() {
     uid=$1 home=$2 shell=$3
     say "no useradd or adduser in the image: adding $user_name (uid $uid) to /etc/passwd itself"
@@ -214,7 +215,7 @@ add_user_to_files() {
     {
         echo "$user_name:x:$gid:" >> /etc/group &&
             echo "$user_name:x:$uid:$gid::$home:$shell" >> /etc/passwd &&
-            echo "$user_name:*:0:0:99999:7:::" >> /etc/shadow &&
+            echo "$user_name:*::0:99999:7:::" >> /etc/shadow &&
             chmod 0600 /etc/shadow
     } || fail "adding $user_name to /etc/passwd, /etc/group and /etc/shadow failed"
 }
@@ -249,7 +250,7 @@ set_password() {
 write_shadow_hash() {
     hash=$(cut -d: -f2- "$dir/secret")
     [ -f /etc/shadow ] || { : > /etc/shadow && chmod 0600 /etc/shadow; } || return 1
-    grep -q "^$user_name:" /etc/shadow || echo "$user_name:*:0:0:99999:7:::" >> /etc/shadow || return 1
+    grep -q "^$user_name:" /etc/shadow || echo "$user_name:*::0:99999:7:::" >> /etc/shadow || return 1
     # A crypt hash has no backslash, so awk -v takes it as it is.
     awk -F: -v OFS=: -v name="$user_name" -v hash="$hash" '$1 == name { $2 = hash } { print }' \
         /etc/shadow > "$dir/shadow.new" && cat "$dir/shadow.new" > /etc/shadow
@@ -408,6 +409,8 @@ start_dropbear() {
         fail "converting the host key for the bundled SSH server failed"
     shell=$(awk -F: -v name="$user_name" '$1 == name { print $7 }' /etc/passwd)
     if [ -n "$shell" ] && ! grep -qxF "$shell" /etc/shells 2>/dev/null; then
+        # A file without a final newline: the shell goes on a line of its own.
+        [ ! -s /etc/shells ] || [ -z "$(tail -c 1 /etc/shells)" ] || echo >> /etc/shells
         echo "$shell" >> /etc/shells
     fi
     install -m 0644 "$dir/session-env" "$bundle/session-env" 2>/dev/null ||

@@ -179,9 +179,12 @@ def processes(index: int) -> list[GpuProcess] | None:
                 memory = process.usedGpuMemory
                 if used.get(process.pid) is None:
                     used[process.pid] = memory / _BYTES_PER_MIB if memory is not None else None
-        shares = _sm_shares(index, handle) if used else {}
     except pynvml.NVMLError:
         return None
+    try:
+        shares = _sm_shares(index, handle) if used else {}
+    except pynvml.NVMLError:  # e.g. a sample that came between pynvml's two calls: next time
+        shares = None
     return [
         GpuProcess(
             pid=pid,

@@ -27,6 +27,7 @@ class ProcessOrigin:
     container_id: str | None  # the Docker container's full id; None: not in a container
     user: str | None  # the user name of its real uid (the uid as text where none has a name)
     command: str | None  # its command line, shortened; None: gone, or not readable
+    started: int | None = None  # its start time (clock ticks after boot): a pid reused differs
 
 
 UNKNOWN = ProcessOrigin(container_id=None, user=None, command=None)
@@ -46,25 +47,44 @@ def container_id_of(cgroup_text: str) -> str | None:
 
 
 def origin_of(pid: int, proc: Path = PROC) -> ProcessOrigin:
-    """Where process ``pid`` comes from; UNKNOWN when it is gone or /proc hides it."""
+    """Where process ``pid`` comes from; UNKNOWN when it is gone or /proc hides it. Whatever
+    the process wrote into its own name or command line (any bytes) is only ever text here."""
     directory = proc / str(pid)
     try:
-        cgroup = (directory / "cgroup").read_text()
-        status = (directory / "status").read_text()
+        cgroup = _text(directory / "cgroup")
+        status = _text(directory / "status")
         cmdline = (directory / "cmdline").read_bytes()
+        started = start_time(pid, proc)
     except OSError:
         return UNKNOWN
     command = b" ".join(part for part in cmdline.split(b"\0") if part).decode(errors="replace")
     if not command:  # a zombie or a kernel thread: its name
         try:
-            command = f"[{(directory / 'comm').read_text().strip()}]"
+            command = f"[{_text(directory / 'comm').strip()}]"
         except OSError:
             command = ""
     return ProcessOrigin(
         container_id=container_id_of(cgroup),
         user=_user(status),
         command=_shorten(command) or None,
+        started=started,
     )
+
+
+def start_time(pid: int, proc: Path = PROC) -> int | None:
+    """When process ``pid`` started (field 22 of /proc/<pid>/stat); None when it is gone.
+    The name (field 2, in parentheses) may hold any character: the fields after its last ")"
+    are counted."""
+    try:
+        stat = _text(proc / str(pid) / "stat")
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdecimal() else None
+
+
+def _text(path: Path) -> str:
+    return path.read_bytes().decode(errors="replace")
 
 
 def _user(status: str) -> str | None:

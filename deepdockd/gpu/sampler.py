@@ -255,7 +255,7 @@ class GpuSampler:
         log.info("NVML %s: %d GPU(s) (%s)", inventory.driver_version, len(inventory.gpus), names)
 
     async def _sample_once(self, now: float) -> None:
-        known = frozenset(self._snapshot.origins)
+        known = {pid: origin.started for pid, origin in self._snapshot.origins.items()}
         sampled: _Pass = await self._in_worker(_read_all, len(self.gpus), known)
         readings = sampled.readings
         if now >= self._bucket_ends:
@@ -293,15 +293,24 @@ class GpuSampler:
             self._buckets[index] = _Bucket()
 
 
-def _read_all(count: int, known_pids: frozenset[int]) -> _Pass:
-    """Every GPU's reading and processes, and where each process first seen comes from."""
+def _read_all(count: int, known: Mapping[int, int | None]) -> _Pass:
+    """Every GPU's reading and processes, and where each process comes from: read from /proc
+    for a pid first seen, or one whose start time changed (the pid went to another process)."""
     readings = [nvml.read(index) for index in range(count)]
     processes: list[tuple[GpuProcess, ...] | None] = []
-    for index, reading in enumerate(readings):
-        found = nvml.processes(index) if reading.error is None else None
+    for index in range(count):
+        found = nvml.processes(index)
         processes.append(tuple(found) if found is not None else None)
-    new_pids = {p.pid for found in processes if found for p in found} - known_pids
-    return _Pass(readings, processes, {pid: procfs.origin_of(pid) for pid in new_pids})
+    origins = {}
+    for pid in {p.pid for found in processes if found for p in found}:
+        if pid in known and procfs.start_time(pid) == known[pid]:
+            continue
+        try:
+            origins[pid] = procfs.origin_of(pid)
+        except Exception:  # whatever a process did to its /proc entries: unknown, not a lost tick
+            log.exception("reading /proc/%d failed", pid)
+            origins[pid] = procfs.UNKNOWN
+    return _Pass(readings, processes, origins)
 
 
 def points_since(
