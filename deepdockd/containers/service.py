@@ -54,9 +54,9 @@ _NO_SHELL = "exec /bin/sh failed: No such file or directory"
 # Docker's words for a host port that something else holds.
 _PORT_TAKEN = ("port is already allocated", "address already in use")
 # The only capabilities root has in a container: Docker's default set less NET_RAW (raw
-# frames: forged ARP replies), AUDIT_WRITE (records in the host's audit log), MKNOD, SETFCAP,
-# SETPCAP and NET_BIND_SERVICE (Docker >= 20.10 lets any process bind a container's low
-# ports). Each kept one was measured (README, Security): without it, on Debian with OpenSSH,
+# frames: forged ARP replies), MKNOD, SETFCAP, SETPCAP and NET_BIND_SERVICE (Docker >= 20.10
+# lets any process bind a container's low ports). Each kept one was measured (README,
+# Security): without it, on Debian with OpenSSH,
 CONTAINER_CAPABILITIES = (
     "CHOWN",  # useradd and dpkg fail: they give files to users and groups
     "DAC_OVERRIDE",  # apt fails, and root cannot write into a user's home (the bootstrap)
@@ -66,6 +66,10 @@ CONTAINER_CAPABILITIES = (
     "SETGID",  # sshd's privilege separation, apt's sandbox user, su and sudo fail
     "SETUID",
     "SYS_CHROOT",  # sshd's pre-login child cannot chroot: every login is refused
+    # sshd built with Linux audit (Debian's, Ubuntu's, RHEL's) writes a login record for every
+    # session with a terminal and ends the session when the kernel refuses it: without this,
+    # `ssh host` (interactive) is closed at once; only commands without a terminal work.
+    "AUDIT_WRITE",
 )
 
 
