@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.auth:
         log.warning("auth is off: every caller on %s is an admin", config.host)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reload=lambda: load_config(flags, os.environ)))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

@@ -14,6 +14,9 @@ from deepdockd.containers.service import ContainerService
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
 from deepdockd.exporter.service import Exporter
+from deepdockd.fairshare.policy import PolicyHolder
+from deepdockd.fairshare.reaper import Reaper
+from deepdockd.fairshare.records import ContainerRecords
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.records import ImageRecords
 from deepdockd.images.registries import RegistryReach
@@ -31,6 +34,8 @@ from deepdockd.typedefs import (
     GPUS,
     IMAGES,
     METRICS,
+    POLICY,
+    REAPER,
     VIEW,
 )
 
@@ -68,7 +73,12 @@ def create_app(
         namespace=config.namespace,
     )
     app[METRICS] = MetricsService(gpus, view, accounting)
-    app[CONTAINERS] = ContainerService(app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW])
+    app[POLICY] = PolicyHolder(config)
+    app[CONTAINERS] = ContainerService(
+        app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW],
+        policy=app[POLICY], records=ContainerRecords(config.state_dir),
+    )  # fmt: skip
+    app[REAPER] = Reaper(app[CONTAINERS], app[VIEW], gpus, app[POLICY], docker)
     if tokens is not None:
         app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
@@ -76,6 +86,7 @@ def create_app(
     app.cleanup_ctx.append(_gpu_accounting)
     if config.live_view:
         app.cleanup_ctx.append(_container_view)
+    app.cleanup_ctx.append(_reaper)
     setup_routes(app)
     return app
 
@@ -121,3 +132,10 @@ async def _gpu_accounting(app: web.Application) -> AsyncIterator[None]:
     await accounting.start()
     yield
     await accounting.stop()
+
+
+async def _reaper(app: web.Application) -> AsyncIterator[None]:
+    reaper = app[REAPER]
+    await reaper.start()
+    yield
+    await reaper.stop()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepdockd.fairshare.quotas import NO_QUOTAS, Quotas, parse_quotas
 from deepdockd.images.references import is_registry_host
 
 DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
@@ -100,6 +101,16 @@ class Config:
     # Answer container lists from a view kept current by Docker's events (false: ask Docker
     # on every read, as before).
     live_view: bool = True
+    # Fair share (README, "Fair share"); these six are read again on SIGHUP. Per-user limits
+    # ([quotas], 0: none), leases (hours, 0: none), and stopping containers whose GPUs all
+    # stayed at or under idle_gpu_utilization percent for idle_gpu_minutes (0: never).
+    quotas: Quotas = NO_QUOTAS
+    default_lease_hours: float = 0.0
+    max_lease_hours: float = 0.0
+    idle_gpu_minutes: float = 0.0
+    idle_gpu_utilization: float = 5.0
+    # How long before a lease ends or an idle stop the user's terminals are told.
+    stop_warning_minutes: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +291,20 @@ def _parse_shared_mounts(raw: object) -> tuple[SharedMount, ...]:
     return tuple(mounts)
 
 
+def _parse_hours(raw: object) -> float:
+    return _number(raw, 0, 87600, "must be a number of hours from 0 to 87600, as in 0.5 (0: none)")
+
+
+def _parse_minutes(raw: object) -> float:
+    return _number(
+        raw, 0, 525600, "must be a number of minutes from 0 to 525600, as in 0.5 (0: none)"
+    )
+
+
+def _parse_percent(raw: object) -> float:
+    return _number(raw, 0, 100, "must be a percentage from 0 to 100")
+
+
 def _parse_ip_address(raw: object) -> str:
     try:
         return str(ipaddress.ip_address(raw if isinstance(raw, str) else ""))
@@ -338,6 +363,12 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "service_port_range": _parse_port_range,
     "shared_mounts": _parse_shared_mounts,
     "live_view": _parse_bool,
+    "quotas": parse_quotas,
+    "default_lease_hours": _parse_hours,
+    "max_lease_hours": _parse_hours,
+    "idle_gpu_minutes": _parse_minutes,
+    "idle_gpu_utilization": _parse_percent,
+    "stop_warning_minutes": _parse_minutes,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 
@@ -401,6 +432,12 @@ def _check_together(config: Config) -> None:
         high, value = getattr(config, ceiling), getattr(config, default)
         if high and value > high:
             raise ConfigError(f"{default}: {value:g} {what} is above {ceiling} ({high:g} {what})")
+    if config.max_lease_hours and not 0 < config.default_lease_hours <= config.max_lease_hours:
+        raise ConfigError(
+            f"default_lease_hours: {config.default_lease_hours:g} is not within max_lease_hours "
+            f"({config.max_lease_hours:g}): under a ceiling every container has a lease, so "
+            "give a default above 0 and up to the ceiling"
+        )
     if config.gpu_retention < config.gpu_bucket:
         raise ConfigError(
             f"gpu_retention: {config.gpu_retention:g} s is shorter than gpu_bucket "

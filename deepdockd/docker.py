@@ -248,6 +248,15 @@ class Docker:
         async with self.translate_errors(timeout_s=60):
             await self.client.containers.container(container_id).delete(force=force, v=True)
 
+    async def exec_detached(
+        self, container_id: str, command: list[str], *, user: str = "0"
+    ) -> None:
+        """Run ``command`` in the running container and return at once (docker exec -d)."""
+        async with self.translate_errors():
+            container = self.client.containers.container(container_id)
+            execution = await container.exec(command, stdout=False, stderr=False, user=user)
+            await execution.start(detach=True)
+
     async def _inspect(self, container_id: str) -> dict[str, Any] | None:
         """Docker's inspect of the container, or None when it is gone."""
         try:

@@ -23,6 +23,10 @@ MEMORY_MB = PREFIX + "memory-mb"  # "" or absent: no limit
 CPUS = PREFIX + "cpus"  # "" or absent: no limit
 SHM_SIZE_MB = PREFIX + "shm-size-mb"
 HOME_VOLUME = PREFIX + "home-volume"  # the volume at the user's home; absent: a throwaway home
+# The end of its lease as made, ISO 8601 UTC ("" or absent: none); an extension is a record
+# (fairshare/records.py), since labels cannot change.
+LEASE_EXPIRES = PREFIX + "lease-expires"
+IDLE_RECLAIM = PREFIX + "idle-reclaim"  # "false": an admin exempted it from idle reclaim
 # On volumes: what the volume is ("home") and the uid its files belong to.
 KIND = PREFIX + "kind"
 UID = PREFIX + "uid"

@@ -218,6 +218,11 @@ class CreateContainerSchema(StrictSchema):
         load_default=list,
     )
 
+    # Hours until the reaper stops it (0: no lease); absent: the config's default_lease_hours.
+    lease_hours = JsonNumber(allow_nan=False, validate=validate.Range(min=0, max=87600))
+    # False (admins only): never stopped for idle GPUs.
+    idle_reclaim = fields.Boolean(load_default=True)
+
     @validates_schema
     def _a_way_in(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "password" not in data and not data.get("ssh_keys"):
@@ -225,6 +230,13 @@ class CreateContainerSchema(StrictSchema):
                 "give a password, ssh_keys, or both: one of them is the way in",
                 field_name="password",
             )
+
+
+class ExtendLeaseSchema(StrictSchema):
+    # A new end, this many hours from now (0: no lease), within max_lease_hours.
+    lease_hours = JsonNumber(
+        required=True, allow_nan=False, validate=validate.Range(min=0, max=87600)
+    )
 
 
 async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:

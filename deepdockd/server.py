@@ -1,22 +1,25 @@
 """Serving: listen, tell systemd we are ready, ping its watchdog, and on SIGTERM or SIGINT
 stop accepting, let the requests in flight finish (up to shutdown_timeout), stop the sampler
-and close Docker's client before exiting."""
+and close Docker's client before exiting. SIGHUP reloads the config's fair-share settings."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from deepdockd import __version__, connections, systemd
 from deepdockd.app import create_app
-from deepdockd.config import Config
+from deepdockd.config import Config, ConfigError
+from deepdockd.fairshare.policy import Policy
 from deepdockd.logs import ACCESS_LOGGER, AccessLogger
-from deepdockd.typedefs import VIEW
+from deepdockd.typedefs import CONFIG, POLICY, VIEW
 
 log = logging.getLogger("deepdockd")
 
@@ -67,8 +70,9 @@ class RequestsInFlight:
             )  # fmt: skip
 
 
-async def serve(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT; OSError when the address cannot be listened on."""
+async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; OSError when the address cannot be listened on.
+    ``reload`` loads the config again, on SIGHUP."""
     app = create_app(config)
     in_flight = RequestsInFlight()
     app.middlewares.insert(0, in_flight.middleware)  # outermost: it sees every request
@@ -88,7 +92,7 @@ async def serve(config: Config) -> None:
             __version__, config.host, config.port, config.docker_host, config.namespace,
         )  # fmt: skip
         systemd.notify(f"READY=1\nSTATUS=serving on {config.host}:{config.port}")
-        await _until_stopped()
+        await _until_stopped(lambda: reload_config(app, reload) if reload else None)
         log.info("stopping: finishing the requests in flight (up to %g s)", config.shutdown_timeout)
         systemd.notify("STOPPING=1")
         await site.stop()  # no new connections
@@ -101,11 +105,36 @@ async def serve(config: Config) -> None:
     log.info("stopped")
 
 
-async def _until_stopped() -> None:
+def reload_config(app: web.Application, load: Callable[[], Config]) -> None:
+    """Load the config again and apply its fair-share settings; a config that fails to load
+    is logged, and the one loaded before stays."""
+    try:
+        new = load()
+    except ConfigError as exc:
+        log.error("config reload failed, keeping the config loaded before: %s", exc)
+        return
+    changed = app[POLICY].replace(new)
+    log.info("config reloaded: %s", ", ".join(changed) + " changed" if changed else "no change")
+    live = {f.name for f in dataclasses.fields(Policy)}
+    running = app[CONFIG]
+    later = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in live and getattr(new, f.name) != getattr(running, f.name)
+    ]
+    if later:
+        log.warning(
+            "config reload: %s changed, which takes effect only at the next restart",
+            ", ".join(later),
+        )
+
+
+async def _until_stopped(on_hangup: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     interval = systemd.watchdog_interval()
     watchdog = (
         asyncio.create_task(systemd.ping_watchdog(interval), name="watchdog") if interval else None
@@ -117,5 +146,5 @@ async def _until_stopped() -> None:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)

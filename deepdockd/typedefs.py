@@ -9,6 +9,8 @@ from deepdockd.containers.service import ContainerService
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
 from deepdockd.exporter.service import Exporter
+from deepdockd.fairshare.policy import PolicyHolder
+from deepdockd.fairshare.reaper import Reaper
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
@@ -22,3 +24,5 @@ CONTAINERS = web.AppKey("containers", ContainerService)
 VIEW = web.AppKey("view", ContainerView)
 ACCOUNTING = web.AppKey("accounting", GpuAccounting)
 EXPORTER = web.AppKey("exporter", Exporter)
+POLICY = web.AppKey("policy", PolicyHolder)
+REAPER = web.AppKey("reaper", Reaper)

@@ -17,7 +17,7 @@ from aiohttp import web
 from deepdockd import __version__, docs
 from deepdockd.accounting import GpuAccounting
 from deepdockd.auth import AUDIT_TARGET, caller_of
-from deepdockd.containers.service import CreateRequest, ManagedContainer
+from deepdockd.containers.service import ContainerService, CreateRequest, ManagedContainer
 from deepdockd.containers.ssh_server import bundled_server
 from deepdockd.containers.view import Change
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
@@ -29,9 +29,16 @@ from deepdockd.errors import (
     ServiceUnavailable,
 )
 from deepdockd.exporter.service import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from deepdockd.fairshare.records import iso
 from deepdockd.images.service import Credentials, PullResult
 from deepdockd.metrics import GpuEntry, VisibleProcess
-from deepdockd.schemas import CreateContainerSchema, PullImageSchema, load_body
+from deepdockd.schemas import (
+    CreateContainerSchema,
+    ExtendLeaseSchema,
+    PullImageSchema,
+    load_body,
+)
+from deepdockd.tokens import USER_NAME
 from deepdockd.typedefs import (
     ACCOUNTING,
     CONFIG,
@@ -141,6 +148,7 @@ async def create_container(request: web.Request) -> web.Response:
             "name": container.name,
             "ssh-port": container.ssh_port,
             "ports": _ports(container),
+            "expires_at": iso(container.expires_at),
         },
         status=201,
     )
@@ -162,6 +170,21 @@ async def restart_container(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await request.app[CONTAINERS].restart(name, caller_of(request))
     return web.json_response({"message": f"container '{name}' restarted"})
+
+
+async def extend_lease(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await load_body(request, ExtendLeaseSchema())
+    container = await request.app[CONTAINERS].extend(name, body["lease_hours"], caller_of(request))
+    ends = iso(container.expires_at)
+    return web.json_response(
+        {
+            "message": f"lease of container '{name}' "
+            + (f"extended to {ends}" if ends else "removed: it has no end now"),
+            "name": name,
+            "expires_at": ends,
+        }
+    )
 
 
 async def delete_container(request: web.Request) -> web.Response:
@@ -198,6 +221,9 @@ def _container(container: ManagedContainer, accounting: GpuAccounting) -> dict[s
         "home_volume": container.home_volume,
         "gpu_memory_used_mib": use.memory_used_mib if use is not None else None,
         "gpu_utilization": use.utilization if use is not None else None,
+        "expires_at": iso(container.expires_at),
+        "stopped_reason": container.stopped_reason,
+        "idle_reclaim": container.idle_reclaim,
     }
 
 
@@ -283,6 +309,7 @@ async def container_events(request: web.Request) -> web.StreamResponse:
     ends = None if timeout_s is None else time.monotonic() + timeout_s
     view = request.app[VIEW]
     accounting = request.app[ACCOUNTING]
+    containers = request.app[CONTAINERS]
     subscription, missed = view.subscribe(
         lambda change: caller.is_admin or change.owner == caller.user, after=after
     )
@@ -298,7 +325,7 @@ async def container_events(request: web.Request) -> web.StreamResponse:
             subscription.on_drop = transport.abort
             _small_send_buffer(transport)
         for earlier in missed:
-            await response.write(_event(earlier, accounting))
+            await response.write(_event(earlier, containers, accounting))
         while ends is None or time.monotonic() < ends:
             wait_s = HEARTBEAT_S if ends is None else min(HEARTBEAT_S, ends - time.monotonic())
             try:
@@ -310,7 +337,7 @@ async def container_events(request: web.Request) -> web.StreamResponse:
                 continue
             if change is None:  # let go: it read too slowly, or the daemon stops
                 break
-            await response.write(_event(change, accounting))
+            await response.write(_event(change, containers, accounting))
         await response.write_eof()
     except ConnectionError:
         pass  # the client left (or was let go)
@@ -331,10 +358,10 @@ def _last_event_id(request: web.Request) -> int | None:
     return int(text)
 
 
-def _event(change: Change, accounting: GpuAccounting) -> bytes:
+def _event(change: Change, containers: ContainerService, accounting: GpuAccounting) -> bytes:
     data = {
         "type": change.type,
-        "container": _container(ManagedContainer.from_summary(change.container), accounting),
+        "container": _container(containers.describe(change.container), accounting),
         "time": change.time,
     }
     return f"id: {change.id}\nevent: {change.type}\ndata: {json.dumps(data)}\n\n".encode()
@@ -379,6 +406,15 @@ async def delete_volume(request: web.Request) -> web.Response:
 
 
 # --- metrics ---
+
+
+async def get_quota(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    user = request.query.get("user", caller.user)
+    if not USER_NAME.fullmatch(user):
+        raise InvalidInput(f"user: {user!r} is not a user name", details={"field": "user"})
+    limits, use = await request.app[CONTAINERS].quota(user, caller)
+    return web.json_response({"user": user, "limits": limits.as_answer(), "used": use.as_answer()})
 
 
 async def host_metrics(request: web.Request) -> web.Response:

@@ -28,7 +28,8 @@ SimGpus = Callable[..., Path]
 Gpus = list[dict[str, Any]]
 Leftovers = Callable[..., list[str]]
 SEED_CREATED_KEYS = {"message", "id", "name", "ssh-port"}
-CREATED_KEYS = SEED_CREATED_KEYS | {"ports"}  # the seed's, and the extra ports published
+# The seed's, the extra ports published, and the end of its lease (fair share).
+CREATED_KEYS = SEED_CREATED_KEYS | {"ports", "expires_at"}
 SEED_LIST_KEYS = {"id", "name", "status", "image", "created", "ssh-port", "gpus"}
 
 
@@ -395,6 +396,8 @@ async def test_full_life_cycle_shows_in_the_list(
         "home_volume": f"{namespace}-home-anonymous.alice",
         # NVML lists no process of it on its GPUs: none used (not unknown).
         "gpu_memory_used_mib": 0.0, "gpu_utilization": 0.0,
+        # Fair share: no lease (none by default), never stopped by the reaper, reclaimable.
+        "expires_at": None, "stopped_reason": None, "idle_reclaim": True,
     }  # fmt: skip
     assert item["created"].endswith("Z")
     assert len(item["created"].split(".")[1]) == 10  # nanoseconds, as Docker writes them

@@ -6,6 +6,7 @@ Run only where a GPU is: DEEPDOCKD_TEST_REAL_NVML=1 pytest -m gpu tests/test_nvm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from deepdockd.accounting import attribute
+from deepdockd.fairshare.reaper import IdleClock
 from deepdockd.gpu import nvml
 from deepdockd.gpu.procfs import origin_of
 from deepdockd.gpu.sampler import GpuSampler, ProcessSnapshot
@@ -190,3 +192,42 @@ def test_a_cuda_process_is_listed_with_its_pid_memory_and_sm_share(
     snapshot = ProcessSnapshot(number=1, processes={0: (busy,)}, origins={pid: origin})
     (use,) = attribute(snapshot, [], {}).by_gpu[0] or ()
     assert (use.kind, use.pid, use.container, use.stray) == ("host", pid, None, False)
+
+
+async def test_the_idle_clock_sees_a_real_gpu_idle_then_busy() -> None:
+    """Idle reclaim's judgement on real samples: an idle GPU counts up; under a CUDA load its
+    utilization passes the threshold and the count starts again (fair share, issue 15)."""
+    sampler = GpuSampler(interval_s=0.1, bucket_s=1, retention_s=10, retry_interval_s=1)
+    clock = IdleClock()
+
+    async def follow() -> None:
+        number = 0
+        while True:
+            number = (await sampler.next_processes(number)).number
+            clock.observe(sampler.statuses(), 5, time.monotonic())
+
+    await sampler.start()
+    feeding = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(3)
+        idle_s = clock.idle_for(0, time.monotonic(), max_gap_s=1)
+        assert idle_s >= 2, f"GPU 0 not idle: {sampler.statuses()[0].latest}"
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CUDA_WORKER, stdout=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while clock.idle_for(0, time.monotonic(), max_gap_s=1) > 0:
+                assert time.monotonic() < deadline, "a CUDA load never broke the idle run"
+                await asyncio.sleep(0.1)
+            latest = sampler.statuses()[0].latest
+            assert latest is not None
+            assert (latest.utilization_pct or 0) > 5, latest
+        finally:
+            worker.kill()
+            await worker.wait()
+    finally:
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeding
+        await sampler.stop()

@@ -64,6 +64,8 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     shutil.copy(UNIT, tmp_path / "etc/systemd/system/deepdockd.service")
     (tmp_path / "usr/local/bin").mkdir(parents=True)
     shutil.copy(ROOT / ".venv/bin/deepdockd", tmp_path / "usr/local/bin/deepdockd")
+    (tmp_path / "bin").mkdir()
+    shutil.copy("/bin/kill", tmp_path / "bin/kill")  # ExecReload's
 
     verify = subprocess.run(
         ["systemd-analyze", "verify", f"--root={tmp_path}", "deepdockd.service"],
@@ -88,6 +90,8 @@ def test_the_unit_is_a_notify_service_that_survives_docker_restarts() -> None:
     for option in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges"):
         assert option in unit["Service"]
     assert "PrivateDevices" not in unit["Service"]  # it would hide /dev/nvidia*
+    # systemctl reload: SIGHUP, which reloads the fair-share settings.
+    assert unit["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 
 def test_the_default_config_shows_every_key_with_its_default(tmp_path: Path) -> None:

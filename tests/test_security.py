@@ -101,9 +101,13 @@ async def test_every_route_for_every_caller(
         row("POST", f"/containers/{alice_box}/stop", None, 401, 200, 404, 200),
         row("POST", f"/containers/{alice_box}/start", None, 401, 200, 404, 200),
         row("POST", f"/containers/{alice_box}/restart", None, 401, 200, 404, 200),
+        row("POST", f"/containers/{alice_box}/extend", {"lease_hours": 2}, 401, 200, 404, 200),
         row("GET", f"/containers/{alice_box}/logs?tail=5", None, 401, 200, 404, 200),
         row("GET", "/events?timeout=1", None, 401, 200, 200, 200),
         row("GET", "/volumes", None, 401, 200, 200, 200),
+        row("GET", "/quota", None, 401, 200, 200, 200),
+        # Another user's quota: for admins only.
+        row("GET", "/quota?user=alice", None, 401, 200, 403, 200),
         # Used by alice's box: refused to its owner and the admin, unknown to bob.
         row("DELETE", f"/volumes/{alice_home}", None, 401, 409, 404, 409),
         # Past the token, a create is checked like anyone's: this one's empty password is not.

@@ -54,6 +54,8 @@ class Reservation:
     gpus: tuple[Gpu, ...]
     container_id: str = ""  # "" for a create: the container does not exist yet
     ports: Mapping[int, int] = field(default_factory=dict)  # container port -> host port
+    memory_mb: int | None = None  # its limits, which quotas count (None: no limit)
+    cpus: float | None = None
     key: int = field(default_factory=lambda: next(_reservation_keys), compare=False)
 
     def as_holder(self) -> ContainerSummary:
@@ -71,6 +73,8 @@ class Reservation:
                 labels.GPU_INDICES: ",".join(str(g.index) for g in self.gpus),
                 labels.GPU_UUIDS: ",".join(g.uuid for g in self.gpus if g.uuid),
                 labels.PORTS: labels.format_ports(self.ports),
+                labels.MEMORY_MB: "" if self.memory_mb is None else str(self.memory_mb),
+                labels.CPUS: "" if self.cpus is None else f"{self.cpus:g}",
             },
             published={},
         )

@@ -14,7 +14,7 @@ import logging
 import re
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -39,7 +39,31 @@ from deepdockd.containers.ssh_server import BUNDLE_DIR, SshServerBundle, bundled
 from deepdockd.containers.sshkeys import HostKey, PublicHostKey
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
-from deepdockd.errors import ApiError, Conflict, InvalidInput, NotFound, ServiceUnavailable
+from deepdockd.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
+from deepdockd.fairshare.leases import (
+    LeaseExpired,
+    lease_from,
+    lease_hours_for,
+    lease_of,
+    now_utc,
+)
+from deepdockd.fairshare.policy import PolicyHolder
+from deepdockd.fairshare.quotas import Ask, QuotaLimits, Usage, check_quota, usage_of
+from deepdockd.fairshare.records import (
+    EMPTY,
+    ContainerRecords,
+    Lease,
+    Record,
+    RecordsUnreadable,
+    iso,
+)
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.tokens import Caller
@@ -100,6 +124,8 @@ class CreateRequest:
     memory_mb: int | None = None
     cpus: float | None = None
     ports: list[int] = field(default_factory=list)  # container ports to publish
+    lease_hours: float | None = None  # None: the config's default_lease_hours
+    idle_reclaim: bool = True  # False (admins only): never stopped for idle GPUs
     # The container's own SSH host key, made with the request: its public half goes into a
     # label, its private half into the container with the bootstrap.
     host_key: HostKey = field(default_factory=HostKey.generate, compare=False)
@@ -128,15 +154,21 @@ class ManagedContainer:
     cpus: float | None  # None: no limit
     shm_size_mb: int | None  # None: made before deepdockd set it (Docker's 64 MiB)
     home_volume: str | None  # None: a throwaway home
+    expires_at: datetime | None  # the end of its lease; None: no lease
+    lease_set_at: datetime | None  # when that end was set
+    stopped_reason: str | None  # why the reaper stopped it, while it is not running
+    idle_reclaim: bool  # False: never stopped for idle GPUs
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
 
     @classmethod
-    def from_summary(cls, summary: ContainerSummary) -> ManagedContainer:
+    def from_summary(cls, summary: ContainerSummary, record: Record = EMPTY) -> ManagedContainer:
+        """The container as its labels and its fair-share ``record`` describe it."""
         label = summary.labels.get
         port = label(labels.SSH_PORT, "")
+        lease = lease_of(summary.labels, record)
         return cls(
             id=summary.id,
             name=summary.name,
@@ -161,6 +193,10 @@ class ManagedContainer:
             cpus=_float_label(label(labels.CPUS, "")),
             shm_size_mb=_int_label(label(labels.SHM_SIZE_MB, "")),
             home_volume=label(labels.HOME_VOLUME) or None,
+            expires_at=lease.expires_at,
+            lease_set_at=lease.set_at,
+            stopped_reason=record.stopped_reason if summary.state != "running" else None,
+            idle_reclaim=label(labels.IDLE_RECLAIM) != "false",
         )
 
 
@@ -172,6 +208,9 @@ class ContainerService:
         gpus: GpuSampler,
         config: Config,
         view: ContainerView,
+        *,
+        policy: PolicyHolder | None = None,
+        records: ContainerRecords | None = None,
     ) -> None:
         self._docker = docker
         self._view = view
@@ -179,6 +218,13 @@ class ContainerService:
         self._gpus = gpus
         self._config = config
         self.homes = HomeVolumes(docker, config)
+        self.policy = policy if policy is not None else PolicyHolder(config)
+        self.records = records if records is not None else ContainerRecords(config.state_dir)
+        # Containers the reaper is stopping: a start or restart meanwhile is refused.
+        self._reclaiming: set[str] = set()
+        # When each container was last started through the API (time.monotonic()): the
+        # reaper's idle clock of a container starts there.
+        self.started_at: dict[str, float] = {}
         # Held while a port or GPUs are chosen; the choice is then a reservation until Docker
         # has the container running.
         self._allocation = asyncio.Lock()
@@ -199,7 +245,7 @@ class ContainerService:
         (or one Docker call while it is stale), whatever their number."""
         summaries = await self._view.summaries()
         return sorted(
-            (ManagedContainer.from_summary(s) for s in summaries if _may_see(caller, s)),
+            (self.describe(s) for s in summaries if _may_see(caller, s)),
             key=lambda c: c.created,
             reverse=True,  # newest first, as Docker lists them
         )
@@ -209,8 +255,20 @@ class ContainerService:
         does not exist, so that names do not leak."""
         for summary in await self._view.summaries():
             if summary.name == name and _may_see(caller, summary):
-                return ManagedContainer.from_summary(summary)
+                return self.describe(summary)
         raise NotFound(f"no container {name!r}", details={"name": name})
+
+    def describe(self, summary: ContainerSummary) -> ManagedContainer:
+        return ManagedContainer.from_summary(summary, self.records.get(summary.id))
+
+    async def quota(self, user: str, caller: Caller) -> tuple[QuotaLimits, Usage]:
+        """``user``'s limits and use (from the live view and the operations in flight)."""
+        if user != caller.user and not caller.is_admin:
+            raise Forbidden("only an admin may read another user's quota", details={"user": user})
+        is_admin = caller.is_admin if user == caller.user else False
+        limits = self.policy.current.quotas.limits_for(user, is_admin=is_admin)
+        ours = await self._view.summaries() + self._reservations.holders()
+        return limits, usage_of(user, ours)
 
     # --- create ---
 
@@ -234,13 +292,23 @@ class ContainerService:
             memory_mb=request.memory_mb,
             cpus=request.cpus,
         )
+        if not request.idle_reclaim and not caller.is_admin:
+            raise Forbidden(
+                "idle_reclaim: only an admin may exempt a container from idle-GPU reclaim",
+                details={"field": "idle_reclaim"},
+            )
+        lease_hours = lease_hours_for(request.lease_hours, self.policy.current)
         image = await self._images.image_to_run(request.image, caller)
         gpus = await self._resolve_gpus(request.gpu_ids)
+        lease = lease_from(lease_hours, now_utc())  # from now: a slow pull costs no lease
         home = None
         if request.persistent_home:  # kept, like every volume, if the create fails
             home = await self.homes.ensure(request.owner, request.user_name)
         async with self._allocation:  # the decision only; Docker's slow steps come after
             everyone = await self._holders()
+            self._check_quota(
+                caller, everyone, Ask(len(gpus), 1, resources.memory_mb, resources.cpus)
+            )
             if not self._config.gpu_sharing:
                 check_gpus_free(gpus, everyone, viewer=_viewer(caller))
             port = choose_ssh_port(
@@ -257,9 +325,17 @@ class ContainerService:
                 released_at=self._port_releases.released_at,
             )
             reservation = self._reservations.add(
-                Reservation(request.name, request.owner, port, tuple(gpus), ports=ports)
+                Reservation(
+                    request.name,
+                    request.owner,
+                    port,
+                    tuple(gpus),
+                    ports=ports,
+                    memory_mb=resources.memory_mb,
+                    cpus=resources.cpus,
+                )
             )
-        setup = Setup(image, gpus, port, ports, resources, home)
+        setup = Setup(image, gpus, port, ports, resources, home, lease)
         try:
             await self._networks.ensure(request.owner)
             container_id = await self._make(request, setup)
@@ -267,6 +343,7 @@ class ContainerService:
                 tar = await _bootstrap_tar(request, setup.home, self._config.ssh_server)
                 await self._docker.put_archive(container_id, "/", tar)
                 await self._start(container_id, port, ports)
+                self._started(container_id)
             except BaseException:
                 await self._discard(container_id, request.name)
                 raise
@@ -384,6 +461,8 @@ class ContainerService:
                 labels.CPUS: "" if resources.cpus is None else f"{resources.cpus:g}",
                 labels.SHM_SIZE_MB: str(resources.shm_size_mb),
                 labels.HOME_VOLUME: setup.home.name if setup.home else "",
+                labels.LEASE_EXPIRES: iso(setup.lease.expires_at) or "",
+                labels.IDLE_RECLAIM: "true" if request.idle_reclaim else "false",
             },
             "HostConfig": host_config,
         }
@@ -471,13 +550,15 @@ class ContainerService:
         """Start it and wait until its sshd answers (a login works when this returns)."""
         async with self._allocation:
             container = await self.get(name, caller)
+            self._check_may_run(container)
             if await self._running(container.id):  # Docker's word, not the view's
                 return
-            await self._check_own_gpus_free(container, caller)
+            await self._check_may_hold(container, caller)
             reservation = self._reservations.add(_reservation_of(container))
         try:
             restarts = await self._restart_count(container.id)
             await self._start(container.id, container.ssh_port, container.ports)
+            self._started(container.id)
         finally:
             self._reservations.remove(reservation)
         try:
@@ -495,19 +576,25 @@ class ContainerService:
     async def restart(self, name: str, caller: Caller) -> None:
         async with self._allocation:
             container = await self.get(name, caller)
+            self._check_may_run(container)
             if not await self._running(container.id):  # Docker's word, not the view's
-                await self._check_own_gpus_free(container, caller)
+                await self._check_may_hold(container, caller)
             # Held through the stop and the start, so that nobody takes its GPUs in between.
             reservation = self._reservations.add(_reservation_of(container))
         try:
             restarts = await self._restart_count(container.id)
             await self._docker.restart_container(container.id)
+            self._started(container.id)
         finally:
             self._reservations.remove(reservation)
         try:
             await self._wait_for_sshd(container.id, container.ssh_port, restarts_before=restarts)
         finally:
             await self._view.refresh(container.id)
+
+    def _started(self, container_id: str) -> None:
+        self.started_at[container_id] = time.monotonic()
+        self.records.started(container_id)
 
     async def _running(self, container_id: str) -> bool:
         state = await self._docker.container_state(container_id)
@@ -527,6 +614,8 @@ class ContainerService:
             )
         await self._docker.remove_container(container.id, force=force)
         self._view.forget(container.id)
+        self.records.forget(container.id)
+        self.started_at.pop(container.id, None)
         self._port_releases.release(container.ssh_port, *container.ports.values())
         await self._networks.release(container.owner)
 
@@ -535,12 +624,87 @@ class ContainerService:
         everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
         return everyone + self._reservations.holders()
 
-    async def _check_own_gpus_free(self, container: ManagedContainer, caller: Caller) -> None:
+    async def _check_may_hold(self, container: ManagedContainer, caller: Caller) -> None:
+        """Whether the stopped ``container`` may run again: within its owner's quota (when
+        the owner asks), and on GPUs that no other running container holds."""
+        holders = await self._holders()
+        if caller.user == container.owner:
+            ask = Ask(len(container.gpu_indices), 0, container.memory_mb, container.cpus)
+            self._check_quota(caller, holders, ask, exclude_name=container.name)
         if self._config.gpu_sharing or not container.gpu_indices:
             return
         gpus = _reservation_of(container).gpus
-        holders = await self._holders()
         check_gpus_free(gpus, holders, exclude_id=container.id, viewer=_viewer(caller))
+
+    def _check_quota(
+        self,
+        caller: Caller,
+        holders: list[ContainerSummary],
+        ask: Ask,
+        *,
+        exclude_name: str | None = None,
+    ) -> None:
+        """The caller's own quota, counted over this namespace's containers (a reservation
+        has no namespace label: every one is ours)."""
+        namespace = self._config.namespace
+        ours = [c for c in holders if c.labels.get(labels.NAMESPACE, namespace) == namespace]
+        limits = self.policy.current.quotas.limits_for(caller.user, is_admin=caller.is_admin)
+        use = usage_of(caller.user, ours, exclude_name=exclude_name)
+        check_quota(caller.user, limits, use, ask)
+
+    def _check_may_run(self, container: ManagedContainer) -> None:
+        if container.id in self._reclaiming:
+            raise Conflict(
+                f"container {container.name!r} is being stopped by deepdockd's reaper; "
+                "start it again once it has stopped",
+                details={"name": container.name},
+            )
+        if container.expires_at is not None and container.expires_at <= now_utc():
+            raise LeaseExpired(
+                f"the lease of container {container.name!r} ended at "
+                f"{iso(container.expires_at)}: extend it first (POST /containers/"
+                f'{container.name}/extend with {{"lease_hours": N}}), then start it',
+                details={"name": container.name, "expires_at": iso(container.expires_at)},
+            )
+
+    # --- fair share ---
+
+    async def extend(self, name: str, lease_hours: float, caller: Caller) -> ManagedContainer:
+        """A new end for the container's lease, ``lease_hours`` from now (0: none), within
+        max_lease_hours."""
+        hours = lease_hours_for(lease_hours, self.policy.current)
+        async with self._allocation:  # the reaper decides under it, from this record
+            container = await self.get(name, caller)
+            self.records.set_lease(container.id, lease_from(hours, now_utc()))
+        log.info("lease of %s set to %s hours by %s", name, f"{hours:g}", caller.user)
+        return await self.get(name, caller)
+
+    async def reclaim(
+        self, container_id: str, reason_to_stop: Callable[[ManagedContainer], str | None]
+    ) -> ManagedContainer | None:
+        """Stop the container if ``reason_to_stop`` still gives a reason when asked under
+        the allocation lock, about the container as Docker's labels and state show it now
+        (never the view's copy); the stopped container, or None when it was left running.
+        The stop is recorded with its reason. It never removes anything."""
+        async with self._allocation:
+            summary = await self._docker.container_summary(container_id)
+            if summary is None or summary.state != "running" or container_id in self._reclaiming:
+                return None
+            container = self.describe(summary)
+            reason = reason_to_stop(container)
+            if reason is None:
+                return None
+            self._reclaiming.add(container_id)
+        try:
+            await self._docker.stop_container(container_id)
+            try:
+                self.records.stopped(container_id, reason, now_utc())
+            except RecordsUnreadable as exc:  # stopped all the same; the log and audit say why
+                log.error("could not record why %s was stopped: %s", container.name, exc)
+        finally:
+            self._reclaiming.discard(container_id)
+            await self._view.refresh(container_id)
+        return container
 
 
 @dataclass(frozen=True)
@@ -553,6 +717,7 @@ class Setup:
     ports: dict[int, int]  # container port -> host port
     resources: Resources
     home: HomeVolume | None
+    lease: Lease
 
 
 def _mounts(
@@ -593,7 +758,10 @@ def _reservation_of(container: ManagedContainer) -> Reservation:
     """The GPUs an existing container takes when it starts (its port is its own already)."""
     uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
     gpus = tuple(Gpu(i, u) for i, u in zip(container.gpu_indices, uuids, strict=False))
-    return Reservation(container.name, container.owner, None, gpus, container_id=container.id)
+    return Reservation(
+        container.name, container.owner, None, gpus, container_id=container.id,
+        memory_mb=container.memory_mb, cpus=container.cpus,
+    )  # fmt: skip
 
 
 def _may_see(caller: Caller, container: ContainerSummary) -> bool:

@@ -1,0 +1,1 @@
+"""Fair share: per-user quotas, leases, and reclaiming GPUs that stay idle."""

@@ -1,0 +1,244 @@
+"""Per-user quotas: how many GPUs, containers, MiB of memory and CPUs a user may hold.
+
+The config's ``[quotas]`` table gives every user's limits; a ``[quotas.users.NAME]`` table
+changes some of them for one user. An admin is not limited unless a table of their own names
+limits (then only those). A limit of 0 means none.
+
+Use is counted from Docker's labels of the namespace's containers and the reservations of the
+operations in flight, under the allocation lock, so that concurrent creates cannot together
+pass a limit that each alone would meet.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from deepdockd import labels
+from deepdockd.docker import ContainerSummary
+from deepdockd.errors import Forbidden
+from deepdockd.host import ram_total_mib
+from deepdockd.tokens import USER_NAME
+
+# States in which a container holds its GPUs, memory and CPUs.
+HOLDING_STATES = frozenset({"running", "restarting", "paused"})
+
+
+class QuotaExceeded(Forbidden):
+    code = "quota_exceeded"
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    """One user's limits; 0: none."""
+
+    max_gpus: int = 0  # GPUs held by their running containers, all together
+    max_containers: int = 0  # containers they have, running or not
+    max_memory_mb: int = 0  # memory limits of their running containers, summed
+    max_cpus: float = 0.0  # CPU limits of their running containers, summed
+
+    def as_answer(self) -> dict[str, float | int | None]:
+        """Each limit, None where there is none."""
+        return {f.name: getattr(self, f.name) or None for f in fields(self)}
+
+
+UNLIMITED = QuotaLimits()
+
+
+@dataclass(frozen=True)
+class Quotas:
+    defaults: QuotaLimits = UNLIMITED
+    # (user, the keys their table names) sorted by user; a tuple keeps Config hashable.
+    users: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+
+    def limits_for(self, user: str, *, is_admin: bool) -> QuotaLimits:
+        own = dict(self.users).get(user)
+        if own is None:
+            return UNLIMITED if is_admin else self.defaults
+        base = UNLIMITED if is_admin else self.defaults
+        changes: dict[str, Any] = dict(own)
+        return replace(base, **changes)
+
+
+NO_QUOTAS = Quotas()
+
+
+@dataclass(frozen=True)
+class Usage:
+    gpus: int
+    containers: int
+    memory_mb: int
+    cpus: float
+    running: tuple[str, ...]  # the names of the containers that hold resources
+    all: tuple[str, ...]  # the names of all their containers
+
+    def as_answer(self) -> dict[str, float | int]:
+        return {
+            "gpus": self.gpus,
+            "containers": self.containers,
+            "memory_mb": self.memory_mb,
+            "cpus": round(self.cpus, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What an operation would add to its owner's use."""
+
+    gpus: int
+    containers: int
+    memory_mb: int | None  # None: no limit, which counts as the whole host's
+    cpus: float | None
+
+
+def usage_of(
+    owner: str, containers: Iterable[ContainerSummary], *, exclude_name: str | None = None
+) -> Usage:
+    """``owner``'s use among ``containers`` (Docker's list and the reservations of operations
+    in flight; a reservation stands for the container of the same name, which it is about to
+    be), leaving out ``exclude_name`` (the container a start asks about)."""
+    by_name: dict[str, ContainerSummary] = {}
+    for container in containers:
+        if container.labels.get(labels.OWNER) != owner or container.name == exclude_name:
+            continue
+        # A reservation says "running"; Docker's entry may still say it was not.
+        if container.name not in by_name or container.state in HOLDING_STATES:
+            by_name[container.name] = container
+    running = [c for c in by_name.values() if c.state in HOLDING_STATES]
+    return Usage(
+        gpus=sum(len(labels.gpu_indices(c.labels)) for c in running),
+        containers=len(by_name),
+        memory_mb=sum(_memory_mb(c.labels.get(labels.MEMORY_MB, "")) for c in running),
+        cpus=sum(_cpus(c.labels.get(labels.CPUS, "")) for c in running),
+        running=tuple(sorted(c.name for c in running)),
+        all=tuple(sorted(by_name)),
+    )
+
+
+def check_quota(user: str, limits: QuotaLimits, use: Usage, ask: Ask) -> None:
+    """A 403 ``quota_exceeded`` naming the first limit that ``ask`` would pass, the user's
+    use, and what to stop or remove."""
+    if (
+        ask.containers
+        and limits.max_containers
+        and use.containers + ask.containers > limits.max_containers
+    ):
+        raise _exceeded(
+            user, "max_containers", limits.max_containers, use.containers, ask.containers,
+            "containers", use.all, "remove one (DELETE /containers/NAME)",
+        )  # fmt: skip
+    if limits.max_gpus and use.gpus + ask.gpus > limits.max_gpus:
+        raise _exceeded(
+            user, "max_gpus", limits.max_gpus, use.gpus, ask.gpus, "GPUs", use.running,
+            "stop one (POST /containers/NAME/stop)",
+        )  # fmt: skip
+    memory = _memory_mb("" if ask.memory_mb is None else str(ask.memory_mb))
+    if limits.max_memory_mb and use.memory_mb + memory > limits.max_memory_mb:
+        raise _exceeded(
+            user, "max_memory_mb", limits.max_memory_mb, use.memory_mb, memory, "MiB of memory",
+            use.running, "stop one (POST /containers/NAME/stop), or ask for less memory_mb",
+            unlimited=ask.memory_mb is None,
+        )  # fmt: skip
+    cpus = _cpus("" if ask.cpus is None else f"{ask.cpus:g}")
+    if limits.max_cpus and use.cpus + cpus > limits.max_cpus + 1e-9:
+        raise _exceeded(
+            user, "max_cpus", limits.max_cpus, use.cpus, cpus, "CPUs", use.running,
+            "stop one (POST /containers/NAME/stop), or ask for fewer cpus",
+            unlimited=ask.cpus is None,
+        )  # fmt: skip
+
+
+def _exceeded(
+    user: str,
+    limit: str,
+    allowed: float,
+    used: float,
+    asked: float,
+    unit: str,
+    holders: tuple[str, ...],
+    remedy: str,
+    *,
+    unlimited: bool = False,
+) -> QuotaExceeded:
+    held = f" ({', '.join(holders)})" if holders else ""
+    no_limit = " (a container without a limit counts as the whole host)" if unlimited else ""
+    return QuotaExceeded(
+        f"quota exceeded: {user}'s {limit} is {allowed:g}; {user} holds {used:g} {unit}{held} "
+        f"and this asks for {asked:g} more{no_limit}: {remedy}, or ask an admin to raise it",
+        details={
+            "limit": limit,
+            "allowed": allowed,
+            "used": used,
+            "requested": asked,
+            "containers": list(holders),
+        },
+    )
+
+
+def _memory_mb(text: str) -> int:
+    """A container's memory limit label; none counts as the host's RAM, all it may take."""
+    return int(text) if text.isdecimal() else ram_total_mib()
+
+
+def _cpus(text: str) -> float:
+    try:
+        return float(text) if text else float(os.cpu_count() or 1)
+    except ValueError:
+        return float(os.cpu_count() or 1)
+
+
+# --- the config's [quotas] table ---
+
+_WHOLE = {"max_gpus", "max_containers", "max_memory_mb"}
+_KEYS = [f.name for f in fields(QuotaLimits)]
+
+
+def parse_quotas(raw: object) -> Quotas:
+    """The ``[quotas]`` table (a dict from the file; from the environment, a TOML inline
+    table such as ``{max_gpus = 2, users = {alice = {max_gpus = 4}}}``)."""
+    if isinstance(raw, str):
+        try:
+            raw = tomllib.loads(f"quotas = {raw}")["quotas"]
+        except tomllib.TOMLDecodeError:
+            raw = None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            "must be a table: [quotas] in the config file, or an inline table such as "
+            "{max_gpus = 2, users = {alice = {max_gpus = 4}}} in the environment"
+        )
+    table = dict(raw)
+    users = table.pop("users", {})
+    defaults = QuotaLimits(**_limits(table, "quotas"))
+    if not isinstance(users, dict):
+        raise ValueError("sets quotas.users to a value: it must be a table of tables, one per user")
+    per_user = []
+    for user, own in sorted(users.items()):
+        if not USER_NAME.fullmatch(user):
+            raise ValueError(f"names quotas.users.{user!r}, which is not a user name")
+        if not isinstance(own, dict):
+            raise ValueError(f"sets quotas.users.{user} to a value: it must be a table")
+        per_user.append((user, tuple(sorted(_limits(own, f"quotas.users.{user}").items()))))
+    return Quotas(defaults, tuple(per_user))
+
+
+def _limits(table: Mapping[str, object], where: str) -> dict[str, Any]:
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"names an unknown key {where}.{unknown[0]} (known: {', '.join(_KEYS)})")
+    limits: dict[str, Any] = {}
+    for key, value in table.items():
+        whole = key in _WHOLE
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int if whole else int | float)
+            or not 0 <= value <= 16 * 1024 * 1024
+        ):
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(
+                f"sets {where}.{key} to {value!r}: it must be {kind} from 0 (no limit) up"
+            )
+        limits[key] = value if whole else float(value)
+    return limits
