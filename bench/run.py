@@ -526,6 +526,36 @@ class Bench:
             )
         )
 
+    async def client_startup(self, rounds: int = 30) -> None:
+        """`deepdock --version` against `python -c pass`, interleaved: what the client adds to
+        every command before it does anything (its imports)."""
+        client = [str(Path(sys.executable).parent / "deepdock"), "--version"]
+        bare = [sys.executable, "-c", "pass"]
+
+        def once(argv: list[str]) -> float:
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            return time.perf_counter() - started
+
+        for argv in (client, bare):  # warm the page cache
+            once(argv)
+        pairs = [(once(client), once(bare)) for _ in range(rounds)]
+        value = median_ms([c for c, _ in pairs])
+        baseline = median_ms([b for _, b in pairs])
+        self.add(
+            Figure(
+                "`deepdock --version` start-up, median",
+                value,
+                "ms",
+                against="`python -c pass`",
+                baseline=baseline,
+                ratio=value / baseline,
+                target="≤ baseline + 250 ms",
+                met=value - baseline <= 250,
+                detail=f"{rounds} runs each, interleaved",
+            )
+        )
+
     async def sampler_cpu(self, seconds: float = 30) -> None:
         """The whole daemon's CPU with 8 GPUs sampled at 1 s, an upper bound of the sampler's,
         against the same daemon without GPUs; once on a simulator whose calls cost nothing,
@@ -1069,6 +1099,7 @@ async def main() -> int:
             "create": bench.create_to_login,
             "concurrent": bench.concurrent_creates,
             "rps": bench.metrics_throughput,
+            "client": bench.client_startup,
         }
         chosen = sys.argv[1:] or list(steps)
         unknown = set(chosen) - set(steps)

@@ -1,0 +1,326 @@
+"""The `deepdock` client, run as a person runs it (its console script, in a home of its own)
+against deepdockd processes on the rig: login, containers, SSH with pinned host keys (also
+after a port was reused), pull progress under a real pseudo-terminal, --all across two
+servers with one stopped, errors and exit statuses."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deepdockd.client.settings import Server as ClientServer
+from deepdockd.client.units import hours, mebibytes
+from deepdockd.tokens import TokenStore
+
+from conftest import NVML_SIM_LIBRARY, RIG_REGISTRIES, RunningDaemon
+from daemon import Daemon, http_json
+from rig import DEBIAN_SSH_IMAGE, Rig
+
+DEEPDOCK = Path(sys.executable).parent / "deepdock"
+DEMO_GPUS = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
+
+
+@dataclass
+class Terminal:
+    """A person's shell: a home of their own (config, keys, known hosts) and deepdock."""
+
+    home: Path
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, stdin: str = "", **extra_env: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(DEEPDOCK), *args], input=stdin, capture_output=True, text=True,
+            env={**self.env, **extra_env}, timeout=180, check=False,
+        )  # fmt: skip
+
+    def ok(self, *args: str, stdin: str = "") -> str:
+        done = self.run(*args, stdin=stdin)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Terminal:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / ".ssh" / "id_ed25519")],
+        check=True,
+    )
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], "USER": "alice", "COLUMNS": "200"}
+    return Terminal(home, env)
+
+
+@dataclass
+class Server:
+    daemon: RunningDaemon
+    token: str  # alice's
+
+    @property
+    def url(self) -> str:
+        return self.daemon.base
+
+
+@pytest.fixture
+def server(
+    rig_daemon: Callable[..., RunningDaemon], namespace: str, ssh_ports: tuple[int, int],
+    cleanup: None,
+) -> Server:  # fmt: skip
+    """A deepdockd with auth on, the simulated demo GPUs and ONE SSH port: every container
+    gets the port of the one before it."""
+    env = {
+        "DEEPDOCKD_NAMESPACE": namespace,
+        "DEEPDOCKD_SSH_PORT_RANGE": f"{ssh_ports[0]}-{ssh_ports[0]}",
+        "LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent),
+        "NVML_SIM_CONFIG": str(DEMO_GPUS),
+    }
+    daemon = rig_daemon(env=env, auth=True)
+    return Server(daemon, TokenStore(daemon.state_dir).add("alice", "user"))
+
+
+def login(terminal: Terminal, server: Server, name: str = "gpu1") -> None:
+    said = terminal.ok("login", server.url, "--name", name, stdin=f"{server.token}\n")
+    assert said.startswith(f"logged in to {name} ({server.url}) as alice; saved in ")
+
+
+# --- login, containers, ssh ---
+
+
+def test_login_keeps_the_token_for_the_owner_only(terminal: Terminal, server: Server) -> None:
+    refused = terminal.run("login", server.url, "--name", "gpu1", stdin="ddk_wrong\n")
+    assert refused.returncode == 1
+    assert (
+        refused.stderr
+        == "deepdock: not saved: the token is not valid: it was mistyped or revoked\n"
+    )
+
+    login(terminal, server)
+
+    config = terminal.home / ".config" / "deepdock" / "config.toml"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+    assert server.token in config.read_text()
+    assert json.loads(terminal.ok("quota", "--json"))["user"] == "alice"
+    # The environment overrides the file.
+    other = terminal.run("quota", DEEPDOCK_URL=server.url, DEEPDOCK_TOKEN="ddk_bad")
+    assert (other.returncode, other.stderr) == (
+        1, "deepdock: the token is not valid: it was mistyped or revoked\n"
+    )  # fmt: skip
+
+
+def test_create_then_ssh_with_no_prompt_also_after_the_port_was_reused(
+    terminal: Terminal, server: Server, rig: Rig
+) -> None:
+    login(terminal, server)
+    first, second = f"one-{uuid.uuid4().hex[:6]}", f"two-{uuid.uuid4().hex[:6]}"
+
+    said = terminal.ok("create", first, "--image", DEBIAN_SSH_IMAGE, "--user", "alice")
+    assert said.startswith(f"created {first}: log in with `deepdock ssh {first}` (port ")
+    logged_in = terminal.run("ssh", first, "--", "id", "-un")
+    assert (logged_in.returncode, logged_in.stdout, logged_in.stderr) == (0, "alice\n", "")
+
+    # Gone, and its port given to the next container, whose host key differs.
+    terminal.ok("rm", first, "--force")
+    terminal.ok("create", second, "--image", DEBIAN_SSH_IMAGE, "--user", "alice")
+    listed = json.loads(terminal.ok("ls", "--json"))
+    [again] = listed["containers"]
+    status, answer = http_json("GET", f"{server.url}/containers", token=server.token)
+    assert (status, listed) == (200, answer)
+    assert again["ssh-port"] == int(said.split("(port ")[1].split(")")[0])
+
+    logged_in = terminal.run("ssh", second, "--", "id", "-un")
+    assert (logged_in.returncode, logged_in.stdout, logged_in.stderr) == (0, "alice\n", "")
+    known = (terminal.home / ".config" / "deepdock" / "known_hosts").read_text()
+    key = again["ssh_host_keys"][0]["public_key"]
+    assert f"deepdock.gpu1.{second} {key}\n" in known
+    config = terminal.ok("ssh-config")
+    assert f"Host {second}\n" in config
+    assert f"    HostKeyAlias deepdock.gpu1.{second}\n" in config
+    assert f"    Port {again['ssh-port']}\n" in config
+    # What ssh-config prints is what ssh takes (scp, rsync and VS Code read the same file).
+    (terminal.home / ".ssh" / "config").write_text(config)
+    plain = subprocess.run(
+        ["ssh", "-F", str(terminal.home / ".ssh" / "config"), "-o", "BatchMode=yes", second,
+         "hostname"], capture_output=True, text=True,
+        env=terminal.env, timeout=60, check=False,
+    )  # fmt: skip
+    assert (plain.returncode, plain.stdout.strip()) == (0, second), plain.stderr
+
+
+def test_errors_are_one_line_on_stderr_and_exit_1(terminal: Terminal, server: Server) -> None:
+    login(terminal, server)
+
+    missing = terminal.run("start", "nosuch")
+    assert (missing.returncode, missing.stdout, missing.stderr) == (
+        1, "", "deepdock: no container 'nosuch'\n"
+    )  # fmt: skip
+    # A flag the server refuses: its own message.
+    bad = terminal.run("create", "box-root", "--image", DEBIAN_SSH_IMAGE, "--user", "root")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("deepdock: user_name: 'root' is a system account")
+    usage = terminal.run("create", "box-big", "--image", DEBIAN_SSH_IMAGE, "--memory", "lots")
+    assert usage.returncode == 2
+    assert "'lots' is not a size" in usage.stderr
+    closed = socket_free_port()
+    down = terminal.run("ls", DEEPDOCK_URL=f"http://127.0.0.1:{closed}")
+    assert down.returncode == 1
+    assert down.stderr.splitlines() == [
+        f"deepdock: cannot reach deepdockd at http://127.0.0.1:{closed}: connection refused "
+        "(is deepdockd running there?)"
+    ]
+    nothing = Terminal(terminal.home / "nobody", {**terminal.env, "HOME": "/nonexistent"})
+    assert nothing.run("ls").returncode == 2
+
+
+def socket_free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- images ---
+
+
+def test_pull_draws_progress_bars_on_a_terminal_and_lines_elsewhere(
+    terminal: Terminal, server: Server, registry_image: Callable[..., str], rig: Rig
+) -> None:
+    login(terminal, server)
+    reference = registry_image(size_mb=24)
+
+    # script(1) gives the client a real pseudo-terminal, as a person's shell would.
+    on_tty = subprocess.run(
+        ["script", "-qefc", f"{DEEPDOCK} pull {reference}", "/dev/null"],
+        capture_output=True, text=True, env=terminal.env, timeout=180, check=False,
+    )  # fmt: skip
+    assert on_tty.returncode == 0, on_tty.stdout
+    final = f"Image '{reference}' pulled successfully."
+    assert final in on_tty.stdout
+    bars = on_tty.stdout.index("━")  # rich's bar, drawn with escape codes before the end
+    assert "\x1b[" in on_tty.stdout
+    assert bars < on_tty.stdout.index(final)
+    assert re.search(r"\d+\.\d/25\.2 MB", on_tty.stdout), on_tty.stdout  # 24 MiB, in MB
+    assert re.search(r"\d+\.\d MB/s", on_tty.stdout), on_tty.stdout  # and its speed
+
+    refused = terminal.run("rmi", reference)  # alice is no admin
+    assert (refused.returncode, refused.stderr) == (
+        1, "deepdock: only admins may remove images: other users' containers may need them\n"
+    )  # fmt: skip
+    rig.docker("rmi", "--force", reference)
+    plain = terminal.run("pull", reference)
+    assert plain.returncode == 0, plain.stderr
+    assert "\x1b[" not in plain.stdout
+    assert "━" not in plain.stdout
+    lines = plain.stdout.splitlines()
+    assert lines[-1].startswith(final)
+    assert any(line.endswith(": Pull complete") for line in lines), lines
+    images = json.loads(terminal.ok("images", "--json"))
+    assert reference in [tag for image in images["images"] for tag in image["tags"]]
+
+
+# --- GPUs and --all ---
+
+
+def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
+    terminal: Terminal, server: Server, rig: Rig, tmp_path: Path, namespace: str
+) -> None:
+    login(terminal, server, "gpu1")
+    other_port = socket_free_port()
+    other = Daemon(
+        "--port", str(other_port), "--docker-host", rig.docker_host,
+        "--state-dir", str(tmp_path / "state-other"), "--namespace", f"{namespace}-b",
+        env={"DEEPDOCKD_ALLOWED_REGISTRIES": ",".join(RIG_REGISTRIES)},
+        log=tmp_path / "other.log", auth=True,
+    )  # fmt: skip
+    try:
+        other.wait_until_serving(f"http://127.0.0.1:{other_port}/healthz")
+        other_token = TokenStore(tmp_path / "state-other").add("alice", "user")
+        said = terminal.ok("login", f"http://127.0.0.1:{other_port}", "--name", "gpu2",
+                           stdin=f"{other_token}\n")  # fmt: skip
+        assert "logged in to gpu2" in said
+    finally:
+        other.stop()  # gpu2 is down from here on
+    name = f"box-{uuid.uuid4().hex[:6]}"
+    terminal.ok("--server", "gpu1", "create", name, "--image", DEBIAN_SSH_IMAGE, "--user", "alice")
+
+    table = terminal.ok("--server", "gpu1", "gpus")
+    demo = json.loads(DEMO_GPUS.read_text())["gpus"]
+    for gpu in demo:
+        assert gpu["name"] in table
+    answer = json.loads(terminal.ok("--server", "gpu1", "gpus", "--json"))
+    assert [g["name"] for g in answer["gpus"]["gpus"]] == [g["name"] for g in demo]
+
+    everywhere = terminal.run("ls", "--all")
+    assert everywhere.returncode == 0, everywhere.stderr
+    rows = everywhere.stdout.splitlines()
+    assert any(row.startswith("gpu1") and name in row for row in rows), rows
+    assert any(row.startswith("gpu2") and "unreachable: cannot reach" in row for row in rows)
+    as_json = json.loads(terminal.ok("ls", "--all", "--json"))
+    assert [c["name"] for c in as_json["servers"]["gpu1"]["containers"]] == [name]
+    assert as_json["servers"]["gpu2"]["error"].startswith("cannot reach deepdockd gpu2 at")
+    gpus_everywhere = terminal.run("gpus", "--all")
+    assert gpus_everywhere.returncode == 0, gpus_everywhere.stderr
+    assert "unreachable" in gpus_everywhere.stdout
+    assert demo[0]["name"] in gpus_everywhere.stdout
+
+
+def test_help_explains_each_command_with_an_example() -> None:
+    for command in (
+        "", "login", "images", "pull", "rmi", "create", "ls", "start", "stop", "restart", "rm",
+        "logs", "extend", "quota", "volumes", "rmvol", "ssh", "ssh-config", "gpus",
+    ):  # fmt: skip
+        shown = subprocess.run(
+            [str(DEEPDOCK), *command.split(), "--help"], capture_output=True, text=True,
+            check=True, env={**os.environ, "COLUMNS": "200"},
+        ).stdout  # fmt: skip
+        assert "Example" in shown, command
+    version = subprocess.run([str(DEEPDOCK), "--version"], capture_output=True, text=True)
+    assert version.stdout == "deepdock 0.1.0\n"
+
+
+def test_the_client_imports_nothing_of_the_daemon() -> None:
+    modules = "cli, api, settings, render, progress, ssh, units"
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys; from deepdockd.client import {modules}; "
+         "print(sorted(m for m in sys.modules if m.startswith('deepdockd')))"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = ast.literal_eval(loaded)
+    assert [m for m in found if m != "deepdockd" and not m.startswith("deepdockd.client")] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"), [("32g", 32768), ("512m", 512), ("1.5G", 1536), ("100", 100), ("1t", 1048576)]
+)
+def test_sizes(text: str, mib: int) -> None:
+    assert mebibytes(text) == mib
+
+
+@pytest.mark.parametrize(
+    ("text", "lease"), [("24h", 24.0), ("90m", 1.5), ("2d", 48.0), ("1w", 168.0), ("8", 8.0)]
+)
+def test_durations(text: str, lease: float) -> None:
+    assert hours(text) == lease
+
+
+def test_the_ssh_host_is_the_servers_url_host() -> None:
+    for url, host in (
+        ("http://gpu1.lab:8000", "gpu1.lab"), ("https://10.0.0.5", "10.0.0.5"),
+        ("http://[fd00::5]:8000", "fd00::5"), ("http://u@gpu2:80/x", "gpu2"),
+    ):  # fmt: skip
+        assert ClientServer("s", url, None).host == host
