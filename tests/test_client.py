@@ -263,7 +263,11 @@ def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
     for gpu in demo:
         assert gpu["name"] in table
     answer = json.loads(terminal.ok("--server", "gpu1", "gpus", "--json"))
-    assert [g["name"] for g in answer["gpus"]["gpus"]] == [g["name"] for g in demo]
+    status, direct = http_json("GET", f"{server.url}/gpus", token=server.token)
+    assert [g["name"] for g in answer["gpus"]] == [g["name"] for g in demo]
+    # The API's answer, untouched (its points counts move between the two reads).
+    assert (status, answer["count"], set(answer)) == (200, direct["count"], set(direct))
+    assert [g["uuid"] for g in answer["gpus"]] == [g["uuid"] for g in direct["gpus"]]
 
     everywhere = terminal.run("ls", "--all")
     assert everywhere.returncode == 0, everywhere.stderr
@@ -273,6 +277,9 @@ def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
     as_json = json.loads(terminal.ok("ls", "--all", "--json"))
     assert [c["name"] for c in as_json["servers"]["gpu1"]["containers"]] == [name]
     assert as_json["servers"]["gpu2"]["error"].startswith("cannot reach deepdockd gpu2 at")
+    both = json.loads(terminal.ok("gpus", "--all", "--json"))["servers"]
+    assert both["gpu1"]["count"] == 4
+    assert both["gpu2"]["error"].startswith("cannot reach deepdockd gpu2 at")
     gpus_everywhere = terminal.run("gpus", "--all")
     assert gpus_everywhere.returncode == 0, gpus_everywhere.stderr
     assert "unreachable" in gpus_everywhere.stdout

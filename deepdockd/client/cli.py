@@ -321,13 +321,11 @@ def rm(session: Session, name: str, force: bool) -> None:
 @pass_session
 def logs(session: Session, name: str, follow: bool, tail: int | None) -> None:
     """Print a container's output."""
-    params = {"follow": "true" if follow else None, "tail": tail}
-    with (
-        session.api() as api,
-        api.stream(
-            "GET", f"/containers/{name}/logs", params={k: v for k, v in params.items() if v}
-        ) as response,
-    ):
+    params = {k: v for k, v in {"follow": "true" if follow else None, "tail": tail}.items() if v}
+    # Following, a quiet container may write nothing for hours: no read deadline then.
+    timeout: dict[str, Any] = {"timeout": None} if follow else {}
+    path = f"/containers/{name}/logs"
+    with session.api() as api, api.stream("GET", path, params=params, **timeout) as response:
         try:
             for chunk in response.iter_text():
                 sys.stdout.write(chunk)
@@ -428,7 +426,10 @@ def ssh_command(session: Session, name: str, command: tuple[str, ...]) -> None:
             f"container {name} is {container['status']}: start it with deepdock start {name}"
         )
     ssh.pin({ssh.alias(server, name): container.get("ssh_host_keys") or []})
-    ssh.exec_ssh(ssh.ssh_argv(server, container, list(command)))
+    try:
+        ssh.exec_ssh(ssh.ssh_argv(server, container, list(command)))
+    except FileNotFoundError:
+        raise Failed("no ssh here: install OpenSSH's client (openssh-client)") from None
 
 
 @cli.command("ssh-config", epilog="Example: deepdock ssh-config >> ~/.ssh/config")
@@ -470,9 +471,11 @@ def ssh_config(session: Session, everywhere: bool) -> None:
 def gpus(session: Session, watch: bool, interval: float, everywhere: bool, as_json: bool) -> None:
     """The GPUs: memory, utilization, power, temperature, the last hour, and who holds each."""
     servers = session.servers() if everywhere else [session.server()]
+    if as_json and everywhere:
+        return _print_json({"servers": _from_every_server(session, lambda api: api.get("/gpus"))})
     if as_json:
-        answers = {s.name: _gpus_of(session, s, history=False) for s in servers}
-        return _print_json(answers if everywhere else answers[servers[0].name])
+        with session.api(servers[0]) as api:
+            return _print_json(api.get("/gpus"))
     from deepdockd.client.render import console
 
     if not watch:
@@ -488,15 +491,10 @@ def gpus(session: Session, watch: bool, interval: float, everywhere: bool, as_js
         pass
 
 
-def _gpus_of(session: Session, server: Server, *, history: bool) -> dict[str, Any]:
-    """GET /gpus, and with ``history`` the last hour of GET /metrics/gpus; an unreachable
-    server as {"error": …} when it is one of several."""
-    with session.api(server) as api:
-        answer: dict[str, Any] = {"gpus": api.get("/gpus")}
-        if history:
-            since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            answer["history"] = api.get("/metrics/gpus", since=since)
-    return answer
+def _gpus_of(api: Api) -> dict[str, Any]:
+    """GET /gpus and the last hour of GET /metrics/gpus."""
+    since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"gpus": api.get("/gpus"), "history": api.get("/metrics/gpus", since=since)}
 
 
 def _gpu_table(session: Session, servers: list[Server], everywhere: bool) -> Any:
@@ -507,11 +505,11 @@ def _gpu_table(session: Session, servers: list[Server], everywhere: bool) -> Any
     shown = Table(box=None, header_style="bold", pad_edge=False)
     for column in (["SERVER"] if everywhere else []) + GPU_COLUMNS:
         shown.add_column(column)
-    fetch = (lambda api: _gpus_of(session, api.server, history=True)) if everywhere else None
-    if fetch is None:
-        answers = {servers[0].name: _gpus_of(session, servers[0], history=True)}
+    if everywhere:
+        answers = _from_every_server(session, _gpus_of)
     else:
-        answers = _from_every_server(session, fetch)
+        with session.api(servers[0]) as api:
+            answers = {servers[0].name: _gpus_of(api)}
     for name, answer in answers.items():
         if "error" in answer:
             shown.add_row(name, f"unreachable: {answer['error']}")

@@ -92,4 +92,5 @@ def ssh_argv(server: Server, container: dict[str, Any], command: list[str]) -> l
 
 
 def exec_ssh(argv: list[str]) -> None:
+    """Become ssh (its exit status is the command's); FileNotFoundError without one."""
     os.execvp(argv[0], argv)
