@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from deepdockd.client.settings import Server as ClientServer
+from deepdockd.client.settings import Settings
 from deepdockd.client.units import hours, mebibytes
 from deepdockd.tokens import TokenStore
 
@@ -145,10 +146,10 @@ def test_create_then_ssh_with_no_prompt_also_after_the_port_was_reused(
     assert (logged_in.returncode, logged_in.stdout, logged_in.stderr) == (0, "alice\n", "")
     known = (terminal.home / ".config" / "deepdock" / "known_hosts").read_text()
     key = again["ssh_host_keys"][0]["public_key"]
-    assert f"deepdock.gpu1.{second} {key}\n" in known
+    assert f"deepdock/gpu1/{second} {key}\n" in known
     config = terminal.ok("ssh-config")
     assert f"Host {second}\n" in config
-    assert f"    HostKeyAlias deepdock.gpu1.{second}\n" in config
+    assert f"    HostKeyAlias deepdock/gpu1/{second}\n" in config
     assert f"    Port {again['ssh-port']}\n" in config
     # What ssh-config prints is what ssh takes (scp, rsync and VS Code read the same file).
     (terminal.home / ".ssh" / "config").write_text(config)
@@ -273,7 +274,7 @@ def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
     assert everywhere.returncode == 0, everywhere.stderr
     rows = everywhere.stdout.splitlines()
     assert any(row.startswith("gpu1") and name in row for row in rows), rows
-    assert any(row.startswith("gpu2") and "unreachable: cannot reach" in row for row in rows)
+    assert any(row.startswith("gpu2") and "cannot reach deepdockd gpu2" in row for row in rows)
     as_json = json.loads(terminal.ok("ls", "--all", "--json"))
     assert [c["name"] for c in as_json["servers"]["gpu1"]["containers"]] == [name]
     assert as_json["servers"]["gpu2"]["error"].startswith("cannot reach deepdockd gpu2 at")
@@ -282,7 +283,7 @@ def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
     assert both["gpu2"]["error"].startswith("cannot reach deepdockd gpu2 at")
     gpus_everywhere = terminal.run("gpus", "--all")
     assert gpus_everywhere.returncode == 0, gpus_everywhere.stderr
-    assert "unreachable" in gpus_everywhere.stdout
+    assert "cannot reach deepdockd gpu2" in gpus_everywhere.stdout
     assert demo[0]["name"] in gpus_everywhere.stdout
 
 
@@ -331,3 +332,33 @@ def test_the_ssh_host_is_the_servers_url_host() -> None:
         ("http://[fd00::5]:8000", "fd00::5"), ("http://u@gpu2:80/x", "gpu2"),
     ):  # fmt: skip
         assert ClientServer("s", url, None).host == host
+
+
+def test_a_private_key_given_as_key_is_refused_before_anything_is_sent(
+    terminal: Terminal,
+) -> None:
+    private = terminal.home / ".ssh" / "id_ed25519"
+    slip = terminal.run(
+        "create", "box-one", "--image", DEBIAN_SSH_IMAGE, "--key", str(private),
+        DEEPDOCK_URL=f"http://127.0.0.1:{socket_free_port()}",
+    )  # fmt: skip
+    assert (slip.returncode, slip.stdout) == (2, "")
+    assert slip.stderr == (
+        f"deepdock: --key {private}: not an SSH public key; give the .pub file (as {private}.pub)\n"
+    )
+
+
+def test_deepdock_token_never_goes_to_a_server_named_by_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(
+        {"a": ClientServer("a", "http://a:8000", "ddk_a"), "b": ClientServer("b", "http://b:8000", "ddk_b")},
+        "a",
+    )  # fmt: skip
+    monkeypatch.delenv("DEEPDOCK_URL", raising=False)
+    monkeypatch.setenv("DEEPDOCK_TOKEN", "ddk_env")
+    assert settings.choose(None).token == "ddk_env"  # the default server's, overridden
+    assert settings.choose("b").token == "ddk_b"
+    monkeypatch.setenv("DEEPDOCK_URL", "http://c:8000")
+    assert (settings.choose(None).url, settings.choose(None).token) == ("http://c:8000", "ddk_env")
+    assert settings.choose("a").token == "ddk_a"

@@ -14,7 +14,10 @@ from deepdockd.client.settings import Server
 
 NDJSON = "application/x-ndjson"
 # Answers come fast; a create waits for the container's SSH server, a pull for the registry.
-TIMEOUT = httpx.Timeout(30.0, read=600.0)
+# A server that does not even accept the connection is given up on soon (--all, --watch).
+TIMEOUT = httpx.Timeout(30.0, connect=5.0, read=600.0)
+# Following a log: a quiet container may write nothing for hours.
+NO_READ_DEADLINE = httpx.Timeout(30.0, connect=5.0, read=None)
 
 
 class ApiFailure(Exception):
@@ -29,8 +32,15 @@ class ApiFailure(Exception):
 class Api:
     def __init__(self, server: Server, *, timeout: httpx.Timeout = TIMEOUT) -> None:
         self.server = server
+        if server.token is not None and not server.token.isascii():
+            raise ApiFailure(
+                f"the token for {server.url} has characters no token has: log in again"
+            )
         headers = {"Authorization": f"Bearer {server.token}"} if server.token else {}
-        self._client = httpx.Client(base_url=server.url, headers=headers, timeout=timeout)
+        try:
+            self._client = httpx.Client(base_url=server.url, headers=headers, timeout=timeout)
+        except httpx.InvalidURL as exc:
+            raise ApiFailure(f"{server.url!r} is not a URL deepdock can use: {exc}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -54,7 +64,7 @@ class Api:
         with self._reaching():
             response = self._client.request(method, path, **kwargs)
         _raise_for(response)
-        return response.json()
+        return self._json(response.text)
 
     @contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -71,7 +81,7 @@ class Api:
         with self.stream(method, path, headers=headers, **kwargs) as response, self._reaching():
             for line in response.iter_lines():
                 if line.strip():
-                    yield json.loads(line)
+                    yield self._json(line)
 
     @contextmanager
     def _reaching(self) -> Iterator[None]:
@@ -81,6 +91,16 @@ class Api:
             raise ApiFailure(f"{self._where()} did not answer in time") from None
         except httpx.TransportError as exc:
             raise ApiFailure(f"cannot reach {self._where()}: {_reason(exc)}") from None
+        except httpx.HTTPError as exc:  # an invalid URL or header, say
+            raise ApiFailure(f"{self._where()}: {exc}") from None
+
+    def _json(self, text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ApiFailure(
+                f"{self._where()} answered with something that is not JSON: is it a deepdockd?"
+            ) from None
 
     def _where(self) -> str:
         name = "" if self.server.name == "env" else f"{self.server.name} "
@@ -94,7 +114,15 @@ def _raise_for(response: httpx.Response) -> None:
         error = response.json()["error"]
         message, code = str(error["message"]), str(error["code"])
     except (ValueError, KeyError, TypeError):
-        message, code = response.text.strip()[:200] or response.reason_phrase, None
+        # Not deepdockd's error (a proxy's page, say): its status, and plain text if short.
+        text = " ".join(response.text.split())
+        plain = response.headers.get("content-type", "").startswith("text/plain")
+        message = (
+            text[:200]
+            if plain and text
+            else f"HTTP {response.status_code} {response.reason_phrase}"
+        )
+        code = None
     raise ApiFailure(message, status=response.status_code, code=code)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import shlex
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,13 +29,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 JSON_HELP = "Print the API's JSON answer untouched."
 
 
+# Server text is printed as text: no control characters, so no escape sequences.
+_CONTROL = dict.fromkeys([*range(32), 127], "?")
+
+
 class Failed(click.ClickException):
     """An API error or a server out of reach: its one line on stderr, exit status 1."""
 
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"deepdock: {self.message}", err=True)
+        click.echo(f"deepdock: {self.message.translate(_CONTROL)}", err=True)
 
 
 class UsageProblem(click.UsageError):
@@ -94,11 +100,11 @@ class Session:
     def api(self, server: Server | None = None) -> Iterator[Api]:
         from deepdockd.client.api import Api, ApiFailure
 
-        with Api(server or self.server()) as api:
-            try:
+        try:
+            with Api(server or self.server()) as api:
                 yield api
-            except ApiFailure as exc:
-                raise Failed(str(exc)) from None
+        except ApiFailure as exc:
+            raise Failed(str(exc)) from None
 
 
 pass_session = click.make_pass_decorator(Session)
@@ -127,12 +133,14 @@ def login(session: Session, url: str, name: str | None) -> None:
     if not SERVER_NAME.fullmatch(name):
         raise UsageProblem(f"{name!r} is not a server name: letters, digits, '_', '.', '-'")
     token = _secret("Token")
+    if not token.isascii() or any(c.isspace() for c in token):
+        raise UsageProblem("that is not a token: a token is one word of letters, digits, '_'")
     server = Server(name, url, token)
-    with Api(server) as api:
-        try:
+    try:
+        with Api(server) as api:
             quota = api.get("/quota")
-        except ApiFailure as exc:
-            raise Failed(f"not saved: {exc}") from None
+    except ApiFailure as exc:
+        raise Failed(f"not saved: {exc}") from None
     settings = session.settings
     settings.servers[name] = server
     settings.default = settings.default if settings.default in settings.servers else name
@@ -220,11 +228,12 @@ def create(session: Session, /, name: str, **options: Any) -> None:
     from deepdockd.client.units import hours, mebibytes
 
     keys = list(options["keys"]) or _default_key()
+    server = session.server()
     body: dict[str, Any] = {
         "name": name,
         "image": options["image"],
-        "user_name": options["user"] or getpass.getuser(),
-        "ssh_keys": [key.read_text().strip() for key in keys],
+        "user_name": options["user"] or getpass.getuser().lower(),
+        "ssh_keys": [_public_key(key) for key in keys],
         "gpu_ids": _indices(options["gpus"]),
         "ports": list(options["ports"]),
         "env": dict(_pair(item) for item in options["env"]),
@@ -241,16 +250,19 @@ def create(session: Session, /, name: str, **options: Any) -> None:
     if options["cpus"] is not None:
         body["cpus"] = options["cpus"]
     if options["command"] is not None:
-        body["command"] = shlex.split(options["command"])
+        try:
+            body["command"] = shlex.split(options["command"])
+        except ValueError as exc:
+            raise UsageProblem(f"--command: {exc}") from None
     if options["password"]:
         body["password"] = _secret("Password", confirm=True)
     if not body["ssh_keys"] and "password" not in body:
         raise UsageProblem("no way in: give --key PUBLIC_KEY_FILE or --password")
-    server = session.server()
     with session.api(server) as api:
         answer = api.post("/containers/create", body)
-    for key in keys:
-        ssh.remember_identity(server, name, key)
+    for key in keys:  # the first whose private half is here
+        if ssh.remember_identity(server, name, key):
+            break
     if options["as_json"]:
         return _print_json(answer)
     ends = f"; its lease ends at {answer['expires_at']}" if answer.get("expires_at") else ""
@@ -279,7 +291,7 @@ def list_containers(session: Session, everywhere: bool, as_json: bool) -> None:
     rows: list[list[object]] = []
     for name, answer in answers.items():
         if "error" in answer:
-            rows.append([name, f"unreachable: {answer['error']}"])
+            rows.append([name, answer["error"]])
         else:
             rows += containers_rows(answer["containers"], name)
     table(["SERVER", *CONTAINER_COLUMNS], rows)
@@ -295,7 +307,7 @@ def _life_cycle(action: str, done: str) -> None:
     @pass_session
     def command(session: Session, name: str) -> None:
         with session.api() as api:
-            api.post(f"/containers/{name}/{action}")
+            api.post(f"/containers/{_q(name)}/{action}")
         click.echo(f"{name} {done}")
 
 
@@ -310,7 +322,7 @@ for _action, _done in (("start", "started"), ("stop", "stopped"), ("restart", "r
 def rm(session: Session, name: str, force: bool) -> None:
     """Remove a container (its home volume stays: see `deepdock volumes`)."""
     with session.api() as api:
-        api.delete(f"/containers/{name}", force="true" if force else None)
+        api.delete(f"/containers/{_q(name)}", force="true" if force else None)
     click.echo(f"{name} removed")
 
 
@@ -323,8 +335,10 @@ def logs(session: Session, name: str, follow: bool, tail: int | None) -> None:
     """Print a container's output."""
     params = {k: v for k, v in {"follow": "true" if follow else None, "tail": tail}.items() if v}
     # Following, a quiet container may write nothing for hours: no read deadline then.
-    timeout: dict[str, Any] = {"timeout": None} if follow else {}
-    path = f"/containers/{name}/logs"
+    from deepdockd.client.api import NO_READ_DEADLINE
+
+    timeout: dict[str, Any] = {"timeout": NO_READ_DEADLINE} if follow else {}
+    path = f"/containers/{_q(name)}/logs"
     with session.api() as api, api.stream("GET", path, params=params, **timeout) as response:
         try:
             for chunk in response.iter_text():
@@ -347,7 +361,7 @@ def extend(session: Session, name: str, duration: str) -> None:
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     with session.api() as api:
-        answer = api.post(f"/containers/{name}/extend", {"lease_hours": lease_hours})
+        answer = api.post(f"/containers/{_q(name)}/extend", {"lease_hours": lease_hours})
     click.echo(answer["message"])
 
 
@@ -398,7 +412,7 @@ def volumes(session: Session, as_json: bool) -> None:
 def rmvol(session: Session, name: str) -> None:
     """Remove a home volume, and every file in it."""
     with session.api() as api:
-        answer = api.delete(f"/volumes/{name}")
+        answer = api.delete(f"/volumes/{_q(name)}")
     click.echo(answer.get("message", f"{name} removed"))
 
 
@@ -420,7 +434,7 @@ def ssh_command(session: Session, name: str, command: tuple[str, ...]) -> None:
 
     server = session.server()
     with session.api(server) as api:
-        container = api.get(f"/containers/{name}")
+        container = api.get(f"/containers/{_q(name)}")
     if container["status"] != "running" or not container["ssh-port"]:
         raise Failed(
             f"container {name} is {container['status']}: start it with deepdock start {name}"
@@ -432,22 +446,36 @@ def ssh_command(session: Session, name: str, command: tuple[str, ...]) -> None:
         raise Failed("no ssh here: install OpenSSH's client (openssh-client)") from None
 
 
-@cli.command("ssh-config", epilog="Example: deepdock ssh-config >> ~/.ssh/config")
+@cli.command(
+    "ssh-config",
+    epilog="Example: deepdock ssh-config > ~/.ssh/deepdock.conf, with the line "
+    "Include ~/.ssh/deepdock.conf at the top of ~/.ssh/config",
+)
 @click.option("--all", "everywhere", is_flag=True, help="Every configured server.")
 @pass_session
 def ssh_config(session: Session, everywhere: bool) -> None:
-    """Print ssh_config Host blocks for every running container (for VS Code, scp, rsync);
-    with --all, named SERVER.NAME."""
+    """Print ssh_config Host blocks for each of your running containers (for ssh NAME, scp,
+    rsync, VS Code); with --all, every server's, named SERVER.NAME. Only your own: an
+    admin's list holds everyone's, whose names must not become hosts of theirs."""
     from deepdockd.client import ssh
 
     servers = session.servers() if everywhere else [session.server()]
     pins: dict[str, list[dict[str, Any]]] = {}
     blocks = []
     for server in servers:
-        with session.api(server) as api:
-            listed = api.get("/containers")["containers"]
+        try:
+            with session.api(server) as api:
+                me = api.get("/quota")["user"]
+                listed = api.get("/containers")["containers"]
+        except Failed as exc:
+            if not everywhere:
+                raise
+            click.echo(f"deepdock: {server.name} left out: {exc.message}", err=True)
+            continue
         for container in listed:
-            if container["status"] != "running" or not container["ssh-port"]:
+            if container["owner"] != me or container["status"] != "running":
+                continue
+            if not container["ssh-port"]:
                 continue
             host = f"{server.name}.{container['name']}" if everywhere else container["name"]
             pins[ssh.alias(server, container["name"])] = container.get("ssh_host_keys") or []
@@ -464,7 +492,10 @@ def ssh_config(session: Session, everywhere: bool) -> None:
 
 @cli.command(epilog="Example: deepdock gpus --watch")
 @click.option("--watch", is_flag=True, help="Redraw every few seconds, until Ctrl-C.")
-@click.option("--interval", default=2.0, show_default=True, help="Seconds between redraws.")
+@click.option(
+    "--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.5),
+    help="Seconds between redraws.",
+)  # fmt: skip
 @click.option("--all", "everywhere", is_flag=True, help="Every configured server, one table.")
 @json_option
 @pass_session
@@ -512,7 +543,7 @@ def _gpu_table(session: Session, servers: list[Server], everywhere: bool) -> Any
             answers = {servers[0].name: _gpus_of(api)}
     for name, answer in answers.items():
         if "error" in answer:
-            shown.add_row(name, f"unreachable: {answer['error']}")
+            shown.add_row(name, answer["error"])
             continue
         for row in gpu_rows(
             answer["gpus"]["gpus"], answer["history"], name if everywhere else None
@@ -536,6 +567,8 @@ def _from_every_server(
                 return call(api)
         except (ApiFailure, Failed) as exc:
             return {"error": str(exc) if isinstance(exc, ApiFailure) else exc.message}
+        except Exception as exc:  # one server's oddity never takes the others' rows away
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     servers = session.servers()
     with ThreadPoolExecutor(max_workers=min(8, len(servers))) as pool:
@@ -554,8 +587,29 @@ def _secret(what: str, *, confirm: bool = False) -> str:
     return value
 
 
+def _q(name: str) -> str:
+    """A name as one path segment: a '?' or '/' typed in it stays part of the name."""
+    return urllib.parse.quote(name, safe="")
+
+
 def _print_json(answer: Any) -> None:
     sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+
+
+def _public_key(path: Path) -> str:
+    """The public key in ``path``; never a private key's text (a slip of `--key id_ed25519`
+    must not send it anywhere)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageProblem(f"--key {path}: cannot read it: {exc}") from None
+    if "PRIVATE KEY" in text or not re.match(r"(ssh-|ecdsa-|sk-)\S+ [A-Za-z0-9+/]+=*( |$)", text):
+        raise UsageProblem(
+            f"--key {path}: not an SSH public key; give the .pub file (as {path}.pub)"
+            if "PRIVATE KEY" in text
+            else f"--key {path}: not an SSH public key (ssh-ed25519 AAAA… comment)"
+        )
+    return text
 
 
 def _default_key() -> list[Path]:

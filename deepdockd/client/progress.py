@@ -15,7 +15,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from deepdockd.client.render import console
+from deepdockd.client.render import clean, console
 
 
 def follow_pull(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -27,7 +27,8 @@ def follow_pull(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def _bars(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     columns = (
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(),
     )  # fmt: skip
     tasks: dict[str, TaskID] = {}
     with Progress(*columns, console=console, transient=False) as bars:
@@ -36,15 +37,14 @@ def _bars(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 return event
             layer = event.get("layer")
             if not layer:
-                bars.console.print(event["status"])
+                bars.console.print(clean(event["status"]))
                 continue
-            description = f"{layer[:12]} {event['status']}"
+            description = clean(f"{layer[:12]} {event['status']}")
             if layer not in tasks:
                 tasks[layer] = bars.add_task(description, total=event.get("total"))
-            bars.update(
-                tasks[layer], description=description, completed=event.get("current") or 0,
-                total=event.get("total"),
-            )  # fmt: skip
+            if event.get("current") is not None:  # events without bytes keep the bar where it is
+                bars.update(tasks[layer], completed=event["current"], total=event.get("total"))
+            bars.update(tasks[layer], description=description)
             if event["status"] in ("Download complete", "Pull complete", "Already exists"):
                 total = bars.tasks[tasks[layer]].total
                 bars.update(tasks[layer], completed=total or 1, total=total or 1)
@@ -59,5 +59,6 @@ def _lines(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         layer = event.get("layer")
         if said.get(layer) != event["status"]:
             said[layer] = event["status"]
-            print(f"{layer[:12]}: {event['status']}" if layer else event["status"], flush=True)
+            line = f"{layer[:12]}: {event['status']}" if layer else event["status"]
+            print(clean(line), flush=True)
     return {"error": {"message": "the pull's stream ended without a result"}}

@@ -9,7 +9,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# What servers send is text, never rich markup ("[/docs]" in a name must not be a tag).
+console = Console(highlight=False, markup=False)
+if not console.is_terminal:
+    console.width = max(console.width, 250)  # piped to grep or a file: a row is one line
+
+_CONTROL = dict.fromkeys([*range(32), 127], "?")
+
+
+def clean(text: object) -> str:
+    """Server text for a terminal: no control characters (no escape sequences)."""
+    return str(text).translate(_CONTROL)
+
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -19,7 +30,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     for column in columns:
         shown.add_column(column, overflow="fold")
     for row in rows:
-        shown.add_row(*("" if cell is None else str(cell) for cell in row))
+        shown.add_row(*("" if cell is None else clean(cell) for cell in row))
     console.print(shown)
 
 

@@ -91,6 +91,9 @@ class Settings:
         url, token = os.environ.get("DEEPDOCK_URL"), os.environ.get("DEEPDOCK_TOKEN")
         if url and name is None:
             return Server("env", url.rstrip("/"), token)
+        # DEEPDOCK_TOKEN goes with DEEPDOCK_URL, or else with the default server: never to a
+        # server named by --server, which has a token of its own.
+        token = token if name is None and not url else None
         if name is not None:
             if name not in self.servers:
                 known = ", ".join(self.servers) or "none yet"
@@ -125,6 +128,7 @@ def _quoted(text: str | None) -> str:
 def _write_private(path: Path, text: str) -> None:
     """Atomically, mode 0600 from the first byte, in a directory of mode 0700."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)  # tokens and pins: ours alone, whoever made the folder
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
