@@ -19,9 +19,9 @@ REQUEST_CALLER = web.RequestKey("caller", Caller)
 # Where a handler names what a request acted on, where the path does not say it.
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 
-# Health and documentation need no token.
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.yaml", "/openapi.json", "/docs"})
-PUBLIC_PREFIXES = ("/docs/",)
+# Health, documentation and the dashboard's files need no token (the dashboard's calls do).
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.yaml", "/openapi.json", "/docs", "/ui"})
+PUBLIC_PREFIXES = ("/docs/", "/ui/")
 # With auth off (allowed on loopback only), every caller is this admin.
 ANONYMOUS = Caller(user="anonymous", role="admin")
 

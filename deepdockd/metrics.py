@@ -9,11 +9,16 @@ from datetime import datetime
 from deepdockd import labels
 from deepdockd.accounting import GpuAccounting, ProcessUse
 from deepdockd.containers.view import ContainerView
-from deepdockd.docker import DockerUnavailable
+from deepdockd.docker import ContainerSummary, DockerUnavailable
 from deepdockd.gpu.nvml import GpuInfo
 from deepdockd.gpu.sampler import GpuPoint, GpuSampler, points_since
+from deepdockd.gpu.series import rebucket
 from deepdockd.host import HostMetrics, read_host_metrics
 from deepdockd.tokens import Caller
+
+# Re-bucketing decodes each point (a few us each): up to this many points it costs less than a
+# millisecond or two, and runs on the loop; more (8 GPUs x 24 h is 69,120) run in a thread.
+REBUCKET_ON_LOOP_MAX_POINTS = 500
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class GpuEntry:
     info: GpuInfo
     error: str | None
     holders: list[str] | None  # running managed containers holding it; None: Docker is down
+    held: bool | None  # whether any running managed container, anyone's, holds it; None: ditto
     points: int  # points of its time series held now
     memory_reserved_mib: float | None  # the last sample's; None: unknown
     processes: list[VisibleProcess] | None  # None: not listed (a lost GPU, or none yet)
@@ -45,11 +51,28 @@ class MetricsService:
     def gpu_count(self) -> int:
         return len(self._sampler.gpus)
 
-    def gpu_history(self, since: datetime | None, limit: int | None) -> dict[int, list[GpuPoint]]:
-        return {
-            info.index: points_since(self._sampler.history(info.index), since, limit)
+    async def gpu_history(
+        self, since: datetime | None, limit: int | None, step_s: int | None = None
+    ) -> dict[int, list[GpuPoint]]:
+        """Each GPU's points after ``since``; with ``step_s``, merged into windows of that many
+        seconds (gpu/series.py); then the last ``limit`` of them."""
+        if step_s is None:
+            return {
+                info.index: points_since(self._sampler.history(info.index), since, limit)
+                for info in self._sampler.gpus
+            }
+        # Copied here, on the loop: the sampler appends to the deques on the loop thread.
+        history = {
+            info.index: points_since(self._sampler.history(info.index), since, None)
             for info in self._sampler.gpus
         }
+
+        def windows() -> dict[int, list[GpuPoint]]:
+            return {index: rebucket(points, step_s, limit) for index, points in history.items()}
+
+        if sum(map(len, history.values())) > REBUCKET_ON_LOOP_MAX_POINTS:
+            return await asyncio.to_thread(windows)
+        return windows()
 
     async def gpus(self, caller: Caller) -> list[GpuEntry]:
         """Each GPU with the running containers that hold it: all of them for an admin, the
@@ -58,31 +81,44 @@ class MetricsService:
         statuses = self._sampler.statuses()
         by_gpu = self._accounting.latest.by_gpu
         holders: dict[int, list[str]] | None = {s.info.index: [] for s in statuses}
+        held: set[int] | None = set()
         if statuses:
             try:
                 containers = await self._view.summaries()
             except DockerUnavailable:
-                holders = None
+                holders = held = None
             else:
-                assert holders is not None
-                for container in containers:
-                    if container.state != "running":
-                        continue
-                    if not caller.is_admin and container.labels.get(labels.OWNER) != caller.user:
-                        continue
-                    for index in labels.gpu_indices(container.labels):
-                        holders.setdefault(index, []).append(container.name)
+                holders, held = _holders(containers, caller, [s.info.index for s in statuses])
         return [
             GpuEntry(
                 info=s.info,
                 error=s.error,
                 holders=sorted(holders[s.info.index]) if holders is not None else None,
+                held=s.info.index in held if held is not None else None,
                 points=len(self._sampler.history(s.info.index)),
                 memory_reserved_mib=s.latest.memory_reserved_mib if s.latest else None,
                 processes=_visible(by_gpu.get(s.info.index), caller),
             )
             for s in statuses
         ]
+
+
+def _holders(
+    containers: list[ContainerSummary], caller: Caller, indices: list[int]
+) -> tuple[dict[int, list[str]], set[int]]:
+    """The running containers holding each GPU that the caller may see by name, and the GPUs
+    held by anyone's (a user learns that a GPU is taken, not by whom)."""
+    holders: dict[int, list[str]] = {index: [] for index in indices}
+    held: set[int] = set()
+    for container in containers:
+        if container.state != "running":
+            continue
+        gpus = labels.gpu_indices(container.labels)
+        held.update(gpus)
+        if caller.is_admin or container.labels.get(labels.OWNER) == caller.user:
+            for index in gpus:
+                holders.setdefault(index, []).append(container.name)
+    return holders, held
 
 
 def _visible(uses: tuple[ProcessUse, ...] | None, caller: Caller) -> list[VisibleProcess] | None:

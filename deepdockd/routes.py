@@ -33,6 +33,8 @@ ROUTES = [
     web.get("/openapi.json", views.openapi_json, allow_head=False),
     web.get("/docs", views.docs_page, allow_head=False),
     web.get("/docs/{file}", views.docs_file, allow_head=False),
+    web.get("/ui", views.dashboard_page, allow_head=False),
+    web.get("/ui/{file}", views.dashboard_file, allow_head=False),
 ]
 
 

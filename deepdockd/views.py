@@ -20,6 +20,7 @@ from deepdockd.auth import AUDIT_TARGET, caller_of
 from deepdockd.containers.service import ContainerService, CreateRequest, ManagedContainer
 from deepdockd.containers.ssh_server import bundled_server
 from deepdockd.containers.view import Change
+from deepdockd.dashboard import assets
 from deepdockd.docker import DockerUnavailable, Image, PullProgress
 from deepdockd.errors import (
     ApiError,
@@ -62,6 +63,8 @@ CLIENT_CHECK_S = 2.0
 SSE_SEND_BUFFER = 32 * 1024
 # Far above any history (24 h of 1 s buckets is 86,400 points), far below what breaks islice.
 MAX_QUERY_INT = 10_000_000
+# The widest window of GET /metrics/gpus?step=: a leap year, in seconds.
+MAX_STEP_S = 86_400 * 366
 MIB = 1024 * 1024
 
 
@@ -119,6 +122,27 @@ async def docs_file(request: web.Request) -> web.FileResponse:
     if path is None:
         raise NotFound(f"no documentation file {name!r}")
     return web.FileResponse(path)
+
+
+# --- the dashboard ---
+
+
+async def dashboard_page(request: web.Request) -> web.Response:
+    return await _dashboard_answer(request, assets.PAGE)
+
+
+async def dashboard_file(request: web.Request) -> web.Response:
+    return await _dashboard_answer(request, request.match_info["file"])
+
+
+async def _dashboard_answer(request: web.Request, name: str) -> web.Response:
+    asset = await asyncio.to_thread(assets.asset, name)
+    if asset is None:
+        raise NotFound(f"no dashboard file {name!r}")
+    headers = {**assets.SECURITY_HEADERS, "ETag": asset.etag}
+    if request.headers.get("If-None-Match") == asset.etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
 
 
 # --- containers ---
@@ -414,7 +438,14 @@ async def get_quota(request: web.Request) -> web.Response:
     if not USER_NAME.fullmatch(user):
         raise InvalidInput(f"user: {user!r} is not a user name", details={"field": "user"})
     limits, use = await request.app[CONTAINERS].quota(user, caller)
-    return web.json_response({"user": user, "limits": limits.as_answer(), "used": use.as_answer()})
+    return web.json_response(
+        {
+            "user": user,
+            "limits": limits.as_answer(),
+            "used": use.as_answer(),
+            "caller": {"user": caller.user, "role": caller.role},
+        }
+    )
 
 
 async def host_metrics(request: web.Request) -> web.Response:
@@ -433,10 +464,12 @@ async def host_metrics(request: web.Request) -> web.Response:
 
 
 async def gpu_metrics(request: web.Request) -> web.Response:
-    """Every GPU's time series: ``{"0": [point, ...], ...}``; ``since`` and ``limit`` cut it."""
+    """Every GPU's time series: ``{"0": [point, ...], ...}``; ``since`` and ``limit`` cut it,
+    ``step`` merges it into windows of that many seconds."""
     since = _time_query(request, "since")
     limit = _int_query(request, "limit")
-    history = request.app[METRICS].gpu_history(since, limit)
+    step_s = _int_query(request, "step", maximum=MAX_STEP_S)
+    history = await request.app[METRICS].gpu_history(since, limit, step_s)
     # The points are stored encoded: the answer is their JSON, joined.
     parts = [
         b'"%d":[%s]' % (index, b",".join(p.json for p in points))
@@ -468,6 +501,7 @@ def _gpu(entry: GpuEntry) -> dict[str, Any]:
         "memory_total_mib": entry.info.memory_total_mib,
         "power_limit_w": entry.info.power_limit_w,
         "containers": entry.holders,
+        "held": entry.held,
         "health": "ok" if entry.error is None else entry.error,
         "points": entry.points,
         "memory_reserved_mib": entry.memory_reserved_mib,
@@ -609,18 +643,14 @@ def _time_query(request: web.Request, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _int_query(request: web.Request, name: str) -> int | None:
+def _int_query(request: web.Request, name: str, *, maximum: int = MAX_QUERY_INT) -> int | None:
     text = request.query.get(name)
     if text is None:
         return None
     # The length first: int() refuses (ValueError) a string of more than 4,300 digits.
-    if (
-        not text.isdecimal()
-        or len(text) > len(str(MAX_QUERY_INT))
-        or not 1 <= int(text) <= MAX_QUERY_INT
-    ):
+    if not text.isdecimal() or len(text) > len(str(maximum)) or not 1 <= int(text) <= maximum:
         raise InvalidInput(
-            f"{name}: must be a whole number from 1 to {MAX_QUERY_INT}", details={"field": name}
+            f"{name}: must be a whole number from 1 to {maximum}", details={"field": name}
         )
     return int(text)
 

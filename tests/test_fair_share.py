@@ -163,6 +163,7 @@ async def test_ten_concurrent_creates_against_a_two_gpu_quota(
                        "max_cpus": None},
             "used": {"gpus": 2, "containers": 2, "memory_mb": 2 * ram_total_mib(),
                      "cpus": 2 * (os.cpu_count() or 1)},
+            "caller": {"user": "alice", "role": "user"},
         },
     )  # fmt: skip
 
@@ -183,7 +184,9 @@ async def test_ten_concurrent_creates_against_a_two_gpu_quota(
     assert (await people.call("bob", "GET", "/quota?user=alice"))[0] == 403
     status, answer = await people.call("admin", "GET", "/quota?user=alice")
     assert (status, answer["used"]["gpus"]) == (200, 2)
-    assert (await people.call("admin", "GET", "/quota"))[1]["limits"]["max_gpus"] is None
+    admins = (await people.call("admin", "GET", "/quota"))[1]
+    assert admins["limits"]["max_gpus"] is None
+    assert admins["caller"] == {"user": admins["user"], "role": "admin"}
 
 
 async def test_memory_and_container_quotas_name_what_to_do(fair: MakePeople) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ import pytest
 
 from deepdockd.app import create_app
 from deepdockd.config import Config
+from deepdockd.gpu.sampler import GpuPoint
+from deepdockd.gpu.series import rebucket
 from deepdockd.typedefs import GPUS
 
 from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, RunningDaemon, sim_gpu
@@ -350,6 +352,7 @@ async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
             "memory_total_mib": 81559.0,
             "power_limit_w": 700.0,
             "containers": [],
+            "held": False,  # by a stopped container, and by another namespace's
             "health": "ok",
             "memory_reserved_mib": 0.0,
             "processes": [],
@@ -361,6 +364,7 @@ async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
             "memory_total_mib": 81559.0,
             "power_limit_w": 700.0,
             "containers": [ours],
+            "held": True,
             "health": "ok",
             "memory_reserved_mib": 0.0,
             "processes": [],
@@ -441,8 +445,261 @@ def test_run_sim_daemon_shows_the_four_demo_gpus(rig_daemon: Callable[..., Runni
         ("limit=many", "limit: must be a whole number from 1 to 10000000"),
         ("limit=18493424992250241024", "limit: must be a whole number from 1 to 10000000"),
         ("limit=%C2%B2", "limit: must be a whole number from 1 to 10000000"),
+        ("step=0", "step: must be a whole number from 1 to 31622400"),
+        ("step=-1", "step: must be a whole number from 1 to 31622400"),
+        ("step=1.5", "step: must be a whole number from 1 to 31622400"),
+        ("step=abc", "step: must be a whole number from 1 to 31622400"),
+        ("step=31622401", "step: must be a whole number from 1 to 31622400"),
+        ("step=10000000000", "step: must be a whole number from 1 to 31622400"),
+        ("step=", "step: must be a whole number from 1 to 31622400"),
     ],
 )
 async def test_bad_query_is_422(client: Client, query: str, message: str) -> None:
     body = await get_json(client, f"/metrics/gpus?{query}", status=422)
     assert body["error"]["message"].startswith(message)
+    assert body["error"]["details"] == {"field": query.split("=")[0]}
+
+
+# --- GPU series in windows (?step=) ---
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MEAN_KEYS = ("memory_used", "utilization", "power_usage", "temperature", "fan_speed")
+
+
+def epoch_us(timestamp: str) -> int:
+    return (datetime.fromisoformat(timestamp) - EPOCH) // timedelta(microseconds=1)
+
+
+def iso_query(at_us: int) -> str:
+    """``at_us`` as a ``since`` value, its ``+`` escaped for the query string."""
+    return (EPOCH + timedelta(microseconds=at_us)).isoformat().replace("+", "%2B")
+
+
+def window_end_us(point: dict[str, Any], step_s: int) -> int:
+    """The end of the window (k*step, (k+1)*step] that holds the point."""
+    step_us = step_s * 1_000_000
+    return -(-epoch_us(point["timestamp"]) // step_us) * step_us
+
+
+def whole_windows(points: list[dict[str, Any]], step_s: int) -> list[list[dict[str, Any]]]:
+    """The plain points grouped into windows, only the windows they hold whole: those that end
+    by the newest point (every later point is later than their end)."""
+    if not points:
+        return []
+    newest_us = epoch_us(points[-1]["timestamp"])
+    windows: dict[int, list[dict[str, Any]]] = {}
+    for point in points:
+        windows.setdefault(window_end_us(point, step_s), []).append(point)
+    return [window for end_us, window in windows.items() if end_us <= newest_us]
+
+
+def merged(window: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the window's point must be: each field's mean over the points that have it,
+    weighted by their samples; stamped with the newest point's timestamp."""
+    point: dict[str, Any] = {"timestamp": window[-1]["timestamp"]}
+    for key in MEAN_KEYS:
+        having = [p for p in window if p[key] is not None]
+        point[key] = (
+            sum(p[key] * p["samples"] for p in having) / sum(p["samples"] for p in having)
+            if having
+            else None
+        )
+    point["samples"] = sum(p["samples"] for p in window)
+    return point
+
+
+def assert_opens_with(stepped: list[dict[str, Any]], windows: list[list[dict[str, Any]]]) -> None:
+    """``stepped``, read after the plain points, opens with their whole windows merged (it
+    may go on with windows that grew or came since)."""
+    assert len(stepped) >= len(windows)
+    for got, window in zip(stepped, windows, strict=False):
+        assert list(got) == ["timestamp", *MEAN_KEYS, "samples"]
+        assert got == pytest.approx(merged(window))
+
+
+async def test_a_step_merges_the_points_into_sample_weighted_windows(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    sim_gpus(sim_gpu(0), sim_gpu(1, fan_pct=[20, 35, 50]))
+    # Samples every 30 ms in buckets of 100 ms: points of 3 and of 4 samples, so that the
+    # weighted mean is not the mean of the points.
+    client = await aiohttp_client(create_app(fast_config(config, gpu_sample_interval=0.03)))
+    plain = await wait_for(
+        client,
+        "/metrics/gpus",
+        lambda b: all(len(whole_windows(b.get(k, []), 1)) >= 3 for k in "01"),
+    )
+    stepped = await get_json(client, "/metrics/gpus?step=1")
+
+    assert set(stepped) == {"0", "1"}
+    for index in "01":
+        windows = whole_windows(plain[index], 1)
+        assert_opens_with(stepped[index], windows)
+        assert sum(len(w) for w in windows) > len(windows)  # windows of several points
+        stamps = [p["timestamp"] for p in stepped[index]]
+        assert stamps == sorted(stamps)
+        ends = [window_end_us(p, 1) for p in stepped[index]]
+        assert len(set(ends)) == len(ends)  # one point a window
+    # The weights tell: the points' plain means differ from the answer somewhere.
+    assert any(
+        point[key] != pytest.approx(sum(p[key] for p in window) / len(window))
+        for point, window in zip(stepped["1"], whole_windows(plain["1"], 1), strict=False)
+        for key in MEAN_KEYS
+    )
+    assert all(p["fan_speed"] is None for p in stepped["0"])  # no fan: null in every window
+
+
+async def test_since_cuts_the_points_then_limit_keeps_the_last_windows(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus
+) -> None:
+    sim_gpus(sim_gpu(0))
+    client = await aiohttp_client(create_app(fast_config(config)))
+    plain = (
+        await wait_for(
+            client,
+            "/metrics/gpus",
+            lambda b: len(whole_windows(b.get("0", []), 1)) >= 4,
+        )
+    )["0"]
+    windows = whole_windows(plain, 1)
+    target = windows[1]
+    start_us = window_end_us(target[0], 1) - 1_000_000
+
+    # Since a window's start: that window whole, and the ones after it.
+    again = (await get_json(client, f"/metrics/gpus?step=1&since={iso_query(start_us)}"))["0"]
+    assert_opens_with(again, windows[1:])
+    # Since a point inside it: the window less the points up to that one (since cuts points).
+    inside = target[0]["timestamp"].replace("+", "%2B")
+    rest = (await get_json(client, f"/metrics/gpus?step=1&since={inside}"))["0"]
+    assert_opens_with(rest, [target[1:], *windows[2:]])
+    assert rest[0]["samples"] == merged(target)["samples"] - target[0]["samples"]
+
+    # ...then limit keeps the last windows of those: read before the same query without it,
+    # which may hold a window more, or a last window grown since.
+    query = f"/metrics/gpus?step=1&since={iso_query(start_us)}"
+    last_two = (await get_json(client, f"{query}&limit=2"))["0"]
+    later = (await get_json(client, query))["0"]
+    assert len(last_two) == 2
+    ends = [window_end_us(p, 1) for p in later]
+    first = ends.index(window_end_us(last_two[0], 1))
+    assert ends[first + 1] == window_end_us(last_two[1], 1)
+    assert first >= len(later) - 3  # the last two, but for a window that came since
+    assert first >= len(windows) - 2  # ...of all of them, not the first two after `since`
+    assert last_two[0] == later[first]  # the older of the two was already whole
+    assert last_two[1]["samples"] <= later[first + 1]["samples"]
+
+    # limit=1: the last window, the one the newest point is in.
+    [last] = (await get_json(client, "/metrics/gpus?step=1&limit=1"))["0"]
+    assert window_end_us(last, 1) >= window_end_us(plain[-1], 1)
+    assert last["timestamp"] >= plain[-1]["timestamp"]
+
+
+async def test_a_window_of_a_lost_gpu_is_null(
+    aiohttp_client: ClientFactory, config: Config, sim_gpus: SimGpus, tmp_path: Path
+) -> None:
+    lost_flag = tmp_path / "gpu0.lost"
+    sim_gpus(sim_gpu(0, lost_if_exists=str(lost_flag)))
+    client = await aiohttp_client(create_app(fast_config(config)))
+    await wait_for(client, "/metrics/gpus", lambda b: len(b.get("0", [])) >= 2)
+
+    lost_flag.touch()  # the GPU falls off the bus
+
+    def a_whole_lost_window(body: Any) -> bool:
+        return any(all(p["utilization"] is None for p in w) for w in whole_windows(body["0"], 1))
+
+    plain = (await wait_for(client, "/metrics/gpus", a_whole_lost_window))["0"]
+    stepped = (await get_json(client, "/metrics/gpus?step=1"))["0"]
+    lost_flag.unlink()
+
+    windows = whole_windows(plain, 1)
+    assert_opens_with(stepped, windows)
+    lost = [
+        point
+        for point, window in zip(stepped, windows, strict=False)
+        if all(p["utilization"] is None for p in window)
+    ]
+    assert lost
+    assert all(p[key] is None for p in lost for key in MEAN_KEYS)
+    assert all(p["samples"] >= 1 for p in lost)
+    # The window in which it was lost: the means of the points read before, not diluted.
+    mixed = [
+        point
+        for point, window in zip(stepped, windows, strict=False)
+        if {p["utilization"] is None for p in window} == {True, False}
+    ]
+    for point in mixed:
+        assert point["utilization"] is not None
+
+
+# --- the re-bucketing itself (gpu/series.py) ---
+
+# 2025-12-01T19:02:30+00:00: a multiple of 10 and of 30 s.
+T0 = 1_764_615_750
+
+
+def gpu_point(at_s: float, samples: int = 1, **values: float | None) -> GpuPoint:
+    """A point as the sampler encodes it: its fields null but ``values``."""
+    stamp = datetime.fromtimestamp(at_s, UTC)
+    document = {"timestamp": stamp.isoformat(), **dict.fromkeys(MEAN_KEYS), **values}
+    document["samples"] = samples
+    return GpuPoint(timestamp=stamp.timestamp(), json=json.dumps(document).encode())
+
+
+def test_a_point_at_a_window_boundary_is_in_the_window_that_ends_there() -> None:
+    points = [
+        gpu_point(T0 - 5),
+        gpu_point(T0),  # the end of (T0 - 10, T0]
+        gpu_point(T0 + 0.000001),  # the start of (T0, T0 + 10] is open
+        gpu_point(T0 + 5),
+        gpu_point(T0 + 10),
+        gpu_point(T0 + 10.5),
+    ]
+
+    windows = [p.fields() for p in rebucket(points, 10)]
+
+    assert [(w["timestamp"], w["samples"]) for w in windows] == [
+        ("2025-12-01T19:02:30+00:00", 2),
+        ("2025-12-01T19:02:40+00:00", 3),
+        ("2025-12-01T19:02:40.500000+00:00", 1),
+    ]
+    assert [w.timestamp for w in rebucket(points, 10)] == [T0, T0 + 10, T0 + 10.5]
+
+
+def test_the_fields_are_sample_weighted_means_over_the_points_that_have_them() -> None:
+    points = [
+        gpu_point(T0 + 1, samples=1, utilization=10.0, power_usage=100.0, temperature=50.0),
+        gpu_point(T0 + 2, samples=2, utilization=40.0, power_usage=None, temperature=60.0),
+        gpu_point(T0 + 3, samples=5),  # a GPU lost for a bucket: all null
+        gpu_point(T0 + 4.123456, samples=2, utilization=None, power_usage=None, temperature=65.0),
+    ]
+
+    [window] = rebucket(points, 30)
+
+    assert json.loads(window.json) == {
+        "timestamp": "2025-12-01T19:02:34.123456+00:00",  # the newest point's, as it was
+        "memory_used": None,  # null in every point
+        "utilization": pytest.approx((10 * 1 + 40 * 2) / 3),
+        "power_usage": pytest.approx(100.0),
+        "temperature": pytest.approx((50 * 1 + 60 * 2 + 65 * 2) / 5),
+        "fan_speed": None,
+        "samples": 10,
+    }
+    assert list(window.fields()) == ["timestamp", *MEAN_KEYS, "samples"]
+
+
+def test_limit_keeps_the_last_windows_and_decodes_only_those() -> None:
+    undecodable = GpuPoint(timestamp=T0 - 5, json=b"not JSON: a point limit must not read")
+    points = [undecodable, *(gpu_point(T0 + s, utilization=float(s)) for s in range(1, 70, 3))]
+
+    last_two = rebucket(points, 30, limit=2)
+
+    assert [w.fields()["samples"] for w in last_two] == [10, 3]  # (T0+30, T0+60], (T0+60, T0+90]
+    assert [w.fields()["utilization"] for w in last_two] == [
+        pytest.approx(sum(range(31, 60, 3)) / 10),
+        pytest.approx(sum(range(61, 70, 3)) / 3),
+    ]
+    assert rebucket(points[1:], 30, limit=100) == rebucket(points[1:], 30)
+    assert len(rebucket(points[1:], 30)) == 3
+    assert rebucket([], 30) == []
+    [last] = rebucket(points, 1, limit=1)
+    assert last.fields() == points[-1].fields()  # a window of one point is that point

@@ -89,6 +89,9 @@ async def test_every_route_for_every_caller(
         row("GET", "/openapi.json", None, 200, 200, 200, 200),
         row("GET", "/docs", None, 200, 200, 200, 200),
         row("GET", "/docs/swagger-ui.css", None, 200, 200, 200, 200),
+        # The dashboard's files are public; what it shows comes from the calls above.
+        row("GET", "/ui", None, 200, 200, 200, 200),
+        row("GET", "/ui/app.js", None, 200, 200, 200, 200),
         row("GET", "/metrics", None, 401, 200, 200, 200),
         row("GET", "/metrics/gpus", None, 401, 200, 200, 200),
         # It names every user's containers: for admins (and their Prometheus) only.
@@ -149,6 +152,10 @@ async def test_a_user_cannot_learn_another_users_container_names(people: People)
 
     assert name not in json.dumps(seen_by_bob[:3])  # (the last one echoes the name bob asked for)
     assert seen_by_bob[0][1] == {"containers": []}
+    # bob learns that GPU 1 is taken (so as not to ask for it), not by which container.
+    bobs_gpu = seen_by_bob[1][1]["gpus"][1]
+    assert (bobs_gpu["containers"], bobs_gpu["held"]) == ([], True)
+    assert seen_by_bob[1][1]["gpus"][0]["held"] is False
     assert seen_by_bob[2][0] == 409
     assert (
         seen_by_bob[2][1]["error"]["message"] == "GPU 1 is held by another user's running container"
