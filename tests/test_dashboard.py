@@ -330,6 +330,7 @@ def test_create_through_the_form_log_in_with_its_ssh_command_and_stop_it(
     page.get_by_role("button", name="Create").click()
     expect(page.locator("#create-status")).to_contain_text(f"Created {name}.", timeout=120_000)
     expect(page.locator("#c-user-error")).to_be_empty()
+    expect(form.get_by_label(re.compile(rf"^GPU 1 · .* — held by {name}$"))).to_be_visible()
     tab.screenshot("create")
 
     tab.view("Containers")

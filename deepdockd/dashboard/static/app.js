@@ -143,7 +143,13 @@ function main() {
   views = {
     gpus: new GpuView(),
     containers: new ContainerView(banner),
-    create: new CreateView(() => views.containers.refresh()),
+    // A new container: the table and the GPUs' holders at once, not at the next refresh.
+    create: new CreateView(() => {
+      views.containers.refresh();
+      views.gpus.refresh()
+        .then((gpus) => { if (gpus) views.create.showGpus(gpus); })
+        .catch(() => {}); // the next timed refresh says what is wrong
+    }),
   };
   $("#range").addEventListener("change", () => {
     if (session) views.gpus.changeRange().catch((error) => banner(error.message, "refresh"));

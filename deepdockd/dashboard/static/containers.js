@@ -135,12 +135,12 @@ export class ContainerView {
         }, "Copy")) : "–"),
       el("td", { class: "ports", "data-label": ports.length ? "Ports" : null }, ...interleave(ports, " ")),
       el("td", { "data-label": "Lease ends" }, c.expires_at ? when(c.expires_at) : "no lease"),
-      el("td", { class: "actions" },
+      el("td", {}, el("div", { class: "actions" },
         running
           ? action("Stop", () => this.act(c, "stop"))
           : action("Start", () => this.act(c, "start")),
         action("Restart", () => this.act(c, "restart")),
-        action("Delete", () => this.remove(c), { class: "danger" })));
+        action("Delete", () => this.remove(c), { class: "danger" }))));
   }
 
   act(c, verb) {
