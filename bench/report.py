@@ -1,8 +1,8 @@
-"""The benchmark table of README.md, rendered from bench/results.json.
+"""The benchmark table of docs/benchmarks.md, rendered from bench/results.json.
 
-bench/run.py writes it into README.md between the two markers after every full run, and
-tests/test_bench_readme.py holds the README equal to what results.json renders, so the table
-is always the output of the run that its first line names. Nothing here imports more than
+bench/run.py writes it into docs/benchmarks.md between the two markers after every full run,
+and tests/test_bench_table.py holds that page equal to what results.json renders, so the
+table is always the output of the run that its first line names. Nothing here imports more than
 the standard library: the test runs without the rig.
 """
 
@@ -64,14 +64,15 @@ def _number(value: float, unit: str) -> str:
     return f"{value:,.{decimals}f}"
 
 
-def between_markers(readme: str) -> str:
-    """What README.md holds between the markers, without the newlines next to them."""
-    start = readme.index(BEGIN) + len(BEGIN)
-    return readme[start : readme.index(END, start)].strip("\n")
+def between_markers(page: str) -> str:
+    """What the page (docs/benchmarks.md) holds between the markers, without the newlines
+    next to them."""
+    start = page.index(BEGIN) + len(BEGIN)
+    return page[start : page.index(END, start)].strip("\n")
 
 
-def with_table(readme: str, table: str) -> str:
-    """README.md with ``table`` between the markers, the rest unchanged."""
-    start = readme.index(BEGIN) + len(BEGIN)
-    end = readme.index(END, start)
-    return f"{readme[:start]}\n{table}\n{readme[end:]}"
+def with_table(page: str, table: str) -> str:
+    """The page with ``table`` between the markers, the rest unchanged."""
+    start = page.index(BEGIN) + len(BEGIN)
+    end = page.index(END, start)
+    return f"{page[:start]}\n{table}\n{page[end:]}"

@@ -3,9 +3,9 @@
 Every figure is a ratio against a baseline measured in the same run, the same way, or a
 resource figure; no absolute time is a rule but the event lag's second, which clients of the
 live view are promised. Prints one table; a full run writes it to bench/results.json and into
-README.md (bench/report.py renders it).
+docs/benchmarks.md (bench/report.py renders it).
 
-    make bench        (or: .venv/bin/python bench/run.py [list memory series cpu create ...])
+    make bench        (or: .venv/bin/python -m bench.run [list memory series cpu create ...])
 """
 
 # ruff: noqa: RUF001  (the table's ratios use the multiplication sign, on purpose)
@@ -37,19 +37,17 @@ from aiohttp import web
 
 # The daemon's own readiness probe for sshd, so that the baseline of "create -> first SSH
 # login" waits for its sshd exactly as a create does.
-from deepdockd.containers.service import SSH_POLL_INTERVAL_S, ssh_greets
+from deepdockd.containers.sshd_wait import SSH_POLL_INTERVAL_S, ssh_greets
+
+from bench import report
+from tests.support.daemon import Daemon
+from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import report  # noqa: E402  (bench/report.py: this script's folder is on sys.path)
-
-from daemon import Daemon  # noqa: E402
-from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig  # noqa: E402
-
 SIM_LIBRARY = ROOT / "build" / "nvml-sim" / "libnvidia-ml.so.1"
 RESULTS = ROOT / "bench" / "results.json"
-README = ROOT / "README.md"
+# The page that shows the last full run's table, between report.BEGIN and report.END.
+TABLE_PAGE = ROOT / "docs" / "benchmarks.md"
 PORTS = "24000-24999"
 LIST_SIZES = (10, 100, 300)
 # The event lag: this many of the listed containers started, then each stopped through
@@ -460,9 +458,9 @@ class Bench:
         with sampling sped up until the deques are full, then back at the default interval."""
         os.environ["NVML_SIM_CONFIG"] = str(self.h100_gpus)
         ctypes.CDLL(str(SIM_LIBRARY), mode=ctypes.RTLD_GLOBAL)
-        from deepdockd.app import create_app
+        from deepdockd.api.app import create_app
+        from deepdockd.api.keys import GPUS as GPUS_KEY
         from deepdockd.config import Config
-        from deepdockd.typedefs import GPUS as GPUS_KEY
 
         bucket = 0.002
         config = Config(
@@ -1065,9 +1063,10 @@ def git(*args: str) -> str:
 
 
 def run_facts(rig: Rig) -> dict[str, Any]:
-    """What names this run in the README: when, which commit, on what machine."""
+    """What names this run in the table: when, which commit, on what machine."""
     # The run's own outputs do not make the tree dirty: a second run would say so otherwise.
-    changes = git("status", "--porcelain", "--", ".", ":!bench/results.json", ":!README.md")
+    page = str(TABLE_PAGE.relative_to(ROOT))
+    changes = git("status", "--porcelain", "--", ".", ":!bench/results.json", f":!{page}")
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -1126,11 +1125,14 @@ async def main() -> int:
     results = {"run": run, "figures": [asdict(f) for f in bench.figures]}
     print("\n" + report.render(results))
     if sys.argv[1:]:
-        print(f"\na partial run: {RESULTS.relative_to(ROOT)} and README.md left as they were")
+        print(
+            f"\na partial run: {RESULTS.relative_to(ROOT)} and "
+            f"{TABLE_PAGE.relative_to(ROOT)} left as they were"
+        )
     else:
         RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        README.write_text(report.with_table(README.read_text(), report.render(results)))
-        print(f"\nwritten to {RESULTS.relative_to(ROOT)} and README.md")
+        TABLE_PAGE.write_text(report.with_table(TABLE_PAGE.read_text(), report.render(results)))
+        print(f"\nwritten to {RESULTS.relative_to(ROOT)} and {TABLE_PAGE.relative_to(ROOT)}")
     return 0 if all(f.met is not False for f in bench.figures) else 1
 
 

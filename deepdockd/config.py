@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepdockd.fairshare.quotas import NO_QUOTAS, Quotas, parse_quotas
-from deepdockd.images.references import is_registry_host
+from deepdockd.quota_settings import NO_QUOTAS, Quotas, parse_quotas
+from deepdockd.references import is_registry_host
 
 DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
 ENV_PREFIX = "DEEPDOCKD_"
@@ -101,7 +101,7 @@ class Config:
     # Answer container lists from a view kept current by Docker's events (false: ask Docker
     # on every read, as before).
     live_view: bool = True
-    # Fair share (README, "Fair share"); these six are read again on SIGHUP. Per-user limits
+    # Fair share (docs/fair-share.md); these six are read again on SIGHUP. Per-user limits
     # ([quotas], 0: none), leases (hours, 0: none), and stopping containers whose GPUs all
     # stayed at or under idle_gpu_utilization percent for idle_gpu_minutes (0: never).
     quotas: Quotas = NO_QUOTAS

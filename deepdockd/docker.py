@@ -2,7 +2,14 @@
 
 aiodocker hands back raw JSON and raises its own ``DockerError`` (status 900 when the socket
 does not answer). Here both are turned into the project's dataclasses and errors, so nothing
-above this module imports aiodocker or sees its exceptions.
+above this module imports aiodocker, sees its exceptions, or reads Docker's JSON:
+
+- what goes in is ours too: a create takes a :class:`ContainerSpec`, and the JSON Docker wants
+  is built from it here (:func:`create_config`);
+- Docker's errors become typed ones (:class:`DockerNotFound`, :class:`DockerConflict`,
+  :class:`PortTaken`, :class:`SubnetTaken`, and the registry's :class:`RegistryFailed` kinds),
+  chosen in one place, :func:`docker_error`, from Docker's HTTP status and, where Docker says
+  it only in English, its words. No service branches on Docker's status or matches its text.
 """
 
 from __future__ import annotations
@@ -48,6 +55,72 @@ class DockerFailed(ApiError):
         )
         self.docker_status = docker_status
         self.docker_message = docker_message
+
+
+# Each typed error below answers a client exactly as DockerFailed does (502, "docker_error")
+# wherever no service turns it into a clearer one: the type only says what Docker meant.
+
+
+class DockerNotFound(DockerFailed):
+    """What the call named is not there (Docker's 404): no such container, image, volume,
+    network."""
+
+
+class DockerConflict(DockerFailed):
+    """Docker refused because of the state of things (its 409): a name that is taken, an
+    image or a volume that a container uses."""
+
+
+class PortTaken(DockerFailed):
+    """A start that Docker refused because something else holds one of the host ports the
+    container publishes (another container, or a process on the host)."""
+
+    def __init__(self, docker_status: int, docker_message: str) -> None:
+        super().__init__(docker_status, docker_message)
+        # Docker names the address it could not bind as IP:PORT ("Bind for 0.0.0.0:22000
+        # failed", "listen tcp4 0.0.0.0:22000: bind"): every number after a colon, so that a
+        # caller can tell which of its ports it was.
+        self.ports_named = frozenset(int(p) for p in re.findall(r":(\d+)\b", docker_message))
+
+
+class SubnetTaken(DockerFailed):
+    """A network create that Docker refused because another network of the engine holds an
+    overlapping subnet."""
+
+
+class RegistryFailed(DockerFailed):
+    """A pull, or a question to a registry through Docker, that failed; the subclass says how.
+    ``reason`` is the detail in our own words ("" where there is none). Show a client that,
+    never Docker's message: it can carry what a registry, or whatever else listens where a
+    reference points, sent back (a web server's whole 404 page, an SSH banner)."""
+
+    def __init__(self, docker_status: int, docker_message: str, reason: str = "") -> None:
+        super().__init__(docker_status, docker_message)
+        self.reason = reason
+
+
+class RegistryBadAnswer(RegistryFailed):
+    """A registry that answered, but not as a registry does."""
+
+
+class RegistryDenied(RegistryFailed):
+    """Docker Hub's answer for a repository that does not exist or is private."""
+
+
+class RegistryUnauthorized(RegistryFailed):
+    """A registry that refused the credentials, or wants some."""
+
+
+class RegistryNotFound(RegistryFailed):
+    """A registry without the repository or the tag."""
+
+
+class RegistryNotReached(RegistryFailed):
+    """The registry could not be reached at all."""
+
+
+class LayerFailed(RegistryFailed):
+    """The registry answered as one, but a layer it serves could not be had."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +201,80 @@ class NetworkSummary:
     subnets: tuple[str, ...]  # of its IPAM config, as Docker writes them ("10.213.0.0/24")
 
 
+@dataclass(frozen=True)
+class ImageRemoval:
+    """What a removal of an image did: the references it untagged, the image ids it deleted."""
+
+    untagged: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+
+# --- what a create asks of Docker ---
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A directory of the host in the container."""
+
+    source: str  # the host path
+    target: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A named volume in the container; Docker makes it, with ``labels``, if it is missing."""
+
+    volume: str
+    target: str
+    labels: Mapping[str, str]
+    # True: a new volume starts empty, without a copy of what the image has at ``target``.
+    no_copy: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The cgroup limits of a container."""
+
+    shm_size_mib: int  # /dev/shm
+    memory_mib: int | None  # None: no limit; swap is counted in (no going past it by swapping)
+    cpus: float | None  # None: no limit
+    pids: int | None  # None: no limit
+
+
+@dataclass(frozen=True)
+class LogRotation:
+    """Docker's json-file log of a container, rotated so one container cannot fill a disk."""
+
+    max_size: str  # as the json-file driver reads it: "10m"
+    max_files: int
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything a create asks of Docker, in our words; :func:`create_config` writes it as
+    Docker's JSON."""
+
+    name: str
+    image_id: str
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    user: str  # the user that the entrypoint runs as ("0": root)
+    env: tuple[str, ...]  # "NAME=value"
+    hostname: str
+    labels: Mapping[str, str]
+    published_ports: Mapping[int, int]  # container TCP port -> host port
+    publish_address: str  # the host address those ports are published on
+    mounts: tuple[BindMount | VolumeMount, ...]
+    limits: Limits
+    capabilities: tuple[str, ...]  # root's only capabilities in it: every other one is dropped
+    log_rotation: LogRotation
+    network: str | None  # None: Docker's default bridge
+    gpu_device_ids: tuple[str, ...]  # through Docker's "nvidia" driver, UUIDs or indices
+    init: bool  # Docker's init (tini) as PID 1: it reaps zombies and passes signals on
+    restart_unless_stopped: bool  # started again with dockerd (and the host), unless stopped
+
+
 class Docker:
     """An aiodocker client for one Docker address, opened and closed by the app."""
 
@@ -171,21 +318,20 @@ class Docker:
         try:
             async with self.translate_errors():
                 data = await self.client.images.inspect(ref)
-        except DockerFailed as exc:
-            if exc.docker_status == 404:
-                return None
-            raise
+        except DockerNotFound:
+            return None
         return _image_from_inspect(data)
 
     async def pull_image(
         self, repository: str, tag_or_digest: str, *, auth: Mapping[str, str] | None = None
     ) -> AsyncIterator[PullProgress]:
-        """Pull, yielding progress. No time limit: pulls of tens of GB take long."""
+        """Pull, yielding progress. No time limit: pulls of tens of GB take long. A pull
+        that fails raises a :class:`RegistryFailed`."""
         if tag_or_digest.startswith("sha256:") or ":" in tag_or_digest:
             image, tag = f"{repository}@{tag_or_digest}", None
         else:
             image, tag = repository, tag_or_digest
-        async with self.translate_errors(timeout_s=None):
+        async with self.translate_errors(timeout_s=None, registry=True):
             stream = self.client.images.pull(
                 image, tag=tag, auth=dict(auth) if auth else None, stream=True
             )
@@ -196,18 +342,23 @@ class Docker:
         self, reference: str, *, registry: str, auth: Mapping[str, str] | None = None
     ) -> str:
         """The digest the registry serves for ``reference`` now ("sha256:..."), asked of the
-        registry through Docker without pulling anything (``GET /distribution/NAME/json``)."""
+        registry through Docker without pulling anything (``GET /distribution/NAME/json``);
+        a registry that cannot say raises a :class:`RegistryFailed`, as for a pull."""
         headers = {"X-Registry-Auth": compose_auth_header(dict(auth), registry)} if auth else None
         # No limit of our own, as for a pull: Docker gives up on a registry that does not answer.
-        async with self.translate_errors(timeout_s=None):
+        async with self.translate_errors(timeout_s=None, registry=True):
             data = await self.client._query_json(f"distribution/{reference}/json", headers=headers)
         return str(data["Descriptor"]["digest"])
 
-    async def remove_image(self, ref: str, *, force: bool) -> list[dict[str, str]]:
-        """Docker's list of what it untagged and deleted."""
+    async def remove_image(self, ref: str, *, force: bool) -> ImageRemoval:
+        """Untag ``ref`` and delete the image if no tag is left (all its tags with ``force``).
+        A container that uses it is a :class:`DockerConflict`."""
         async with self.translate_errors():
             answer: list[dict[str, str]] = await self.client.images.delete(ref, force=force)
-        return answer
+        return ImageRemoval(
+            untagged=tuple(item["Untagged"] for item in answer if "Untagged" in item),
+            deleted=tuple(item["Deleted"] for item in answer if "Deleted" in item),
+        )
 
     async def list_containers(
         self, *, filters: Mapping[str, list[str]] | None = None
@@ -220,10 +371,11 @@ class Docker:
             containers = await self.client.containers.list(**params)
         return [_container_summary(container) for container in containers]
 
-    async def create_container(self, name: str, config: Mapping[str, Any]) -> str:
-        """Create (not start) a container; its full id."""
+    async def create_container(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; its full id. A name that is taken is a
+        :class:`DockerConflict`."""
         async with self.translate_errors():
-            container = await self.client.containers.create(dict(config), name=name)
+            container = await self.client.containers.create(create_config(spec), name=spec.name)
         return container.id
 
     async def put_archive(self, container_id: str, path: str, tar: bytes) -> None:
@@ -233,6 +385,7 @@ class Docker:
             await container.put_archive(path, tar)  # type: ignore[no-untyped-call]
 
     async def start_container(self, container_id: str) -> None:
+        """Start it; a host port that something else holds is a :class:`PortTaken`."""
         async with self.translate_errors(timeout_s=60):
             await self.client.containers.container(container_id).start()
 
@@ -262,10 +415,8 @@ class Docker:
         try:
             async with self.translate_errors():
                 data: dict[str, Any] = await self.client.containers.container(container_id).show()
-        except DockerFailed as exc:
-            if exc.docker_status == 404:
-                return None
-            raise
+        except DockerNotFound:
+            return None
         return data
 
     async def container_state(self, container_id: str) -> ContainerState | None:
@@ -381,10 +532,11 @@ class Docker:
 
     @asynccontextmanager
     async def translate_errors(
-        self, *, timeout_s: float | Literal["quick"] | None = "quick"
+        self, *, timeout_s: float | Literal["quick"] | None = "quick", registry: bool = False
     ) -> AsyncIterator[None]:
         """Run a block of Docker calls; an unreachable or stuck engine becomes
-        :class:`DockerUnavailable`, any other Docker error :class:`DockerFailed`.
+        :class:`DockerUnavailable`, any other Docker error the :class:`DockerFailed` that
+        :func:`docker_error` chooses (``registry``: the block pulls or asks a registry).
         ``timeout_s`` "quick" is the limit of a quick call, None no limit."""
         if timeout_s == "quick":
             timeout_s = self.quick_call_timeout_s
@@ -400,7 +552,7 @@ class Docker:
                 raise DockerUnavailable(
                     f"Docker is not reachable at {self.url}: {_connection_reason(exc)}"
                 ) from None
-            raise DockerFailed(exc.status, exc.message) from None
+            raise docker_error(exc.status, exc.message, registry=registry) from None
         except aiohttp.ClientError as exc:
             # A connection that breaks mid-answer (dockerd stopping) is not a DockerError.
             raise DockerUnavailable(f"Docker at {self.url} dropped the connection: {exc}") from None
@@ -426,10 +578,8 @@ class Docker:
         try:
             async with self.translate_errors():
                 item = await aiodocker.volumes.DockerVolume(self.client, name).show()  # type: ignore[no-untyped-call]
-        except DockerFailed as exc:
-            if exc.docker_status == 404:
-                return None
-            raise
+        except DockerNotFound:
+            return None
         return VolumeSummary(
             name=item["Name"],
             labels=item.get("Labels") or {},
@@ -442,6 +592,7 @@ class Docker:
             await self.client.volumes.create({"Name": name, "Labels": dict(labels)})  # type: ignore[no-untyped-call]
 
     async def remove_volume(self, name: str) -> None:
+        """Remove it; one that a container mounts is a :class:`DockerConflict`."""
         async with self.translate_errors(timeout_s=60):
             await aiodocker.volumes.DockerVolume(self.client, name).delete()  # type: ignore[no-untyped-call]
 
@@ -457,7 +608,8 @@ class Docker:
 
     async def create_network(self, name: str, *, subnet: str, labels: Mapping[str, str]) -> str:
         """A bridge network on ``subnet`` (its gateway the first address); its id. Docker
-        refuses a name that exists (409) and a subnet that overlaps another network's."""
+        refuses a name that exists (:class:`DockerConflict`) and a subnet that overlaps
+        another network's (:class:`SubnetTaken`)."""
         config = {
             "Name": name,
             "Driver": "bridge",
@@ -473,6 +625,179 @@ class Docker:
         async with self.translate_errors():
             network = aiodocker.networks.DockerNetwork(self.client, network_id)  # type: ignore[no-untyped-call]
             await network.delete()
+
+
+# --- Docker's errors in our words ---
+
+# Docker's words for a host port that something else holds (moby's port allocator, and its
+# userland proxy when a process of the host binds the port).
+_PORT_TAKEN = ("port is already allocated", "address already in use")
+# Docker's words for a subnet that another network of the engine holds already (libnetwork's
+# IPAM: "Pool overlaps with other one on this address space").
+_SUBNET_TAKEN = ("overlaps",)
+
+# What a registry's failure, as Docker passes it on, was: each list holds (words in Docker's
+# message, lower-cased; what we call it), first match first.
+#
+# A registry that answered, but not as a registry does (Go's net/http and distribution's
+# client). Looked for first: what follows these words is the other side's text.
+_BAD_ANSWERS = (
+    (r"received unexpected http status: (\d{3})", "unexpected HTTP status {0}"),
+    (r"error parsing http (\d{3}) response body",
+     "HTTP status {0} with a body that is not a registry's"),
+    (r"malformed http", "an answer that is not HTTP"),
+    (r"error unmarshalling content|unsupported manifest media type|manifest invalid",
+     "content that is not an image manifest"),
+    (r"toomanyrequests|too many requests", "too many requests (a rate limit)"),
+    (r"\beof\b", "the connection closed before a whole answer came"),
+)  # fmt: skip
+# Docker Hub's answer for a repository that does not exist or is private.
+_NOT_FOUND_OR_PRIVATE = "pull access denied"
+# A registry that refused or wanted credentials (distribution 2.x and Docker Hub).
+_AUTH_FAILURES = ("unauthorized", "authentication required", "no basic auth credentials")
+# A registry without the repository or the tag.
+_NOT_FOUND = ("manifest unknown", "name unknown", "not found", "does not exist")
+# Go's network errors as Docker passes them on (net, crypto/tls, net/http): the registry could
+# not be reached at all.
+_UNREACHABLE = (
+    ("connection refused", "connection refused"),
+    ("no such host", "no such host"),
+    ("server misbehaving", "no such host"),  # the resolver's word for a name it cannot look up
+    ("name resolution", "no such host"),
+    ("connection reset", "connection reset"),
+    ("network is unreachable", "network unreachable"),
+    ("no route to host", "no route to host"),
+    ("timeout", "timed out"),
+    ("deadline exceeded", "timed out"),
+    ("x509:", "its TLS certificate is not trusted"),
+    ("tls:", "TLS failed"),
+    ("server gave http response to https client", "it answers HTTP, not HTTPS"),
+    ("dial tcp", "cannot connect"),
+)
+# Failures after the registry answered as one: the layers it serves.
+_LAYER_FAILURES = (
+    ("unknown blob", "a layer is missing from the registry"),
+    ("blob unknown", "a layer is missing from the registry"),
+    ("verification failed", "a layer's content does not match its digest"),
+    ("no matching manifest", "the image has no variant for this host's platform"),
+)
+
+
+def docker_error(status: int, message: str, *, registry: bool = False) -> DockerFailed:
+    """The typed error for Docker's answer: its HTTP ``status`` (0 for an error inside a
+    progress stream) and its ``message``. ``registry``: the answer to a pull or to a
+    question to a registry, whose errors are the registry's (see :func:`_registry_error`).
+    The one place that reads Docker's status codes and words."""
+    if registry:
+        return _registry_error(status, message)
+    if status == 404:
+        return DockerNotFound(status, message)
+    if status == 409:
+        return DockerConflict(status, message)
+    # Docker answers these two with a 500 (a start) and a 403 (a network create).
+    if any(words in message for words in _PORT_TAKEN):
+        return PortTaken(status, message)
+    if any(words in message for words in _SUBNET_TAKEN):
+        return SubnetTaken(status, message)
+    return DockerFailed(status, message)
+
+
+def _registry_error(status: int, message: str) -> RegistryFailed:
+    said = message.lower()
+    for pattern, phrase in _BAD_ANSWERS:
+        if found := re.search(pattern, said):
+            return RegistryBadAnswer(status, message, phrase.format(*found.groups()))
+    if _NOT_FOUND_OR_PRIVATE in said:
+        return RegistryDenied(status, message)
+    if any(words in said for words in _AUTH_FAILURES):
+        return RegistryUnauthorized(status, message)
+    if status == 404 or any(words in said for words in _NOT_FOUND):
+        return RegistryNotFound(status, message)
+    for words, phrase in _UNREACHABLE:
+        if words in said:
+            return RegistryNotReached(status, message, phrase)
+    for words, phrase in _LAYER_FAILURES:
+        if words in said:
+            return LayerFailed(status, message, phrase)
+    return RegistryFailed(status, message)
+
+
+# --- our types as Docker's JSON ---
+
+MIB = 1024 * 1024
+
+
+def create_config(spec: ContainerSpec) -> dict[str, Any]:
+    """Docker's JSON for ``spec``: the body of ``POST /containers/create``."""
+    ports = {f"{inside}/tcp": outside for inside, outside in spec.published_ports.items()}
+    host_config: dict[str, Any] = {
+        "Init": spec.init,
+        "PortBindings": {
+            port: [{"HostIp": spec.publish_address, "HostPort": str(outside)}]
+            for port, outside in ports.items()
+        },
+        "Mounts": [_mount(mount) for mount in spec.mounts],
+        **_limits(spec.limits),
+        "RestartPolicy": {"Name": "unless-stopped" if spec.restart_unless_stopped else "no"},
+        "CapDrop": ["ALL"],
+        "CapAdd": list(spec.capabilities),
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {
+                "max-size": spec.log_rotation.max_size,
+                "max-file": str(spec.log_rotation.max_files),
+            },
+        },
+    }
+    if spec.network is not None:
+        host_config["NetworkMode"] = spec.network
+    if spec.gpu_device_ids:
+        # Capabilities must be sent: without them no device driver matches the request.
+        host_config["DeviceRequests"] = [
+            {"Driver": "nvidia", "DeviceIDs": list(spec.gpu_device_ids), "Capabilities": [["gpu"]]}
+        ]
+    return {
+        "Image": spec.image_id,
+        "Entrypoint": list(spec.entrypoint),
+        "Cmd": list(spec.cmd),
+        "User": spec.user,
+        "Env": list(spec.env),
+        "Hostname": spec.hostname,
+        "ExposedPorts": {port: {} for port in ports},
+        "Labels": dict(spec.labels),
+        "HostConfig": host_config,
+    }
+
+
+def _mount(mount: BindMount | VolumeMount) -> dict[str, Any]:
+    if isinstance(mount, BindMount):
+        return {
+            "Type": "bind",
+            "Source": mount.source,
+            "Target": mount.target,
+            "ReadOnly": mount.read_only,
+        }
+    return {
+        "Type": "volume",
+        "Source": mount.volume,
+        "Target": mount.target,
+        "VolumeOptions": {"NoCopy": mount.no_copy, "Labels": dict(mount.labels)},
+    }
+
+
+def _limits(limits: Limits) -> dict[str, int]:
+    config = {"ShmSize": limits.shm_size_mib * MIB}
+    if limits.memory_mib is not None:
+        # Swap counted in: a container cannot go past its limit by swapping.
+        config["Memory"] = config["MemorySwap"] = limits.memory_mib * MIB
+    if limits.cpus is not None:
+        config["NanoCpus"] = round(limits.cpus * 1e9)
+    if limits.pids is not None:
+        config["PidsLimit"] = limits.pids
+    return config
+
+
+# --- Docker's JSON as our types ---
 
 
 def _connection_reason(exc: aiodocker.DockerError) -> str:

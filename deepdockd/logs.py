@@ -1,6 +1,6 @@
 """Logging to stderr (journald takes it from there), as text or as one JSON object a line
-for log shippers: the daemon's lines, and one access line per request. Either way, a log
-line is one line whatever a request carried."""
+for log shippers: the daemon's lines, and one access line per request (api/access_log.py).
+Either way, a log line is one line whatever a request carried."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
-
-ACCESS_LOGGER = "deepdockd.access"
-# Where authentication puts the user's name, for the access log.
-REQUEST_USER = web.RequestKey("user", str)
 
 # The attributes every LogRecord has; anything else was passed in `extra`.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -26,21 +20,6 @@ _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "ascti
 # break would otherwise end the line and forge one of its own.
 _BREAKERS = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]
 _ESCAPES = {c: ascii(chr(c))[1:-1] for c in _BREAKERS}  # "\n", "\x1b", "\u2028"
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path, status, duration, user, client."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        user = request.get(REQUEST_USER, "-")
-        self.logger.info(
-            "%s %s %d %.1fms user=%s client=%s",
-            request.method, request.path_qs, response.status, time * 1000, user, request.remote,
-            extra={
-                "method": request.method, "path": request.path_qs, "status": response.status,
-                "duration_ms": round(time * 1000, 3), "user": user, "client": request.remote,
-            },
-        )  # fmt: skip
 
 
 class TextFormatter(logging.Formatter):

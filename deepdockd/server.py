@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from deepdockd import __version__, connections, systemd
-from deepdockd.app import create_app
+from deepdockd.api.access_log import ACCESS_LOGGER, AccessLogger
+from deepdockd.api.app import create_app
+from deepdockd.api.keys import CONFIG, POLICY, VIEW
 from deepdockd.config import Config, ConfigError
 from deepdockd.fairshare.policy import Policy
-from deepdockd.logs import ACCESS_LOGGER, AccessLogger
-from deepdockd.typedefs import CONFIG, POLICY, VIEW
 
 log = logging.getLogger("deepdockd")
 
@@ -75,18 +75,24 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -
     ``reload`` loads the config again, on SIGHUP."""
     app = create_app(config)
     in_flight = RequestsInFlight()
-    app.middlewares.insert(0, in_flight.middleware)  # outermost: it sees every request
-    runner = connections.AppRunner(
+    deadlines = connections.HeaderDeadlines(config.header_timeout)
+    # Outermost, so that they see every request: first the requests in flight, then the
+    # header clock.
+    app.middlewares.insert(0, deadlines.middleware)
+    app.middlewares.insert(0, in_flight.middleware)
+    runner = web.AppRunner(
         app,
-        header_timeout=config.header_timeout,
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
         shutdown_timeout=CANCEL_GRACE_S,
     )
     await runner.setup()
+    assert runner.server is not None  # setup made it
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        listener = await asyncio.get_running_loop().create_server(
+            deadlines.protocol_factory(runner.server), config.host, config.port
+        )
         log.info(
             "deepdockd %s listening on http://%s:%d, Docker at %s, namespace %r",
             __version__, config.host, config.port, config.docker_host, config.namespace,
@@ -95,12 +101,13 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -
         await _until_stopped(lambda: reload_config(app, reload) if reload else None)
         log.info("stopping: finishing the requests in flight (up to %g s)", config.shutdown_timeout)
         systemd.notify("STOPPING=1")
-        await site.stop()  # no new connections
-        if runner.server is not None:
-            runner.server.pre_shutdown()  # idle keep-alive connections close; no new requests
+        listener.close()  # no new connections
+        runner.server.pre_shutdown()  # idle keep-alive connections close; no new requests
         app[VIEW].end_streams()  # event streams end now; they never would by themselves
         await in_flight.finish(config.shutdown_timeout)
     finally:
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
     log.info("stopped")
 

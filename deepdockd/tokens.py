@@ -21,11 +21,12 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from deepdockd.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -188,18 +189,3 @@ class TokenStore:
             e.user: {"role": e.role, "created": e.created, "hash": e.token_hash} for e in entries
         }
         write_private(self.path, json.dumps({"users": users}, indent=2) + "\n")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write atomically, mode 0600 from the first byte."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise

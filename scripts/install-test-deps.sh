@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages that the test rig needs (tests/rig.py): a Docker engine to run
+# Install the Debian packages that the test rig needs (tests/support/rig.py): a Docker engine to run
 # privately, a registry, debootstrap and busybox for the test images. Skips apt when all are
 # present, so a second run costs nothing. Prometheus and promtool (package prometheus) scrape
-# and lint the daemon's metrics (tests/prometheus.py).
+# and lint the daemon's metrics (tests/support/prometheus.py).
 set -euo pipefail
 
 packages=(docker.io docker-registry apache2-utils debootstrap busybox-static iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium systemd prometheus)

@@ -1,37 +1,47 @@
-"""Shared fixtures: the rig (private dockerd, registry, images), configs and clients."""
+"""Shared fixtures: the rig (private dockerd, registry, images), configs and clients; and the
+hooks that put each test in its lanes (tests/support/lanes.py). Helpers live in tests/support/."""
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
-import io
 import json
 import os
 import socket
-import tarfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
-from deepdockd.tokens import TokenStore
 
-from daemon import Daemon
-from rig import BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, REGISTRIES, REGISTRY_ADDR, Rig
-from spec import response_checker, tee_streams
+from tests.support import lanes
+from tests.support.api import Client, ClientFactory
+from tests.support.daemon import Daemon, RunningDaemon
+from tests.support.docker_state import clear_namespace
+from tests.support.gpus import NVML_SIM_LIBRARY
+from tests.support.images import derived_image, random_layer_tar
+from tests.support.ports import SERVICE_PORTS, SSH_PORTS
+from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, REGISTRY_ADDR, RIG_REGISTRIES, Rig
+from tests.support.spec import response_checker, tee_streams
 
-Client = TestClient[web.Request, web.Application]
-ClientFactory = Callable[[web.Application], Awaitable[Client]]
+# --- lanes: markers from what a test uses ---
 
-# The rig's registries listen on loopback, where pulls go only to registries the admin listed:
-# every daemon of the tests lists them, as an admin of a lab's own registry would.
-RIG_REGISTRIES = tuple(REGISTRIES.values())
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the lanes whose fixtures it uses (``rig``, ``process``, ``browser``)."""
+    for item in items:
+        for lane in lanes.lanes_of(getattr(item, "fixturenames", ())):
+            item.add_marker(lane)
+
+
+@pytest.hookimpl(tryfirst=True)  # before its fixtures are made: the session rig among them
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    lanes.enter(marker.name for marker in item.iter_markers())
 
 
 @pytest.fixture
@@ -83,9 +93,7 @@ def config(rig: Rig, tmp_path: Path, namespace: str) -> Config:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: ClientFactory, config: Config
-) -> TestClient[web.Request, web.Application]:
+async def client(aiohttp_client: ClientFactory, config: Config) -> Client:
     return await aiohttp_client(create_app(config))
 
 
@@ -103,18 +111,6 @@ def client_allowing(
         )
 
     return make
-
-
-@dataclass
-class RunningDaemon:
-    """A deepdockd process serving on the rig: its process, URL and state directory."""
-
-    daemon: Daemon
-    base: str
-    state_dir: Path
-
-    def stop(self) -> tuple[int, str]:
-        return self.daemon.stop()
 
 
 @pytest.fixture
@@ -178,20 +174,7 @@ def registry_image(rig: Rig) -> Iterator[Callable[..., str]]:
             rig.docker("rmi", "--force", reference)
 
 
-def random_layer_tar(size_mb: int) -> bytes:
-    """A tar of one file of random bytes: a layer no other image shares."""
-    payload = os.urandom(size_mb * 1024 * 1024)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("random.bin")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    return buffer.getvalue()
-
-
 # --- simulated GPUs ---
-
-NVML_SIM_LIBRARY = Path(__file__).parents[1] / "build" / "nvml-sim" / "libnvidia-ml.so.1"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -202,9 +185,7 @@ def nvml_sim_library() -> None:
     if os.environ.get("DEEPDOCKD_TEST_REAL_NVML") == "1":
         return
     if not NVML_SIM_LIBRARY.exists():
-        pytest.fail(
-            f"{NVML_SIM_LIBRARY} is missing: run the tests with `make test`, which builds it"
-        )
+        pytest.fail(f"{NVML_SIM_LIBRARY} is missing: `make test` and `make test-fast` build it")
     ctypes.CDLL(str(NVML_SIM_LIBRARY), mode=ctypes.RTLD_GLOBAL)
 
 
@@ -212,26 +193,6 @@ def nvml_sim_library() -> None:
 def no_sim_gpus_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test has GPUs only when it asks for them (``sim_gpus``)."""
     monkeypatch.delenv("NVML_SIM_CONFIG", raising=False)
-
-
-def sim_gpu(index: int, *, stem: str = "d0c0d0c0", **overrides: object) -> dict[str, object]:
-    """One simulated GPU: an H100 without a fan, readings that move. Its UUID is
-    ``GPU-{stem}-0000-4000-8000-{index}``: a test that gives containers GPUs passes the stem of
-    its own (the ``gpu_stem`` fixture), so that a container another test left behind, holding
-    "GPU 0" by UUID, never holds this test's GPU 0."""
-    gpu: dict[str, object] = {
-        "name": "NVIDIA H100 80GB HBM3",
-        "uuid": f"GPU-{stem}-0000-4000-8000-{index:012d}",
-        "memory_total_mib": 81559,
-        "power_limit_w": 700,
-        "memory_used_mib": [1000 + index, 2000, 3000, 4500],
-        "utilization": [5, 17, 42, 88, 100, 63],
-        "power_w": [70.125, 95.5, 300.25, 650],
-        "temperature_c": [35, 41, 58, 66, 70],
-        "fan_pct": None,
-    }
-    gpu.update(overrides)
-    return gpu
 
 
 @pytest.fixture
@@ -247,60 +208,21 @@ def sim_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., P
     return describe
 
 
-# --- what a test may allocate: SSH ports and GPU UUIDs of its own ---
-
-# Allocation reads every namespace's containers, so a container that another test left behind
-# (a failed one, in any file) holds its port and GPUs for everyone. Each test that creates
-# containers takes a block of ports and a UUID stem that no other test uses, so its
-# expectations ("the lowest port", "GPU 0 is free") hold whatever the others did. No other
-# test uses the pool: the default range is 22000-22999, the fuzz test's 23000-23999 (and its
-# service ports 24000-24999), and Linux hands out ephemeral ports from 32768. (The bench,
-# 24000-24999 and a few from 25000 for its `docker run` baseline, never runs beside the tests:
-# both hold the rig's lock.)
-SSH_PORT_POOL = (25000, 29999)
-SSH_PORT_BLOCK = 30
-
-
-# The first port of each block, up to the last block that fits the pool whole.
-def _blocks(pool: tuple[int, int], size: int) -> Iterator[int]:
-    return iter(range(pool[0], pool[1] - size + 2, size))
-
-
-def _next_block(
-    blocks: Iterator[int], pool: tuple[int, int], size: int, what: str
-) -> tuple[int, int]:
-    low = next(blocks, None)
-    if low is None:
-        pytest.fail(
-            f"more tests ask for {what} than {pool[0]}-{pool[1]} has blocks of {size}: widen "
-            "the pool or shrink its blocks"
-        )
-    return low, low + size - 1
-
-
-_ssh_port_blocks = _blocks(SSH_PORT_POOL, SSH_PORT_BLOCK)
+# --- what a test may allocate: SSH ports and GPU UUIDs of its own (tests/support/ports.py) ---
 
 
 @pytest.fixture
 def ssh_ports() -> tuple[int, int]:
     """An ``ssh_port_range`` of this test's own: SSH_PORT_BLOCK ports that no other test of
     the run is given."""
-    return _next_block(_ssh_port_blocks, SSH_PORT_POOL, SSH_PORT_BLOCK, "ssh_ports")
-
-
-# The host ports of containers' published services ("ports", service_port_range) come from a
-# pool of their own, between the SSH pool and the ephemeral ports, in blocks as large as the
-# most a test publishes at once.
-SERVICE_PORT_POOL = (30000, 32749)
-SERVICE_PORT_BLOCK = 50
-_service_port_blocks = _blocks(SERVICE_PORT_POOL, SERVICE_PORT_BLOCK)
+    return SSH_PORTS.take()
 
 
 @pytest.fixture
 def service_ports() -> tuple[int, int]:
     """A ``service_port_range`` of this test's own: SERVICE_PORT_BLOCK ports that no other
     test of the run is given, and no SSH port."""
-    return _next_block(_service_port_blocks, SERVICE_PORT_POOL, SERVICE_PORT_BLOCK, "service_ports")
+    return SERVICE_PORTS.take()
 
 
 @pytest.fixture
@@ -310,29 +232,6 @@ def cleanup(rig: Rig, namespace: str) -> Iterator[None]:
     clear_namespace(rig, namespace)
 
 
-def clear_namespace(rig: Rig, namespace: str) -> None:
-    """Remove whatever a test's namespace left in Docker: containers, networks, volumes."""
-    label = f"label=deepdockd.namespace={namespace}"
-    for kind, removal in (
-        (["ps", "--all", "--quiet"], ["rm", "--force"]),
-        (["network", "ls", "--quiet"], ["network", "rm"]),
-        (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
-    ):
-        found = rig.docker(*kind, "--filter", label).split()
-        if found:
-            rig.docker(*removal, *found)
-
-
-def users_tokens(store: TokenStore) -> dict[str, str]:
-    """The admin's token and those of two new users, alice and bob."""
-    store.ensure_admin()
-    return {
-        "admin": store.admin_token_path.read_text().strip(),
-        "alice": store.add("alice", "user"),
-        "bob": store.add("bob", "user"),
-    }
-
-
 @pytest.fixture
 def gpu_stem() -> str:
     """A UUID stem of this test's own, for ``sim_gpu(index, stem=gpu_stem)``."""
@@ -340,16 +239,6 @@ def gpu_stem() -> str:
 
 
 # --- images made for one test: SSH servers that answer late, or never ---
-
-
-def derived_image(rig: Rig, base: str, script: str, command: str) -> str:
-    """An image made from ``base`` by running ``script`` in it (``docker commit``)."""
-    image = f"deepdockd-test/derived:{uuid.uuid4().hex[:8]}"
-    builder = f"build-{uuid.uuid4().hex[:8]}"
-    rig.docker("run", "--name", builder, "--entrypoint", "/bin/sh", base, "-c", script)
-    rig.docker("commit", "--change", f'CMD ["{command}"]', builder, image)
-    rig.docker("rm", builder)
-    return image
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 
-from conftest import Client, ClientFactory
-from rig import DEBIAN_SSH_IMAGE, Rig
-from test_containers import body, created
+from tests.support.api import Client, ClientFactory, body, created
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
 
 SLOW_STOP_IMAGE = "deepdockd-test/slow-stop:1"
 # Docker's grace before it kills a container that ignores SIGTERM (deepdockd's default).

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 
-from conftest import Client, ClientFactory
-from rig import DEBIAN_SSH_IMAGE, Rig
-from test_containers import body, created, ssh
+from tests.support.api import Client, ClientFactory, body, created
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.ssh import ssh
 
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the bootstrap runs (or ran) as root, by name: each one a user may shadow in ~/bin.

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from deepdockd.client.settings import Server as ClientServer
-from deepdockd.client.settings import Settings
-from deepdockd.client.units import hours, mebibytes
+from deepdock.settings import Server as ClientServer
+from deepdock.settings import Settings
+from deepdock.units import hours, mebibytes
 from deepdockd.tokens import TokenStore
 
-from conftest import NVML_SIM_LIBRARY, RIG_REGISTRIES, RunningDaemon
-from daemon import Daemon, http_json
-from rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.daemon import Daemon, RunningDaemon, http_json
+from tests.support.gpus import NVML_SIM_LIBRARY
+from tests.support.rig import DEBIAN_SSH_IMAGE, RIG_REGISTRIES, Rig
 
 DEEPDOCK = Path(sys.executable).parent / "deepdock"
 DEMO_GPUS = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
@@ -304,12 +304,11 @@ def test_help_explains_each_command_with_an_example() -> None:
 def test_the_client_imports_nothing_of_the_daemon() -> None:
     modules = "cli, api, settings, render, progress, ssh, units"
     loaded = subprocess.run(
-        [sys.executable, "-c", f"import sys; from deepdockd.client import {modules}; "
+        [sys.executable, "-c", f"import sys; from deepdock import {modules}; "
          "print(sorted(m for m in sys.modules if m.startswith('deepdockd')))"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    found = ast.literal_eval(loaded)
-    assert [m for m in found if m != "deepdockd" and not m.startswith("deepdockd.client")] == []
+    assert ast.literal_eval(loaded) == []
 
 
 @pytest.mark.parametrize(

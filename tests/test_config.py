@@ -15,7 +15,7 @@ import pytest
 from deepdockd.__main__ import parse_args
 from deepdockd.config import PARSERS, Config, ConfigError, SharedMount, flag_name, load_config
 
-from daemon import run_deepdockd
+from tests.support.daemon import run_deepdockd
 
 NO_FLAGS: dict[str, str | None] = {}
 
@@ -249,9 +249,9 @@ def test_bad_config_file_stops_the_start_with_one_line(
     assert result.stderr.startswith("deepdockd: " + message.format(file=config))
 
 
-# --- the README's table of settings against the daemon ---
+# --- the table of settings in docs/configuration.md against the daemon ---
 
-README = Path(__file__).parents[1] / "README.md"
+CONFIGURATION_DOC = Path(__file__).parents[1] / "docs" / "configuration.md"
 SETTINGS = [f.name for f in dataclasses.fields(Config)]
 # Options of `deepdockd --help` that are not settings.
 NOT_SETTINGS = {"-h", "--help", "--version", "--config"}
@@ -261,7 +261,7 @@ REFUSED = " "
 
 @dataclass(frozen=True)
 class DocumentedSetting:
-    """One row of the README's table, as written (without the backquotes)."""
+    """One row of the documented table, as written (without the backquotes)."""
 
     key: str
     flag: str  # "" where the setting has no flag
@@ -269,9 +269,9 @@ class DocumentedSetting:
     default: str
 
 
-def readme_rows() -> list[DocumentedSetting]:
-    """The rows of the table in the README's Configuration section."""
-    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def documented_rows() -> list[DocumentedSetting]:
+    """The rows of the table in the Settings section of docs/configuration.md."""
+    section = CONFIGURATION_DOC.read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     rows = []
     for key, rest in re.findall(r"^\| `([a-z_]+)` \|(.*)$", section, flags=re.MULTILINE):
         flag, env, default = (cell.strip().strip("`") for cell in rest.split("|")[:3])
@@ -279,8 +279,8 @@ def readme_rows() -> list[DocumentedSetting]:
     return rows
 
 
-def readme_table() -> dict[str, DocumentedSetting]:
-    return {row.key: row for row in readme_rows()}
+def documented_table() -> dict[str, DocumentedSetting]:
+    return {row.key: row for row in documented_rows()}
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +302,7 @@ def help_options() -> dict[str, str]:
 
 
 def as_the_file_has_it(text: str) -> object:
-    """A README default as a config file holds it: a TOML value where it is one
+    """A documented default as a config file holds it: a TOML value where it is one
     (``8000``, ``true``, ``"22000-22999"``), else the text as a string (``127.0.0.1``)."""
     try:
         return tomllib.loads(f"value = {text}")["value"]
@@ -310,13 +310,13 @@ def as_the_file_has_it(text: str) -> object:
         return text
 
 
-def test_the_readme_documents_every_setting_once() -> None:
-    assert sorted(row.key for row in readme_rows()) == sorted(SETTINGS)
+def test_the_docs_document_every_setting_once() -> None:
+    assert sorted(row.key for row in documented_rows()) == sorted(SETTINGS)
 
 
 @pytest.mark.parametrize("key", SETTINGS)
-def test_the_readme_default_is_the_daemons_default(tmp_path: Path, key: str) -> None:
-    row = readme_table()[key]
+def test_the_documented_default_is_the_daemons_default(tmp_path: Path, key: str) -> None:
+    row = documented_table()[key]
     value = as_the_file_has_it(row.default)
     config_file = write(tmp_path / "d.toml", f"{key} = {json.dumps(value)}\n")
     absent = tmp_path / "absent.toml"
@@ -332,8 +332,8 @@ def test_the_readme_default_is_the_daemons_default(tmp_path: Path, key: str) -> 
 
 
 @pytest.mark.parametrize("key", SETTINGS)
-def test_the_readme_names_the_variable_the_daemon_reads(tmp_path: Path, key: str) -> None:
-    row = readme_table()[key]
+def test_the_docs_name_the_variable_the_daemon_reads(tmp_path: Path, key: str) -> None:
+    row = documented_table()[key]
 
     with pytest.raises(ConfigError) as caught:
         load_config(NO_FLAGS, {row.env: REFUSED}, default_file=tmp_path / "absent.toml")
@@ -344,10 +344,10 @@ def test_the_readme_names_the_variable_the_daemon_reads(tmp_path: Path, key: str
 
 
 @pytest.mark.parametrize("key", SETTINGS)
-def test_the_readme_names_the_flag_deepdockd_help_has(
+def test_the_docs_name_the_flag_deepdockd_help_has(
     tmp_path: Path, key: str, help_options: dict[str, str]
 ) -> None:
-    row = readme_table()[key]
+    row = documented_table()[key]
     if not row.flag:
         assert flag_name(key) not in help_options
         with pytest.raises(SystemExit):  # argparse: unrecognized arguments
@@ -360,7 +360,7 @@ def test_the_readme_names_the_flag_deepdockd_help_has(
     message = str(caught.value)
     assert message.startswith(f"{key}: {REFUSED!r} "), message
     assert message.endswith(f"(from {row.flag})"), message
-    # The help says the same default as the README, and it is the daemon's.
+    # The help says the same default as the docs, and it is the daemon's.
     [helps_default] = re.findall(r"\(default ([^ ;,)]+)", help_options[row.flag])
     assert helps_default == row.default
     assert PARSERS[key](helps_default) == getattr(Config(), key)
@@ -369,5 +369,5 @@ def test_the_readme_names_the_flag_deepdockd_help_has(
 def test_every_flag_of_deepdockd_help_is_a_documented_setting(
     help_options: dict[str, str],
 ) -> None:
-    documented = {row.flag for row in readme_table().values() if row.flag}
+    documented = {row.flag for row in documented_table().values() if row.flag}
     assert set(help_options) - NOT_SETTINGS == documented

@@ -16,13 +16,22 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.containers.resources import default_shm_size_mb
 
-from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, sim_gpu
-from daemon import Daemon, http_json
-from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, REGISTRY_ADDR, Rig
+from tests.support.api import Client, ClientFactory, body, create, created
+from tests.support.daemon import Daemon, http_json
+from tests.support.docker_state import inspect
+from tests.support.gpus import NVML_SIM_LIBRARY, sim_gpu
+from tests.support.rig import (
+    BUSYBOX_IMAGE,
+    DEBIAN_NOSSH_IMAGE,
+    DEBIAN_SSH_IMAGE,
+    REGISTRY_ADDR,
+    Rig,
+)
+from tests.support.ssh import ssh
 
 SimGpus = Callable[..., Path]
 Gpus = list[dict[str, Any]]
@@ -82,45 +91,9 @@ async def gpu_client(
     return await aiohttp_client(create_app(test_config))
 
 
-def body(name: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": DEBIAN_SSH_IMAGE,
-        "user_name": "alice",
-        "password": "pw-" + name,
-    } | extra
-
-
-async def create(client: Client, **fields: Any) -> tuple[int, dict[str, Any]]:
-    response = await client.post("/containers/create", json=fields)
-    return response.status, await response.json()
-
-
-async def created(client: Client, **fields: Any) -> dict[str, Any]:
-    """A create that must succeed: its answer."""
-    status, answer = await create(client, **fields)
-    assert status == 201, answer
-    return answer
-
-
 async def call(client: Client, method: str, path: str) -> tuple[int, dict[str, Any]]:
     response = await client.request(method, path)
     return response.status, await response.json()
-
-
-def ssh(port: int, user: str, password: str, command: str) -> subprocess.CompletedProcess[str]:
-    """A real OpenSSH client, with the password typed by sshpass."""
-    return subprocess.run(
-        [
-            "sshpass", "-e", "ssh", "-p", str(port),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
-            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
-            f"{user}@127.0.0.1", command,
-        ],
-        env={"SSHPASS": password, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
 
 
 def fingerprint(public_key: str) -> str:
@@ -129,11 +102,6 @@ def fingerprint(public_key: str) -> str:
         ["ssh-keygen", "-lf", "-"], input=public_key, capture_output=True, text=True, check=True
     )
     return listed.stdout.split()[1]
-
-
-def inspect(rig: Rig, name: str) -> dict[str, Any]:
-    [data] = json.loads(rig.docker("inspect", name))
-    return dict(data)
 
 
 def published_ssh_ports(container: dict[str, Any]) -> set[int]:
@@ -773,6 +741,7 @@ async def test_the_lowest_free_port_skips_ports_bound_on_the_host(
     assert leftovers() == ["port1", "port2"]
 
 
+@pytest.mark.process  # two deepdockd processes, one of them killed
 def test_a_killed_daemon_comes_back_without_double_booking(
     rig: Rig,
     tmp_path: Path,

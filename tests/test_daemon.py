@@ -7,8 +7,13 @@ import json
 import re
 from pathlib import Path
 
-from daemon import Daemon, http_get
-from rig import Rig
+import pytest
+
+from tests.support.daemon import Daemon, http_get
+from tests.support.rig import Rig
+
+# Every test here starts deepdockd as a process of its own.
+pytestmark = pytest.mark.process
 
 
 def test_daemon_serves_healthz_and_logs_each_request(

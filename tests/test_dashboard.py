@@ -26,9 +26,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from deepdockd.tokens import TokenStore
 
-from conftest import NVML_SIM_LIBRARY, RunningDaemon
-from daemon import http_json, http_request
-from rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.daemon import RunningDaemon, http_json, http_request
+from tests.support.gpus import NVML_SIM_LIBRARY
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
 
 DEMO_GPUS = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
 SCREENSHOTS = Path(__file__).parents[1] / "build" / "dashboard"

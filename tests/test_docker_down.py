@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.docker import Docker
 
-from conftest import ClientFactory
+from tests.support.api import ClientFactory
 
 DOCKER_ROUTES = [
     ("GET", "/images", None),

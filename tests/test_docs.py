@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import Client, RunningDaemon
+from tests.support.api import Client
+from tests.support.daemon import RunningDaemon
 
 ROOT = Path(__file__).parents[1]
 SPEC_TEXT = (ROOT / "openapi.yaml").read_bytes()

@@ -7,11 +7,11 @@ import logging
 import pytest
 from aiohttp import web
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.errors import Conflict
 
-from conftest import ClientFactory
+from tests.support.api import ClientFactory
 
 
 async def test_unknown_route_is_a_json_404(aiohttp_client: ClientFactory) -> None:
@@ -74,7 +74,7 @@ async def test_unexpected_error_is_logged_and_answered_without_internals(
     text = await response.text()
     assert "secret-internal-detail" not in text
     assert (await response.json())["error"]["code"] == "internal_error"
-    [record] = [r for r in caplog.records if r.name == "deepdockd.middlewares"]
+    [record] = [r for r in caplog.records if r.name == "deepdockd.api.middlewares"]
     assert "GET /test-broken" in record.getMessage()
     assert record.exc_info is not None
     assert "secret-internal-detail" in caplog.text

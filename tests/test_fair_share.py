@@ -22,22 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_security
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
-from deepdockd.fairshare.quotas import parse_quotas
 from deepdockd.host import ram_total_mib
+from deepdockd.quota_settings import parse_quotas
 from deepdockd.tokens import TokenStore
 
-from conftest import ClientFactory, RunningDaemon, clear_namespace, sim_gpu, users_tokens
-from daemon import http_json
-from rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support import users
+from tests.support.api import ClientFactory
+from tests.support.daemon import RunningDaemon, http_json
+from tests.support.docker_state import clear_namespace
+from tests.support.gpus import sim_gpu
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.users import users_tokens
 
 AUDIT = "deepdockd.audit"
 
 
-class People(test_security.People):
+class People(users.People):
     """The callers of a daemon (with auth off, everyone is the anonymous admin), and waits on
     what they see."""
 

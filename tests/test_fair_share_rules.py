@@ -14,20 +14,14 @@ from deepdockd.config import Config, ConfigError, load_config
 from deepdockd.containers.allocation import Gpu, Reservation
 from deepdockd.docker import ContainerSummary
 from deepdockd.errors import InvalidInput
+from deepdockd.fairshare.idle import IdleClock
 from deepdockd.fairshare.leases import lease_hours_for
 from deepdockd.fairshare.policy import Policy, PolicyHolder
-from deepdockd.fairshare.quotas import (
-    Ask,
-    QuotaExceeded,
-    QuotaLimits,
-    check_quota,
-    parse_quotas,
-    usage_of,
-)
-from deepdockd.fairshare.reaper import IdleClock
+from deepdockd.fairshare.quotas import Ask, QuotaExceeded, check_quota, usage_of
 from deepdockd.fairshare.records import ContainerRecords, Lease, RecordsUnreadable
 from deepdockd.gpu.nvml import GpuInfo, GpuReading
 from deepdockd.gpu.sampler import GpuStatus
+from deepdockd.quota_settings import QuotaLimits, parse_quotas
 
 ABSENT = Path("/nonexistent/deepdockd.toml")
 

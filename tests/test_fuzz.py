@@ -1,7 +1,7 @@
 """A property-based run of schemathesis against a live daemon on the real rig, with auth on
 (as an admin): generated requests for every operation of openapi.yaml, bounded in time. No
 answer may break the spec, and no answer may be a server error but the documented 502
-``registry_unreachable`` (``fuzz_hooks.no_unexpected_server_error``).
+``registry_unreachable`` (``tests/support/fuzz_hooks.no_unexpected_server_error``).
 
 A second run against a daemon whose Docker cannot be reached proves that rule is live: it
 must fail on the 503s, which the spec documents but the rule does not allow."""
@@ -14,13 +14,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import NVML_SIM_LIBRARY, RunningDaemon
-from rig import Rig
+from tests.support.daemon import RunningDaemon
+from tests.support.gpus import NVML_SIM_LIBRARY
+from tests.support.rig import Rig
 
 ROOT = Path(__file__).parents[1]
 FUZZ_SECONDS = 60
-# The README promises thousands of generated requests; a run that makes fewer has not
-# exercised the spec the way it says.
+# docs/api.md (#the-spec-is-a-contract) promises at least 2,000 generated requests; a run that
+# makes fewer has not exercised the spec the way it says.
 MIN_CASES = 2000
 CHECKS = (
     "response_schema_conformance",
@@ -44,7 +45,7 @@ def schemathesis(
             "--generation-database", "none",  # the seed alone decides; nothing is written here
             "--no-color", *selection,
         ],
-        env={"SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
+        env={"SCHEMATHESIS_HOOKS": "tests.support.fuzz_hooks", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=seconds + 240, check=False,
     )  # fmt: skip
 
@@ -61,7 +62,7 @@ def test_generated_requests_get_answers_within_the_spec(
         "NVML_SIM_CONFIG": str(ROOT / "tests" / "nvml-sim" / "demo-4gpu.json"),
         "DEEPDOCKD_NAMESPACE": namespace,
         "DEEPDOCKD_SSH_PORT_RANGE": "23000-23999",
-        # Off the default 23000-23999, which is its SSH ports here (conftest.py's port plan).
+        # Off the default 23000-23999, which is its SSH ports here (tests/support/ports.py).
         "DEEPDOCKD_SERVICE_PORT_RANGE": "24000-24999",
     }
     daemon = rig_daemon(env=env, auth=True)

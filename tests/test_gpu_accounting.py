@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -26,14 +27,17 @@ from typing import Any
 import psutil
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.gpu.procfs import container_id_of, origin_of
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory, clear_namespace, sim_gpu, users_tokens
-from prometheus import PrometheusServer, promtool_check_metrics
-from rig import BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, Rig
+from tests.support.api import Client, ClientFactory
+from tests.support.docker_state import clear_namespace
+from tests.support.gpus import sim_gpu
+from tests.support.prometheus import PrometheusServer, promtool_check_metrics
+from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, Rig
+from tests.support.users import users_tokens
 
 SimGpus = Callable[..., Path]
 ID = "0123456789abcdef" * 4  # a container id: 64 hex digits
@@ -83,6 +87,11 @@ def started(command: list[str]) -> subprocess.Popen[bytes]:
     return process
 
 
+# The user the tests run as: the processes they start are that user's (root under make test;
+# make test-fast needs no root).
+TEST_USER = pwd.getpwuid(os.geteuid()).pw_name
+
+
 def test_origin_of_a_host_process_reads_its_user_and_command() -> None:
     with started(["sleep", "30"]) as sleeper:
         try:
@@ -90,7 +99,7 @@ def test_origin_of_a_host_process_reads_its_user_and_command() -> None:
         finally:
             sleeper.kill()
     assert origin.container_id is None
-    assert origin.user == "root"
+    assert origin.user == TEST_USER
     assert origin.command == "sleep 30"
 
 
@@ -113,7 +122,7 @@ def test_origin_of_a_process_with_any_bytes_in_its_name() -> None:
             created = psutil.Process(odd.pid).create_time()
         finally:
             odd.kill()
-    assert origin.user == "root"
+    assert origin.user == TEST_USER
     assert origin.command is not None
     assert origin.command.startswith(sys.executable)
     # The start time, counted after the name: what psutil reads as the process's creation.

@@ -9,11 +9,11 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 
-from conftest import ClientFactory
-from rig import Rig
+from tests.support.api import ClientFactory
+from tests.support.rig import Rig
 
 Client = TestClient[web.Request, web.Application]
 

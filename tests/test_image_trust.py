@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory, clear_namespace, random_layer_tar, users_tokens
-from rig import (
+from tests.support.api import Client, ClientFactory
+from tests.support.docker_state import clear_namespace
+from tests.support.images import random_layer_tar
+from tests.support.rig import (
     DEBIAN_SSH_IMAGE,
     PRIVATE_REGISTRY_ADDR,
     PRIVATE_REGISTRY_USER,
@@ -30,6 +32,7 @@ from rig import (
     Rig,
     RigError,
 )
+from tests.support.users import users_tokens
 
 # The rig's open registry under another name: a push through it changes what the registry
 # serves under a tag without touching the engine's tag of the same image (127.0.0.1:5000/…),

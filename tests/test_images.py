@@ -16,8 +16,14 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import Client
-from rig import BUSYBOX_IMAGE, PRIVATE_REGISTRY_ADDR, PRIVATE_REGISTRY_USER, REGISTRY_ADDR, Rig
+from tests.support.api import Client
+from tests.support.rig import (
+    BUSYBOX_IMAGE,
+    PRIVATE_REGISTRY_ADDR,
+    PRIVATE_REGISTRY_USER,
+    REGISTRY_ADDR,
+    Rig,
+)
 
 MakeImage = Callable[..., str]
 ClientAllowing = Callable[..., Awaitable[Client]]

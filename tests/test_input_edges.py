@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
 
-from conftest import Client, ClientFactory
-from daemon import Daemon, http_request, run_deepdockd
+from tests.support.api import Client, ClientFactory
+from tests.support.daemon import Daemon, http_request, run_deepdockd
 
 # Where no Docker answers: none of these tests needs one, and none may reach one.
 NO_DOCKER = "no-docker.sock"

@@ -22,15 +22,16 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
 from deepdockd.containers.networks import NetworkPoolExhausted, OwnerNetworks, network_name
-from deepdockd.containers.service import CONTAINER_CAPABILITIES
+from deepdockd.containers.spec import CONTAINER_CAPABILITIES
 from deepdockd.docker import Docker
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory
-from rig import DEBIAN_SSH_IMAGE, Rig, RigError
+from tests.support.api import Client, ClientFactory
+from tests.support.docker_state import inspect
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig, RigError
 
 POOL = ipaddress.IPv4Network(Config().network_pool)
 # The kernel's numbers of the capabilities a root shell may hold (linux/capability.h).
@@ -124,11 +125,6 @@ async def docker(rig: Rig) -> AsyncIterator[Docker]:
 
 
 # --- what the tests look at ---
-
-
-def inspect(rig: Rig, name: str) -> dict[str, Any]:
-    [data] = json.loads(rig.docker("inspect", name))
-    return dict(data)
 
 
 def namespace_networks(rig: Rig, namespace: str, owner: str | None = None) -> list[dict[str, Any]]:

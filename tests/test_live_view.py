@@ -15,14 +15,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
+from deepdockd.api.keys import VIEW
 from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
-from deepdockd.typedefs import VIEW
 
-from conftest import Client, ClientFactory, RunningDaemon, users_tokens
-from rig import Rig
-from test_containers import body, created
+from tests.support.api import Client, ClientFactory, body, created
+from tests.support.daemon import RunningDaemon
+from tests.support.rig import Rig
+from tests.support.users import users_tokens
 
 # What "shows within a second" allows, measured from the moment the Docker CLI returned.
 WITHIN_S = 1.0

@@ -14,15 +14,16 @@ from typing import Any
 import psutil
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
+from deepdockd.api.keys import GPUS
 from deepdockd.config import Config
 from deepdockd.gpu.sampler import GpuPoint
 from deepdockd.gpu.series import rebucket
-from deepdockd.typedefs import GPUS
 
-from conftest import NVML_SIM_LIBRARY, Client, ClientFactory, RunningDaemon, sim_gpu
-from daemon import http_get
-from rig import BUSYBOX_IMAGE, Rig
+from tests.support.api import Client, ClientFactory
+from tests.support.daemon import RunningDaemon, http_get
+from tests.support.gpus import NVML_SIM_LIBRARY, sim_gpu
+from tests.support.rig import BUSYBOX_IMAGE, Rig
 
 SimGpus = Callable[..., Path]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from deepdockd.accounting import attribute
-from deepdockd.fairshare.reaper import IdleClock
+from deepdockd.fairshare.idle import IdleClock
 from deepdockd.gpu import nvml
 from deepdockd.gpu.procfs import origin_of
 from deepdockd.gpu.sampler import GpuSampler, ProcessSnapshot

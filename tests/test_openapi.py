@@ -1,5 +1,5 @@
 """openapi.yaml and the router describe the same API, and the checker that holds every test's
-answers to the spec (tests/spec.py) does catch an answer outside it."""
+answers to the spec (tests/support/spec.py) does catch an answer outside it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 
-from spec import answer_problem, ndjson_problem, response_checker, tee_streams
+from tests.support.spec import answer_problem, ndjson_problem, response_checker, tee_streams
 
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "openapi.yaml").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -17,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deepdockd.config import PARSERS, Config, load_config
 from deepdockd.server import CANCEL_GRACE_S
 
-from conftest import RunningDaemon
-from daemon import Daemon, http_get, http_json
-from rig import DEBIAN_SSH_IMAGE, Rig, RigError
+from tests.support.daemon import Daemon, RunningDaemon, http_get, http_json
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig, RigError
 
 ROOT = Path(__file__).parents[1]
 UNIT = ROOT / "systemd" / "deepdockd.service"
@@ -63,7 +65,8 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, tmp_path / "etc/systemd/system/deepdockd.service")
     (tmp_path / "usr/local/bin").mkdir(parents=True)
-    shutil.copy(ROOT / ".venv/bin/deepdockd", tmp_path / "usr/local/bin/deepdockd")
+    # The console script of the environment that runs the tests (.venv, or make test-floor's).
+    shutil.copy(Path(sys.executable).parent / "deepdockd", tmp_path / "usr/local/bin/deepdockd")
     (tmp_path / "bin").mkdir()
     shutil.copy("/bin/kill", tmp_path / "bin/kill")  # ExecReload's
 
@@ -108,6 +111,7 @@ def test_the_default_config_shows_every_key_with_its_default(tmp_path: Path) -> 
 # --- systemd's notifications ---
 
 
+@pytest.mark.process  # deepdockd under a stand-in for systemd's notify socket
 def test_ready_once_listening_then_watchdog_pings_then_stopping(
     rig: Rig, tmp_path: Path, free_port: int
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepdockd.images.references import looks_like_image_id, parse_reference
+from deepdockd.references import looks_like_image_id, parse_reference
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
-from deepdockd.images.references import parse_reference
 from deepdockd.images.registries import RULE, RegistryNotAllowed, RegistryReach
+from deepdockd.references import parse_reference
 
-from conftest import Client, ClientFactory, RunningDaemon
-from daemon import http_json
-from rig import REGISTRY_ADDR, Rig
+from tests.support.api import Client, ClientFactory
+from tests.support.daemon import RunningDaemon, http_json
+from tests.support.rig import REGISTRY_ADDR, Rig
 
 MakeImage = Callable[..., str]
 ClientAllowing = Callable[..., Awaitable[Client]]

@@ -11,35 +11,23 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory, RunningDaemon, clear_namespace, sim_gpu, users_tokens
-from daemon import clean_env, http_request, run_deepdockd
-from rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.api import ClientFactory
+from tests.support.daemon import RunningDaemon, clean_env, http_request, run_deepdockd
+from tests.support.docker_state import clear_namespace
+from tests.support.gpus import sim_gpu
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.users import People, users_tokens
 
 MakeImage = Callable[..., str]
-
-
-@dataclass
-class People:
-    client: Client
-    tokens: dict[str, str]  # caller -> token ("anonymous" has none)
-
-    async def call(self, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who in self.tokens else {}
-        response = await self.client.request(method, path, json=body, headers=headers)
-        text = await response.text()
-        return response.status, json.loads(
-            text
-        ) if response.content_type == "application/json" else text
 
 
 @pytest.fixture

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.containers.ssh_server import bundled_server
 
-from conftest import Client, ClientFactory, clear_namespace, derived_image
-from rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
+from tests.support.api import Client, ClientFactory
+from tests.support.docker_state import clear_namespace
+from tests.support.images import derived_image
+from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
 
 OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -141,6 +143,9 @@ async def create(client: Client, name: str, image: str, key: Path, **extra: Any)
     return answer
 
 
+# The bundle is built as root from Debian's source packages by `make ssh-server`, which
+# `make test` runs and `make test-fast` does not.
+@pytest.mark.rig
 def test_the_bundle_is_built_and_says_its_version() -> None:
     bundle = bundled_server()
     assert bundle is not None, "the bundled SSH server is not built: run make ssh-server"

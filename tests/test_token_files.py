@@ -14,7 +14,7 @@ import pytest
 
 from deepdockd.tokens import TokenStore
 
-from daemon import Daemon, http_json, run_deepdockd
+from tests.support.daemon import Daemon, http_json, run_deepdockd
 
 OTHER_UID = 12345  # no user of this machine: a file a stranger owns
 NO_DOCKER = "unix:///nonexistent/docker.sock"  # not needed to start: the refusal comes first
@@ -55,6 +55,7 @@ READABLE = "others could read a token from it"
 WRITABLE = "others could change it"
 
 
+@pytest.mark.process  # then deepdockd starts and serves on the fixed file
 @pytest.mark.parametrize(
     ("name", "mode", "why"),
     [
@@ -83,6 +84,8 @@ def test_a_token_file_others_can_reach_stops_the_start_until_chmod_600(
     assert_starts_and_serves(tmp_path, state, args, free_port)
 
 
+@pytest.mark.rig  # root: it gives the file to another user
+@pytest.mark.process  # then deepdockd starts and serves on the fixed file
 @pytest.mark.parametrize("name", ["tokens.json", "admin.token"])
 def test_a_token_file_another_user_owns_stops_the_start_until_chown(
     tmp_path: Path, state: Path, free_port: int, name: str

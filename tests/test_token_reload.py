@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunningDaemon
-from daemon import clean_env, http_json
+from tests.support.daemon import RunningDaemon, clean_env, http_json
 
 
 def token_add(state_dir: Path, user: str) -> str:

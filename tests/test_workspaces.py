@@ -20,20 +20,23 @@ from typing import Any
 
 import pytest
 
-from deepdockd.app import create_app
+from deepdockd.api.app import create_app
 from deepdockd.config import Config, SharedMount
 from deepdockd.tokens import TokenStore
 
-from conftest import Client, ClientFactory, RunningDaemon, sim_gpu, users_tokens
-from daemon import http_json
-from rig import (
+from tests.support.api import Client, ClientFactory, body, create, created
+from tests.support.daemon import RunningDaemon, http_json
+from tests.support.docker_state import inspect
+from tests.support.gpus import sim_gpu
+from tests.support.rig import (
     DEBIAN_NOSSH_IMAGE,
     DEBIAN_SERVICE_IMAGE,
     DEBIAN_SSH_IMAGE,
     REGISTRY_ADDR,
     Rig,
 )
-from test_containers import body, create, created, inspect, ssh
+from tests.support.ssh import ssh
+from tests.support.users import users_tokens
 
 VOLUME_KEYS = {"name", "owner", "user_name", "uid", "containers", "created"}
 RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from deepdockd import labels
 from deepdockd.config import Config
-from deepdockd.docker import Docker, DockerFailed, VolumeSummary
+from deepdockd.docker import Docker, DockerConflict, DockerNotFound, VolumeSummary
 from deepdockd.errors import Conflict, NotFound
 from deepdockd.tokens import Caller
 
@@ -121,12 +121,10 @@ class HomeVolumes:
             raise _in_use(name, list(home.containers))
         try:
             await self._docker.remove_volume(name)
-        except DockerFailed as exc:
-            if exc.docker_status == 409:  # a container made since, or one not of ours
-                raise _in_use(name, list((await self._users()).get(name, ()))) from None
-            if exc.docker_status == 404:
-                raise NotFound(f"no volume {name!r}", details={"name": name}) from None
-            raise
+        except DockerConflict:  # a container made since, or one not of ours
+            raise _in_use(name, list((await self._users()).get(name, ()))) from None
+        except DockerNotFound:
+            raise NotFound(f"no volume {name!r}", details={"name": name}) from None
 
     async def _users(self) -> dict[str, list[str]]:
         """Volume name -> the names of the namespace's containers that mount it."""

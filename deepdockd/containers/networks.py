@@ -25,15 +25,13 @@ from collections.abc import Callable, Iterable
 
 from deepdockd import labels
 from deepdockd.config import Config
-from deepdockd.docker import Docker, DockerFailed, NetworkSummary
+from deepdockd.docker import Docker, DockerConflict, DockerNotFound, NetworkSummary, SubnetTaken
 from deepdockd.errors import ApiError, Conflict, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 # One owner's network: 254 addresses, more containers than one person runs on one host.
 OWNER_SUBNET_PREFIX = 24
-# Docker's words for a subnet that another network of the engine holds already.
-_SUBNET_TAKEN = ("overlaps",)
 
 
 class NetworkPoolExhausted(ServiceUnavailable):
@@ -129,13 +127,9 @@ class OwnerNetworks:
                     continue
                 try:
                     await self._docker.remove_network(network.id)
-                except DockerFailed as exc:
-                    if exc.docker_status != 404:  # gone already is what we wanted
-                        raise
-                else:
-                    log.info(
-                        "removed the network %s of %s (%s)", network.name, owner, network.subnets
-                    )
+                except DockerNotFound:
+                    continue  # gone already is what we wanted
+                log.info("removed the network %s of %s (%s)", network.name, owner, network.subnets)
 
     async def _create(self, name: str, owner: str) -> None:
         """Make the network on the lowest free /24. Another engine client (a second daemon on
@@ -159,17 +153,15 @@ class OwnerNetworks:
                     subnet=str(subnet),
                     labels={labels.NAMESPACE: self._namespace, labels.OWNER: owner},
                 )
-            except DockerFailed as exc:
-                if any(text in exc.docker_message for text in _SUBNET_TAKEN):
-                    refused.append(subnet)
-                    continue
-                if exc.docker_status == 409:
-                    raise Conflict(
-                        f"a Docker network named {name!r} exists that is not this owner's "
-                        "network; remove or rename it",
-                        details={"network": name},
-                    ) from None
-                raise
+            except SubnetTaken:
+                refused.append(subnet)
+                continue
+            except DockerConflict:
+                raise Conflict(
+                    f"a Docker network named {name!r} exists that is not this owner's "
+                    "network; remove or rename it",
+                    details={"network": name},
+                ) from None
             log.info("made the network %s (%s) for %s", name, subnet, owner)
             return
 

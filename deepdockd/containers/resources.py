@@ -10,29 +10,16 @@ from deepdockd.config import Config
 from deepdockd.errors import InvalidInput
 from deepdockd.host import ram_total_mib
 
-MIB = 1024 * 1024
 # The default /dev/shm when the config leaves it to us: half the host's RAM, at most this.
 MAX_DEFAULT_SHM_MB = 16384
 
 
 @dataclass(frozen=True)
 class Resources:
-    shm_size_mb: int
+    shm_size_mb: int  # MiB, like every "_mb" of the API
     memory_mb: int | None  # None: no limit
     cpus: float | None  # None: no limit
     pids_limit: int | None  # None: no limit
-
-    def host_config(self) -> dict[str, object]:
-        """Docker's HostConfig keys for these limits."""
-        config: dict[str, object] = {"ShmSize": self.shm_size_mb * MIB}
-        if self.memory_mb is not None:
-            # Swap counted in: a container cannot go past its limit by swapping.
-            config["Memory"] = config["MemorySwap"] = self.memory_mb * MIB
-        if self.cpus is not None:
-            config["NanoCpus"] = round(self.cpus * 1e9)
-        if self.pids_limit is not None:
-            config["PidsLimit"] = self.pids_limit
-        return config
 
 
 def resources_for(

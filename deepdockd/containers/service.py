@@ -2,27 +2,22 @@
 
 Only containers labelled with this daemon's namespace exist here; any other container is
 invisible, even by name. Everything the service knows is in those labels.
+
+This module orchestrates; the container's shape for Docker is ``spec``, what goes into it
+before its first start ``bootstrap``, the wait for its sshd ``sshd_wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import io
 import logging
-import re
-import tarfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import resources
 
 from deepdockd import labels
-from deepdockd.config import Config, SharedMount
+from deepdockd.clock import iso, now_utc
+from deepdockd.config import Config
 from deepdockd.containers.allocation import (
-    SSH_CONTAINER_PORT,
     Gpu,
     PortReleases,
     Reservation,
@@ -31,173 +26,29 @@ from deepdockd.containers.allocation import (
     choose_service_ports,
     choose_ssh_port,
 )
-from deepdockd.containers.homes import HomeVolume, HomeVolumes
+from deepdockd.containers.bootstrap import bootstrap_tar
+from deepdockd.containers.homes import HomeVolumes
+from deepdockd.containers.model import CreateRequest, ManagedContainer
 from deepdockd.containers.networks import OwnerNetworks
-from deepdockd.containers.passwords import sha512_crypt_hash
-from deepdockd.containers.resources import Resources, resources_for
-from deepdockd.containers.ssh_server import BUNDLE_DIR, SshServerBundle, bundled_server
-from deepdockd.containers.sshkeys import HostKey, PublicHostKey
+from deepdockd.containers.resources import resources_for
+from deepdockd.containers.spec import Setup, container_spec
+from deepdockd.containers.sshd_wait import wait_for_sshd
 from deepdockd.containers.view import ContainerView
-from deepdockd.docker import ContainerSummary, Docker, DockerFailed, Image
-from deepdockd.errors import (
-    ApiError,
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    ServiceUnavailable,
-)
-from deepdockd.fairshare.leases import (
-    LeaseExpired,
-    lease_from,
-    lease_hours_for,
-    lease_of,
-    now_utc,
-)
+from deepdockd.docker import ContainerSummary, Docker, DockerConflict, PortTaken
+from deepdockd.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
+from deepdockd.fairshare.leases import LeaseExpired, lease_from, lease_hours_for
 from deepdockd.fairshare.policy import PolicyHolder
-from deepdockd.fairshare.quotas import Ask, QuotaLimits, Usage, check_quota, usage_of
-from deepdockd.fairshare.records import (
-    EMPTY,
-    ContainerRecords,
-    Lease,
-    Record,
-    RecordsUnreadable,
-    iso,
-)
+from deepdockd.fairshare.quotas import Ask, Usage, check_quota, usage_of
+from deepdockd.fairshare.records import ContainerRecords, RecordsUnreadable
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
+from deepdockd.quota_settings import QuotaLimits
 from deepdockd.tokens import Caller
 
+# The HTTP layer reads the request and the answer's dataclasses from here.
+__all__ = ["ContainerService", "CreateRequest", "ManagedContainer"]
+
 log = logging.getLogger(__name__)
-
-BOOTSTRAP_DIR = "/.deepdockd"
-# How often a create looks for sshd's greeting: each look is a Docker inspect and a connect.
-SSH_POLL_INTERVAL_S = 0.05
-_FAILED_MARK = "deepdockd-bootstrap: FAILED: "
-_NO_SHELL = "exec /bin/sh failed: No such file or directory"
-# Docker's words for a host port that something else holds.
-_PORT_TAKEN = ("port is already allocated", "address already in use")
-# The only capabilities root has in a container: Docker's default set less NET_RAW (raw
-# frames: forged ARP replies), MKNOD, SETFCAP, SETPCAP and NET_BIND_SERVICE (Docker >= 20.10
-# lets any process bind a container's low ports). Each kept one was measured (README,
-# Security): without it, on Debian with OpenSSH,
-CONTAINER_CAPABILITIES = (
-    "CHOWN",  # useradd and dpkg fail: they give files to users and groups
-    "DAC_OVERRIDE",  # apt fails, and root cannot write into a user's home (the bootstrap)
-    "FOWNER",  # the bootstrap cannot chmod the user's ~/.ssh; apt and sudo's chmod fail
-    "FSETID",  # dpkg silently drops setgid bits (openssh-client's ssh-agent lost its)
-    "KILL",  # root (sudo) cannot signal another user's processes
-    "SETGID",  # sshd's privilege separation, apt's sandbox user, su and sudo fail
-    "SETUID",
-    "SYS_CHROOT",  # sshd's pre-login child cannot chroot: every login is refused
-    # sshd built with Linux audit (Debian's, Ubuntu's, RHEL's) writes a login record for every
-    # session with a terminal and ends the session when the kernel refuses it: without this,
-    # `ssh host` (interactive) is closed at once; only commands without a terminal work.
-    "AUDIT_WRITE",
-)
-
-
-class SshUnavailable(InvalidInput):
-    """The image cannot give the container an SSH login."""
-
-    code = "ssh_unavailable"
-
-
-class SshTimeout(ApiError):
-    status = 504
-    code = "ssh_timeout"
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    name: str
-    image: str
-    user_name: str
-    owner: str
-    password: str | None = None  # None: key logins only
-    env: dict[str, str] = field(default_factory=dict)
-    gpu_ids: list[int] = field(default_factory=list)
-    ssh_keys: list[str] = field(default_factory=list)
-    persistent_home: bool = True
-    command: list[str] | None = None  # None: the image's Cmd
-    shm_size_mb: int | None = None  # None: the config's default, for these three
-    memory_mb: int | None = None
-    cpus: float | None = None
-    ports: list[int] = field(default_factory=list)  # container ports to publish
-    lease_hours: float | None = None  # None: the config's default_lease_hours
-    idle_reclaim: bool = True  # False (admins only): never stopped for idle GPUs
-    # The container's own SSH host key, made with the request: its public half goes into a
-    # label, its private half into the container with the bootstrap.
-    host_key: HostKey = field(default_factory=HostKey.generate, compare=False)
-
-    def __repr__(self) -> str:  # never let a password reach a log line or a traceback
-        return f"CreateRequest(name={self.name!r}, image={self.image!r}, user={self.user_name!r})"
-
-
-@dataclass(frozen=True)
-class ManagedContainer:
-    id: str
-    name: str
-    state: str
-    image: str  # the reference its create asked for
-    image_id: str  # the image it runs: what that reference named when it was created
-    created: str  # RFC 3339 with nanoseconds
-    ssh_port: int | None  # the allocated port, running or not
-    published_ssh_port: int | None  # the port SSH answers on now (None unless running)
-    gpu_indices: list[int]
-    gpu_uuids: list[str]
-    owner: str
-    ssh_user: str
-    ssh_host_keys: list[PublicHostKey]  # the container's own, as its sshd presents them
-    ports: dict[int, int]  # container port -> host port, allocated (running or not)
-    memory_mb: int | None  # None: no limit
-    cpus: float | None  # None: no limit
-    shm_size_mb: int | None  # None: made before deepdockd set it (Docker's 64 MiB)
-    home_volume: str | None  # None: a throwaway home
-    expires_at: datetime | None  # the end of its lease; None: no lease
-    lease_set_at: datetime | None  # when that end was set
-    stopped_reason: str | None  # why the reaper stopped it, while it is not running
-    idle_reclaim: bool  # False: never stopped for idle GPUs
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
-
-    @classmethod
-    def from_summary(cls, summary: ContainerSummary, record: Record = EMPTY) -> ManagedContainer:
-        """The container as its labels and its fair-share ``record`` describe it."""
-        label = summary.labels.get
-        port = label(labels.SSH_PORT, "")
-        lease = lease_of(summary.labels, record)
-        return cls(
-            id=summary.id,
-            name=summary.name,
-            state=summary.state,
-            # Containers made before these labels: what Docker says it was created from.
-            image=label(labels.IMAGE) or summary.image,
-            image_id=label(labels.IMAGE_ID) or summary.image_id,
-            created=label(labels.CREATED, ""),
-            ssh_port=int(port) if port.isdecimal() else None,
-            published_ssh_port=summary.published.get(SSH_CONTAINER_PORT),
-            gpu_indices=labels.gpu_indices(summary.labels),
-            gpu_uuids=[u for u in label(labels.GPU_UUIDS, "").split(",") if u],
-            owner=label(labels.OWNER, ""),
-            ssh_user=label(labels.SSH_USER, ""),
-            ssh_host_keys=[
-                key
-                for line in labels.ssh_host_keys(summary.labels)
-                if (key := PublicHostKey.parse(line)) is not None
-            ],
-            ports=labels.ports(summary.labels),
-            memory_mb=_int_label(label(labels.MEMORY_MB, "")),
-            cpus=_float_label(label(labels.CPUS, "")),
-            shm_size_mb=_int_label(label(labels.SHM_SIZE_MB, "")),
-            home_volume=label(labels.HOME_VOLUME) or None,
-            expires_at=lease.expires_at,
-            lease_set_at=lease.set_at,
-            stopped_reason=record.stopped_reason if summary.state != "running" else None,
-            idle_reclaim=label(labels.IDLE_RECLAIM) != "false",
-        )
 
 
 class ContainerService:
@@ -340,7 +191,7 @@ class ContainerService:
             await self._networks.ensure(request.owner)
             container_id = await self._make(request, setup)
             try:
-                tar = await _bootstrap_tar(request, setup.home, self._config.ssh_server)
+                tar = await bootstrap_tar(request, setup.home, self._config.ssh_server)
                 await self._docker.put_archive(container_id, "/", tar)
                 await self._start(container_id, port, ports)
                 self._started(container_id)
@@ -383,100 +234,24 @@ class ContainerService:
         return [Gpu(index=i, uuid=known[i].uuid) for i in gpu_ids]
 
     async def _make(self, request: CreateRequest, setup: Setup) -> str:
+        network = self._networks.name(request.owner)  # the owner's own (network_isolation)
+        spec = container_spec(request, setup, self._config, network=network)
         try:
-            return await self._docker.create_container(
-                request.name, self._container_config(request, setup)
-            )
-        except DockerFailed as exc:
-            if exc.docker_status == 409:
-                raise Conflict(
-                    f"the name {request.name!r} is taken; choose another",
-                    details={"name": request.name},
-                ) from None
-            raise
-
-    def _container_config(self, request: CreateRequest, setup: Setup) -> dict[str, object]:
-        # The request's env is not the container's: root's bootstrap and every root process
-        # would inherit it (PATH, LD_PRELOAD). It travels in the bootstrap tar, for the user's
-        # sessions only.
-        env: list[str] = []
-        image, gpus, port = setup.image, setup.gpus, setup.ssh_port
-        address = self._config.ssh_bind_address
-        published = {SSH_CONTAINER_PORT: port, **setup.ports}
-        host_config: dict[str, object] = {
-            "Init": True,
-            "PortBindings": {
-                f"{inside}/tcp": [{"HostIp": address, "HostPort": str(outside)}]
-                for inside, outside in published.items()
-            },
-            "Mounts": _mounts(request, setup.home, self._config.shared_mounts),
-            **setup.resources.host_config(),
-            "RestartPolicy": {"Name": "unless-stopped"},
-            "CapDrop": ["ALL"],
-            "CapAdd": list(CONTAINER_CAPABILITIES),
-            # One container's output cannot fill the host's disk.
-            "LogConfig": {
-                "Type": "json-file",
-                "Config": {
-                    "max-size": self._config.log_max_size,
-                    "max-file": str(self._config.log_max_file),
-                },
-            },
-        }
-        if (network := self._networks.name(request.owner)) is not None:
-            host_config["NetworkMode"] = network  # the owner's own (network_isolation)
-        if gpus:
-            device_ids = [g.uuid or str(g.index) for g in gpus]
-            host_config["DeviceRequests"] = [
-                {"Driver": "nvidia", "DeviceIDs": device_ids, "Capabilities": [["gpu"]]}
-            ]
-        else:
-            # An image whose default is "all GPUs" (NVIDIA's CUDA images) must see none.
-            env.append("NVIDIA_VISIBLE_DEVICES=void")
-        # The bootstrap runs the image's own command beside sshd, as the image's user.
-        command = [*image.entrypoint, *(image.cmd if request.command is None else request.command)]
-        resources = setup.resources
-        return {
-            "Image": image.id,
-            "Entrypoint": ["/bin/sh", f"{BOOTSTRAP_DIR}/bootstrap.sh"],
-            "Cmd": [image.user, "--", *command],
-            # The bootstrap is root's; it runs the command as the image's User itself.
-            "User": "0",
-            "Env": env,
-            "Hostname": request.name[:63],
-            "ExposedPorts": {f"{inside}/tcp": {} for inside in published},
-            "Labels": {
-                labels.NAMESPACE: self._config.namespace,
-                labels.OWNER: request.owner,
-                labels.SSH_USER: request.user_name,
-                labels.SSH_PORT: str(port),
-                labels.GPU_INDICES: ",".join(str(g.index) for g in gpus),
-                labels.GPU_UUIDS: ",".join(g.uuid for g in gpus if g.uuid),
-                labels.CREATED: _now_rfc3339_ns(),
-                labels.IMAGE: request.image,
-                labels.IMAGE_ID: image.id,
-                labels.SSH_HOST_KEYS: request.host_key.public.public_key,
-                labels.PORTS: labels.format_ports(setup.ports),
-                labels.MEMORY_MB: "" if resources.memory_mb is None else str(resources.memory_mb),
-                labels.CPUS: "" if resources.cpus is None else f"{resources.cpus:g}",
-                labels.SHM_SIZE_MB: str(resources.shm_size_mb),
-                labels.HOME_VOLUME: setup.home.name if setup.home else "",
-                labels.LEASE_EXPIRES: iso(setup.lease.expires_at) or "",
-                labels.IDLE_RECLAIM: "true" if request.idle_reclaim else "false",
-            },
-            "HostConfig": host_config,
-        }
+            return await self._docker.create_container(spec)
+        except DockerConflict:
+            raise Conflict(
+                f"the name {request.name!r} is taken; choose another",
+                details={"name": request.name},
+            ) from None
 
     async def _start(
         self, container_id: str, port: int | None, ports: Mapping[int, int] | None = None
     ) -> None:
         try:
             await self._docker.start_container(container_id)
-        except DockerFailed as exc:
-            if not any(text in exc.docker_message for text in _PORT_TAKEN):
-                raise
+        except PortTaken as exc:
             for inside, outside in (ports or {}).items():
-                if re.search(rf":{outside}\b", exc.docker_message):
+                if outside in exc.ports_named:
                     raise Conflict(
                         f"port {outside} (the container's {inside}) is taken on the host: "
                         f"{exc.docker_message}",
@@ -490,47 +265,14 @@ class ContainerService:
     async def _wait_for_sshd(
         self, container_id: str, port: int | None, *, restarts_before: int = 0
     ) -> None:
-        """Until sshd greets on the published port; the bootstrap's error if it gives up
-        (the container stops, or Docker restarts it)."""
-        deadline = time.monotonic() + self._config.ssh_ready_timeout
-        address = self._config.ssh_bind_address
-        host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
-        while True:
-            state = await self._docker.container_state(container_id)
-            if state is None or not state.running or state.restart_count > restarts_before:
-                raise SshUnavailable(await self._bootstrap_error(container_id))
-            if port is None:  # not ours to wait for (a container without an SSH port label)
-                return
-            if await ssh_greets(host, port):
-                return
-            if time.monotonic() > deadline:
-                raise SshTimeout(
-                    f"the SSH server did not answer on port {port} within "
-                    f"{self._config.ssh_ready_timeout:g} s (ssh_ready_timeout)"
-                )
-            await asyncio.sleep(SSH_POLL_INTERVAL_S)
-
-    async def _bootstrap_error(self, container_id: str) -> str:
-        with contextlib.suppress(ApiError):
-            output = await self._docker.container_logs(container_id)
-            if _NO_SHELL in output:  # tini, the container's init, could not start the bootstrap
-                return (
-                    "the container could not provide SSH: the image has no /bin/sh, which"
-                    " deepdockd's bootstrap needs to set up the"
-                    " SSH login (an image without a shell, such as a distroless one, cannot be"
-                    " used): choose an image with a shell"
-                )
-            failures = [
-                line.split(_FAILED_MARK, 1)[1]
-                for line in output.splitlines()
-                if _FAILED_MARK in line
-            ]
-            if failures:
-                return f"the container could not provide SSH: {failures[-1]}"
-            tail = " | ".join(output.strip().splitlines()[-3:])
-            if tail:
-                return f"the container stopped before its sshd answered: {tail}"
-        return "the container stopped before its sshd answered"
+        await wait_for_sshd(
+            self._docker,
+            container_id,
+            port,
+            bind_address=self._config.ssh_bind_address,
+            timeout_s=self._config.ssh_ready_timeout,
+            restarts_before=restarts_before,
+        )
 
     async def _discard(self, container_id: str, name: str) -> None:
         """Remove a container whose create failed; never raises, even when cancelled."""
@@ -707,53 +449,6 @@ class ContainerService:
         return container
 
 
-@dataclass(frozen=True)
-class Setup:
-    """What a create chose for its container before Docker makes it."""
-
-    image: Image
-    gpus: list[Gpu]
-    ssh_port: int
-    ports: dict[int, int]  # container port -> host port
-    resources: Resources
-    home: HomeVolume | None
-    lease: Lease
-
-
-def _mounts(
-    request: CreateRequest, home: HomeVolume | None, shared: tuple[SharedMount, ...]
-) -> list[dict[str, object]]:
-    """The user's home volume and the admin's shared host directories; never a host path of
-    the request's."""
-    mounts: list[dict[str, object]] = [
-        {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
-        for m in shared
-    ]
-    if home is not None:
-        mounts.append(
-            {
-                "Type": "volume",
-                "Source": home.name,
-                "Target": f"/home/{request.user_name}",
-                # Not the image's /home/<user>: the home is the volume's, whatever the image.
-                # Its labels too, should Docker have to make it again (removed meanwhile).
-                "VolumeOptions": {"NoCopy": True, "Labels": dict(home.labels)},
-            }
-        )
-    return mounts
-
-
-def _int_label(text: str) -> int | None:
-    return int(text) if text.isdecimal() else None
-
-
-def _float_label(text: str) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
-
-
 def _reservation_of(container: ManagedContainer) -> Reservation:
     """The GPUs an existing container takes when it starts (its port is its own already)."""
     uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
@@ -771,105 +466,3 @@ def _may_see(caller: Caller, container: ContainerSummary) -> bool:
 def _viewer(caller: Caller) -> str | None:
     """Whose containers a caller may see named: None for an admin (everyone's)."""
     return None if caller.is_admin else caller.user
-
-
-@functools.cache
-def _bootstrap_script() -> bytes:
-    return resources.files("deepdockd.containers").joinpath("bootstrap.sh").read_bytes()
-
-
-async def _bootstrap_tar(request: CreateRequest, home: HomeVolume | None, ssh_server: str) -> bytes:
-    """What the bootstrap needs, to unpack at / before the container's first start, in a
-    directory that only root may read:
-
-    - ``bootstrap.sh``, the entrypoint;
-    - ``settings``: shell assignments of checked values (the user name, the home volume's
-      uid or "", whether password logins are allowed);
-    - ``secret``: ``user:HASH``, the password's SHA-512 crypt hash (``*``, which no password
-      matches, when the request gave keys only); the password itself never leaves this
-      process, so no binary of the image ever sees it;
-    - ``authorized_keys``: the request's public keys, added to ~/.ssh/authorized_keys at the
-      first start (never in labels, env or a command line);
-    - ``env``: the request's env as ``NAME=value`` lines (the schema refuses line breaks),
-      for the user's sessions only;
-    - ``ssh_host_ed25519_key``: the container's own host key, the only one its sshd presents.
-
-    Unless ``ssh_server`` is "image", the bundled SSH server goes beside it, in BUNDLE_DIR.
-    """
-    if request.password is None:
-        password_hash = "*"
-    else:
-        password_hash = await asyncio.to_thread(sha512_crypt_hash, request.password)
-    settings = {
-        "user_name": request.user_name,
-        "home_uid": str(home.uid) if home else "",
-        "password_login": "no" if request.password is None else "yes",
-        "ssh_server": ssh_server,
-    }
-    bundle = bundled_server() if ssh_server != "image" else None
-    if ssh_server == "bundled" and bundle is None:
-        raise ServiceUnavailable(
-            "ssh_server is bundled, but this deepdockd was installed without its SSH server;"
-            " build it with `make ssh-server` (or install a package that carries it)",
-            details={"setting": "ssh_server"},
-        )
-    files = (
-        ("bootstrap.sh", _bootstrap_script(), 0o700),
-        ("settings", "".join(f"{k}='{v}'\n" for k, v in settings.items()).encode(), 0o600),
-        ("secret", f"{request.user_name}:{password_hash}\n".encode(), 0o600),
-        ("authorized_keys", "".join(f"{key}\n" for key in request.ssh_keys).encode(), 0o600),
-        ("env", "".join(f"{k}={v}\n" for k, v in request.env.items()).encode(), 0o600),
-        ("ssh_host_ed25519_key", request.host_key.private_openssh, 0o600),
-    )
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        directory = tarfile.TarInfo(BOOTSTRAP_DIR.lstrip("/"))
-        directory.type, directory.mode = tarfile.DIRTYPE, 0o700
-        tar.addfile(directory)
-        for name, data, mode in files:
-            info = tarfile.TarInfo(f"{BOOTSTRAP_DIR.lstrip('/')}/{name}")
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-        if bundle is not None:
-            _add_bundle(tar, bundle)
-    return buffer.getvalue()
-
-
-def _add_bundle(tar: tarfile.TarFile, bundle: SshServerBundle) -> None:
-    """The bundled server at BUNDLE_DIR: root's, readable and runnable by every user (their
-    sessions run its scp and sftp-server), writable by none."""
-    folder = BUNDLE_DIR.lstrip("/")
-    directory = tarfile.TarInfo(folder)
-    directory.type, directory.mode = tarfile.DIRTYPE, 0o755
-    tar.addfile(directory)
-    for name, data in bundle.files:
-        info = tarfile.TarInfo(f"{folder}/{name}")
-        info.size, info.mode = len(data), 0o755
-        tar.addfile(info, io.BytesIO(data))
-    for name, target in bundle.links:
-        link = tarfile.TarInfo(f"{folder}/{name}")
-        link.type, link.linkname, link.mode = tarfile.SYMTYPE, target, 0o777
-        tar.addfile(link)
-
-
-async def ssh_greets(host: str, port: int) -> bool:
-    """Whether an SSH server sends its greeting ("SSH-2.0-...") on host:port."""
-    try:
-        async with asyncio.timeout(2):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                greeting = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
-        return False
-    return greeting.startswith(b"SSH-")
-
-
-def _now_rfc3339_ns() -> str:
-    """Now as Docker writes times: RFC 3339 in UTC with nanoseconds."""
-    ns = time.time_ns()
-    seconds = datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{seconds}.{ns % 1_000_000_000:09d}Z"

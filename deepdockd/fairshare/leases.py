@@ -8,20 +8,17 @@ A create asks for ``lease_hours`` (else the config's ``default_lease_hours``), u
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from deepdockd import labels
+from deepdockd.clock import parse_iso
 from deepdockd.errors import Conflict, InvalidInput
 from deepdockd.fairshare.policy import Policy
-from deepdockd.fairshare.records import Lease, Record, parse_iso
+from deepdockd.fairshare.records import Lease, Record
 
 
 class LeaseExpired(Conflict):
     code = "lease_expired"
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def lease_hours_for(asked: float | None, policy: Policy) -> float:

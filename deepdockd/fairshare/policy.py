@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from deepdockd.config import Config
-from deepdockd.fairshare.quotas import NO_QUOTAS, Quotas
+from deepdockd.quota_settings import NO_QUOTAS, Quotas
 
 log = logging.getLogger(__name__)
 

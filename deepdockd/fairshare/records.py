@@ -26,8 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from deepdockd.clock import iso, parse_iso
 from deepdockd.errors import ServiceUnavailable
-from deepdockd.tokens import write_private
+from deepdockd.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +138,6 @@ class ContainerRecords:
         info = self.path.stat()
         self._seen = (info.st_ino, info.st_size, info.st_mtime_ns)
         self._readable = True
-
-
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC, to the second: 2026-11-27T18:00:00Z."""
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    return datetime.fromisoformat(text)
 
 
 def _encode(record: Record) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepdockd.errors import ServiceUnavailable
-from deepdockd.tokens import Caller, write_private
+from deepdockd.private_files import write_private
+from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 
 from deepdockd.errors import InvalidInput
-from deepdockd.images.references import ImageReference
+from deepdockd.references import ImageReference
 
 log = logging.getLogger(__name__)
 

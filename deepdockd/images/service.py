@@ -18,67 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 
 from deepdockd import labels
-from deepdockd.docker import Docker, DockerFailed, Image, PullProgress
+from deepdockd.docker import (
+    Docker,
+    DockerConflict,
+    DockerFailed,
+    DockerNotFound,
+    Image,
+    ImageRemoval,
+    LayerFailed,
+    PullProgress,
+    RegistryBadAnswer,
+    RegistryDenied,
+    RegistryNotFound,
+    RegistryNotReached,
+    RegistryUnauthorized,
+)
 from deepdockd.errors import ApiError, BadGateway, Conflict, Forbidden, InvalidInput, NotFound
 from deepdockd.images.records import ImageRecords
-from deepdockd.images.references import ImageReference, looks_like_image_id, parse_reference
 from deepdockd.images.registries import RegistryReach, registry_host
+from deepdockd.references import ImageReference, looks_like_image_id, parse_reference
 from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
-
-# A pull's error is told in our own words, chosen by what Docker's message says: that message
-# can carry what a registry, or whatever else listens on the host and port a reference names,
-# sent back (a web server's whole 404 page, an SSH banner), so no part of it is ever shown.
-# Each list: (words in Docker's message, lower-cased; what we say), first match first.
-#
-# A registry that answered, but not as a registry does (Go's net/http and distribution's
-# client). Looked for first: what follows these words is the other side's text.
-_BAD_ANSWERS = (
-    (r"received unexpected http status: (\d{3})", "unexpected HTTP status {0}"),
-    (r"error parsing http (\d{3}) response body",
-     "HTTP status {0} with a body that is not a registry's"),
-    (r"malformed http", "an answer that is not HTTP"),
-    (r"error unmarshalling content|unsupported manifest media type|manifest invalid",
-     "content that is not an image manifest"),
-    (r"toomanyrequests|too many requests", "too many requests (a rate limit)"),
-    (r"\beof\b", "the connection closed before a whole answer came"),
-)  # fmt: skip
-# Docker Hub's answer for a repository that does not exist or is private.
-_NOT_FOUND_OR_PRIVATE = "pull access denied"
-# A registry that refused or wanted credentials (distribution 2.x and Docker Hub).
-_AUTH_FAILURES = ("unauthorized", "authentication required", "no basic auth credentials")
-# A registry without the repository or the tag.
-_NOT_FOUND = ("manifest unknown", "name unknown", "not found", "does not exist")
-# Go's network errors as Docker passes them on (net, crypto/tls, net/http): the registry could
-# not be reached at all.
-_UNREACHABLE = (
-    ("connection refused", "connection refused"),
-    ("no such host", "no such host"),
-    ("server misbehaving", "no such host"),  # the resolver's word for a name it cannot look up
-    ("name resolution", "no such host"),
-    ("connection reset", "connection reset"),
-    ("network is unreachable", "network unreachable"),
-    ("no route to host", "no route to host"),
-    ("timeout", "timed out"),
-    ("deadline exceeded", "timed out"),
-    ("x509:", "its TLS certificate is not trusted"),
-    ("tls:", "TLS failed"),
-    ("server gave http response to https client", "it answers HTTP, not HTTPS"),
-    ("dial tcp", "cannot connect"),
-)
-# Failures after the registry answered as one: the layers it serves.
-_LAYER_FAILURES = (
-    ("unknown blob", "a layer is missing from the registry"),
-    ("blob unknown", "a layer is missing from the registry"),
-    ("verification failed", "a layer's content does not match its digest"),
-    ("no matching manifest", "the image has no variant for this host's platform"),
-)
 
 
 class RegistryAuthFailed(BadGateway):
@@ -268,7 +233,7 @@ class ImageService:
                 pull.tell(event)
             image = await self._docker.inspect_image(str(source))
             if image is None:
-                raise DockerFailed(404, f"{source} was pulled but Docker does not list it")
+                raise RegistryNotFound(404, f"{source} was pulled but Docker does not list it")
             self._record_pull(image, reference, caller, private)
             log.info("pulled %s as %s", key, image.short_id)
             pull.tell(PullResult(reference=key, image=image))
@@ -384,7 +349,7 @@ class ImageService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def remove(self, image_ref: str, caller: Caller, *, force: bool) -> list[dict[str, str]]:
+    async def remove(self, image_ref: str, caller: Caller, *, force: bool) -> ImageRemoval:
         """Admins only. Another user's private image is absent to a user, as a missing one."""
         if not looks_like_image_id(image_ref):
             parse_image_reference(image_ref, field="image_ref")
@@ -402,19 +367,14 @@ class ImageService:
                 details={"containers": names},
             )
         try:
-            answer = await self._docker.remove_image(image_ref, force=force)
-        except DockerFailed as exc:
-            if exc.docker_status == 409:
-                raise Conflict(exc.docker_message, details={"image_ref": image_ref}) from None
-            if exc.docker_status == 404:
-                raise NotFound(f"no image {image_ref!r} on this host") from None
-            raise
-        deleted = [a["Deleted"] for a in answer if "Deleted" in a]
-        self._pulled_publicly.difference_update(deleted)
-        self._records.forget(
-            image_ids=deleted, tags=[a["Untagged"] for a in answer if "Untagged" in a]
-        )
-        return answer
+            removal = await self._docker.remove_image(image_ref, force=force)
+        except DockerConflict as exc:
+            raise Conflict(exc.docker_message, details={"image_ref": image_ref}) from None
+        except DockerNotFound:
+            raise NotFound(f"no image {image_ref!r} on this host") from None
+        self._pulled_publicly.difference_update(removal.deleted)
+        self._records.forget(image_ids=list(removal.deleted), tags=list(removal.untagged))
+        return removal
 
 
 def is_image_id(text: str) -> bool:
@@ -457,24 +417,24 @@ def _logged_pull_error(
 def _pull_error(
     reference: ImageReference, exc: DockerFailed, *, with_credentials: bool
 ) -> ApiError:
-    """The error a person sees, in our words, with the registry named."""
+    """The error a person sees, in our words, with the registry named, chosen by the kind of
+    RegistryFailed that docker.py raised. Docker's message can carry what a registry, or
+    whatever else listens on the host and port a reference names, sent back (a web server's
+    whole 404 page, an SSH banner), so no part of it is ever shown."""
     key, registry = str(reference), registry_host(reference)
-    said = exc.docker_message.lower()
     details = {"reference": key, "registry": registry}
-    for pattern, phrase in _BAD_ANSWERS:
-        if found := re.search(pattern, said):
-            return PullFailed(
-                f"registry {registry} gave a bad answer to the pull of {key}: "
-                + phrase.format(*found.groups()),
-                details=details,
-            )
-    if _NOT_FOUND_OR_PRIVATE in said:
+    if isinstance(exc, RegistryBadAnswer):
+        return PullFailed(
+            f"registry {registry} gave a bad answer to the pull of {key}: {exc.reason}",
+            details=details,
+        )
+    if isinstance(exc, RegistryDenied):
         return NotFound(
             f"{key} was not found in registry {registry}, or it is private "
             '(send "auth" with credentials for it)',
             details=details,
         )
-    if any(words in said for words in _AUTH_FAILURES):
+    if isinstance(exc, RegistryUnauthorized):
         if with_credentials:
             return RegistryAuthFailed(
                 f"registry {registry} refused the credentials for {key}", details=details
@@ -482,21 +442,19 @@ def _pull_error(
         return RegistryAuthFailed(
             f'registry {registry} wants credentials for {key} (send "auth")', details=details
         )
-    if exc.docker_status == 404 or any(words in said for words in _NOT_FOUND):
+    if isinstance(exc, RegistryNotFound):
         return NotFound(
             f"{key} was not found in registry {registry}: no such repository or tag",
             details=details,
         )
-    for words, phrase in _UNREACHABLE:
-        if words in said:
-            return RegistryUnreachable(
-                f"cannot reach registry {registry} to pull {key}: {phrase}", details=details
-            )
-    for words, phrase in _LAYER_FAILURES:
-        if words in said:
-            return PullFailed(
-                f"the pull of {key} from registry {registry} failed: {phrase}", details=details
-            )
+    if isinstance(exc, RegistryNotReached):
+        return RegistryUnreachable(
+            f"cannot reach registry {registry} to pull {key}: {exc.reason}", details=details
+        )
+    if isinstance(exc, LayerFailed):
+        return PullFailed(
+            f"the pull of {key} from registry {registry} failed: {exc.reason}", details=details
+        )
     return PullFailed(
         f"the pull of {key} from registry {registry} failed; the daemon's log has Docker's reason",
         details=details,

@@ -1,0 +1,5 @@
+"""``python -m deepdock``: the same as ``deepdock``."""
+
+from deepdock.main import main
+
+main()

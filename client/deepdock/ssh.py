@@ -1,0 +1,113 @@
+"""SSH to containers with their host keys pinned: each container's public host keys (from
+``ssh_host_keys`` in the API) go into a known-hosts file of the client's own, under a
+``HostKeyAlias`` of its server and name. SSH ports are reused by later containers, so a
+plain ``host:port`` entry would soon be someone else's key; an alias per container never is,
+and ssh checks strictly: no prompt, no stale warning, no blind trust."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from deepdock.settings import Server, _write_private, config_dir
+
+# One public key, as known_hosts holds it: type and base64, nothing that would add a line.
+_ONE_KEY = re.compile(r"[a-z0-9@.-]+ [A-Za-z0-9+/]+=*")
+
+
+def known_hosts_file() -> Path:
+    return config_dir() / "known_hosts"
+
+
+def identities_file() -> Path:
+    return config_dir() / "identities.json"
+
+
+def alias(server: Server, container: str) -> str:
+    # "/" is in no server or container name: no two pairs share an alias.
+    return f"deepdock/{server.name}/{container}"
+
+
+def pin(entries: dict[str, list[dict[str, Any]]]) -> Path:
+    """Write the host keys of these aliases ({alias: ssh_host_keys}), replacing what the file
+    held for them; other aliases' lines stay."""
+    path = known_hosts_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Two `deepdock ssh` at once must not lose each other's pins.
+    with open(path.with_name(".known_hosts.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        kept = [line for line in lines if line.split(" ", 1)[0] not in entries]
+        for name, keys in entries.items():
+            found = (str(key.get("public_key", "")) for key in keys)
+            kept += [f"{name} {key}" for key in found if _ONE_KEY.fullmatch(key)]
+        _write_private(path, "".join(f"{line}\n" for line in kept))
+    return path
+
+
+def remember_identity(server: Server, container: str, public_key_file: Path) -> bool:
+    """The private key beside the public one given at create, for ``deepdock ssh``; whether
+    there was one."""
+    private = public_key_file.with_suffix("")
+    if public_key_file.suffix != ".pub" or not private.is_file():
+        return False
+    known = _identities()
+    known[alias(server, container)] = str(private.resolve())
+    _write_private(identities_file(), json.dumps(known, indent=2) + "\n")
+    return True
+
+
+def identity(server: Server, container: str) -> str | None:
+    path = _identities().get(alias(server, container))
+    return path if path and Path(path).is_file() else None
+
+
+def _identities() -> dict[str, str]:
+    try:
+        loaded = json.loads(identities_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+def options(server: Server, container: dict[str, Any]) -> dict[str, str]:
+    """The ssh options that reach the container: ssh_config keywords and their values."""
+    name = container["name"]
+    found = {
+        "HostName": server.host,
+        "Port": str(container["ssh-port"]),
+        "User": container["ssh_user"],
+        "HostKeyAlias": alias(server, name),
+        "UserKnownHostsFile": _path_value(known_hosts_file()),
+        "StrictHostKeyChecking": "yes" if container.get("ssh_host_keys") else "ask",
+    }
+    key = identity(server, name)
+    if key:
+        found["IdentityFile"] = _path_value(Path(key))
+        found["IdentitiesOnly"] = "yes"  # an agent full of keys: no "too many failures"
+    return found
+
+
+def _path_value(path: Path) -> str:
+    """A path as ssh_config reads it: ``%`` is ssh's token sign, spaces need quotes."""
+    text = str(path).replace("%", "%%")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def ssh_argv(server: Server, container: dict[str, Any], command: list[str]) -> list[str]:
+    argv = ["ssh"]
+    for keyword, value in options(server, container).items():
+        argv += ["-o", f"{keyword}={value}"]
+    return [*argv, "--", server.host, *command]
+
+
+def exec_ssh(argv: list[str]) -> None:
+    """Become ssh (its exit status is the command's); FileNotFoundError without one."""
+    os.execvp(argv[0], argv)

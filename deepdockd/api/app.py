@@ -1,0 +1,141 @@
+"""The application factory: builds the app, does no I/O."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from deepdockd.accounting import GpuAccounting
+from deepdockd.api.auth import auth_middleware
+from deepdockd.api.keys import (
+    ACCOUNTING,
+    CONFIG,
+    CONTAINERS,
+    DOCKER,
+    EXPORTER,
+    GPUS,
+    IMAGES,
+    METRICS,
+    POLICY,
+    REAPER,
+    VIEW,
+)
+from deepdockd.api.middlewares import audit_middleware, error_middleware
+from deepdockd.api.routes import setup_routes
+from deepdockd.config import Config
+from deepdockd.containers.reaper import Reaper
+from deepdockd.containers.service import ContainerService
+from deepdockd.containers.view import ContainerView
+from deepdockd.docker import Docker
+from deepdockd.exporter.service import Exporter
+from deepdockd.fairshare.policy import PolicyHolder
+from deepdockd.fairshare.records import ContainerRecords
+from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.images.records import ImageRecords
+from deepdockd.images.registries import RegistryReach
+from deepdockd.images.service import ImageService
+from deepdockd.metrics import MetricsService
+from deepdockd.tokens import TokenStore
+
+
+def create_app(
+    config: Config, *, docker: Docker | None = None, gpus: GpuSampler | None = None
+) -> web.Application:
+    """``docker`` and ``gpus`` are seams for tests; None means the real thing, made from
+    ``config``."""
+    tokens = TokenStore(config.state_dir) if config.auth else None
+    docker = docker if docker is not None else Docker(config.docker_host)
+    gpus = gpus if gpus is not None else _sampler(config)
+    view = ContainerView(docker, config.namespace)
+    accounting = GpuAccounting(gpus, view, docker)
+    exporter = Exporter(config, gpus, accounting, view)
+    app = web.Application(
+        middlewares=[
+            exporter.requests.middleware(),
+            audit_middleware,
+            error_middleware,
+            auth_middleware(tokens),
+        ],
+        client_max_size=config.max_body_size,
+    )
+    app[CONFIG] = config
+    app[DOCKER] = docker
+    app[GPUS] = gpus
+    app[VIEW] = view
+    app[ACCOUNTING] = accounting
+    app[EXPORTER] = exporter
+    app[IMAGES] = ImageService(
+        app[DOCKER],
+        RegistryReach(config.allowed_registries),
+        records=ImageRecords(config.state_dir),
+        namespace=config.namespace,
+    )
+    app[METRICS] = MetricsService(gpus, view, accounting)
+    app[POLICY] = PolicyHolder(config)
+    app[CONTAINERS] = ContainerService(
+        app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW],
+        policy=app[POLICY], records=ContainerRecords(config.state_dir),
+    )  # fmt: skip
+    app[REAPER] = Reaper(app[CONTAINERS], app[VIEW], gpus, app[POLICY], docker)
+    if tokens is not None:
+        app.on_startup.append(functools.partial(_load_tokens, tokens))
+    app.cleanup_ctx.append(_docker_client)
+    app.cleanup_ctx.append(_gpu_sampler)
+    app.cleanup_ctx.append(_gpu_accounting)
+    if config.live_view:
+        app.cleanup_ctx.append(_container_view)
+    app.cleanup_ctx.append(_reaper)
+    setup_routes(app)
+    return app
+
+
+def _sampler(config: Config) -> GpuSampler:
+    return GpuSampler(
+        interval_s=config.gpu_sample_interval,
+        bucket_s=config.gpu_bucket,
+        retention_s=config.gpu_retention,
+        retry_interval_s=config.gpu_retry_interval,
+    )
+
+
+async def _load_tokens(tokens: TokenStore, app: web.Application) -> None:
+    # At start, so that a file broken later leaves the daemon the tokens it started with.
+    tokens.refresh()
+
+
+async def _docker_client(app: web.Application) -> AsyncIterator[None]:
+    docker = app[DOCKER]
+    await docker.open()
+    yield
+    await app[IMAGES].close()
+    await docker.close()
+
+
+async def _container_view(app: web.Application) -> AsyncIterator[None]:
+    view = app[VIEW]
+    await view.start()
+    yield
+    await view.stop()
+
+
+async def _gpu_sampler(app: web.Application) -> AsyncIterator[None]:
+    sampler = app[GPUS]
+    await sampler.start()
+    yield
+    await sampler.stop()
+
+
+async def _gpu_accounting(app: web.Application) -> AsyncIterator[None]:
+    accounting = app[ACCOUNTING]
+    await accounting.start()
+    yield
+    await accounting.stop()
+
+
+async def _reaper(app: web.Application) -> AsyncIterator[None]:
+    reaper = app[REAPER]
+    await reaper.start()
+    yield
+    await reaper.stop()

@@ -1,0 +1,1 @@
+"""The handlers, by area; routes.py lists them all in openapi.yaml's order."""

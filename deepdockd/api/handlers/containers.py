@@ -1,0 +1,92 @@
+"""Containers and what belongs to their owners: the life cycle, leases, home volumes and
+quotas."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from deepdockd.api import answers
+from deepdockd.api.auth import caller_of
+from deepdockd.api.keys import ACCOUNTING, AUDIT_TARGET, CONTAINERS
+from deepdockd.api.query import bool_query, user_query
+from deepdockd.api.schemas import CreateContainerSchema, ExtendLeaseSchema, load_body
+from deepdockd.containers.service import CreateRequest
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    containers = await request.app[CONTAINERS].list_all(caller_of(request))
+    accounting = request.app[ACCOUNTING]
+    return web.json_response({"containers": [answers.container(c, accounting) for c in containers]})
+
+
+async def get_container(request: web.Request) -> web.Response:
+    container = await request.app[CONTAINERS].get(request.match_info["name"], caller_of(request))
+    return web.json_response(answers.container(container, request.app[ACCOUNTING]))
+
+
+async def create_container(request: web.Request) -> web.Response:
+    body = await load_body(request, CreateContainerSchema())
+    request[AUDIT_TARGET] = body["name"]
+    caller = caller_of(request)
+    container = await request.app[CONTAINERS].create(
+        CreateRequest(**body, owner=caller.user), caller
+    )
+    return web.json_response(answers.created(container), status=201)
+
+
+async def start_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].start(name, caller_of(request))
+    return web.json_response({"message": f"container '{name}' started"})
+
+
+async def stop_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].stop(name, caller_of(request))
+    return web.json_response({"message": f"container '{name}' stopped"})
+
+
+async def restart_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[CONTAINERS].restart(name, caller_of(request))
+    return web.json_response({"message": f"container '{name}' restarted"})
+
+
+async def extend_lease(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await load_body(request, ExtendLeaseSchema())
+    container = await request.app[CONTAINERS].extend(name, body["lease_hours"], caller_of(request))
+    return web.json_response(answers.lease(name, container))
+
+
+async def delete_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    force = bool_query(request, "force")
+    await request.app[CONTAINERS].remove(name, caller_of(request), force=force)
+    return web.json_response({"message": f"container '{name}' removed"})
+
+
+async def list_volumes(request: web.Request) -> web.Response:
+    homes = await request.app[CONTAINERS].homes.list_all(caller_of(request))
+    return web.json_response({"volumes": [answers.volume(h) for h in homes]})
+
+
+async def delete_volume(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    request[AUDIT_TARGET] = name
+    await request.app[CONTAINERS].homes.remove(name, caller_of(request))
+    return web.json_response({"message": f"volume '{name}' removed"})
+
+
+async def get_quota(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    user = user_query(request, "user", default=caller.user)
+    limits, use = await request.app[CONTAINERS].quota(user, caller)
+    return web.json_response(
+        {
+            "user": user,
+            "limits": limits.as_answer(),
+            "used": use.as_answer(),
+            "caller": {"user": caller.user, "role": caller.role},
+        }
+    )

@@ -1,0 +1,38 @@
+"""Every typed key of the application's and the requests' state, in a module of their own so
+that any part of the HTTP layer can import them without import cycles."""
+
+from aiohttp import web
+
+from deepdockd.accounting import GpuAccounting
+from deepdockd.config import Config
+from deepdockd.containers.reaper import Reaper
+from deepdockd.containers.service import ContainerService
+from deepdockd.containers.view import ContainerView
+from deepdockd.docker import Docker
+from deepdockd.exporter.service import Exporter
+from deepdockd.fairshare.policy import PolicyHolder
+from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.images.service import ImageService
+from deepdockd.metrics import MetricsService
+from deepdockd.tokens import Caller
+
+# The application's state.
+CONFIG = web.AppKey("config", Config)
+DOCKER = web.AppKey("docker", Docker)
+IMAGES = web.AppKey("images", ImageService)
+GPUS = web.AppKey("gpus", GpuSampler)
+METRICS = web.AppKey("metrics", MetricsService)
+CONTAINERS = web.AppKey("containers", ContainerService)
+VIEW = web.AppKey("view", ContainerView)
+ACCOUNTING = web.AppKey("accounting", GpuAccounting)
+EXPORTER = web.AppKey("exporter", Exporter)
+POLICY = web.AppKey("policy", PolicyHolder)
+REAPER = web.AppKey("reaper", Reaper)
+
+# A request's state.
+# Where authentication puts the Caller.
+REQUEST_CALLER = web.RequestKey("caller", Caller)
+# Where authentication puts the user's name, for the access log.
+REQUEST_USER = web.RequestKey("user", str)
+# Where a handler names what a request acted on, where the path does not say it.
+AUDIT_TARGET = web.RequestKey("audit_target", str)

@@ -1,0 +1,42 @@
+"""Every route of the API in one table, in the order of openapi.yaml (a test holds the two
+equal)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from deepdockd.api.handlers import containers, gpus, health, images, static, streams
+
+ROUTES = [
+    web.get("/images", images.list_images, allow_head=False),
+    web.post("/images", images.pull_image),
+    web.delete("/images/{image_ref:.+}", images.delete_image),
+    web.get("/containers", containers.list_containers, allow_head=False),
+    web.post("/containers/create", containers.create_container),
+    web.get("/containers/{name}", containers.get_container, allow_head=False),
+    web.delete("/containers/{name}", containers.delete_container),
+    web.post("/containers/{name}/start", containers.start_container),
+    web.post("/containers/{name}/stop", containers.stop_container),
+    web.post("/containers/{name}/restart", containers.restart_container),
+    web.post("/containers/{name}/extend", containers.extend_lease),
+    web.get("/containers/{name}/logs", streams.container_logs, allow_head=False),
+    web.get("/events", streams.container_events, allow_head=False),
+    web.get("/volumes", containers.list_volumes, allow_head=False),
+    web.delete("/volumes/{name}", containers.delete_volume),
+    web.get("/quota", containers.get_quota, allow_head=False),
+    web.get("/metrics", gpus.host_metrics, allow_head=False),
+    web.get("/metrics/gpus", gpus.gpu_metrics, allow_head=False),
+    web.get("/metrics/prometheus", gpus.prometheus_metrics, allow_head=False),
+    web.get("/gpus", gpus.list_gpus, allow_head=False),
+    web.get("/healthz", health.healthz, allow_head=False),
+    web.get("/openapi.yaml", static.openapi_yaml, allow_head=False),
+    web.get("/openapi.json", static.openapi_json, allow_head=False),
+    web.get("/docs", static.docs_page, allow_head=False),
+    web.get("/docs/{file}", static.docs_file, allow_head=False),
+    web.get("/ui", static.dashboard_page, allow_head=False),
+    web.get("/ui/{file}", static.dashboard_file, allow_head=False),
+]
+
+
+def setup_routes(app: web.Application) -> None:
+    app.add_routes(ROUTES)

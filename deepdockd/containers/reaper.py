@@ -1,0 +1,267 @@
+"""The reaper: a task that stops containers whose lease ended or whose GPUs stayed idle, and
+warns their users first; a second task feeds the idle clock from the sampler. It never removes
+a container or a volume: a stopped container keeps its home and its files, and starts again
+(within its quota, with a lease that has not ended).
+
+Every second it looks at the running containers (from the live view) and the idle clock.
+When one is due, the stop is decided again by :meth:`ContainerService.reclaim` under the
+allocation lock, from Docker's own labels and state and the sampler's data at that moment, so
+that a start, a restart or an extension in between wins and no GPU is ever held twice.
+
+Idle is judged from every sample the sampler takes (not one reading): a GPU is idle since the
+first of an unbroken run of samples at or under ``idle_gpu_utilization``. A sample without a
+utilization (an error, no NVML) breaks the run, and so does a gap in the samples. The clock
+lives in memory: after a restart of the daemon it starts again from zero, so that a container
+is never stopped early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from deepdockd.clock import iso, now_utc
+from deepdockd.containers.service import ContainerService, ManagedContainer
+from deepdockd.containers.view import ContainerView
+from deepdockd.docker import Docker
+from deepdockd.errors import ApiError
+from deepdockd.fairshare.idle import IdleClock
+from deepdockd.fairshare.policy import Policy, PolicyHolder
+from deepdockd.gpu.sampler import GpuSampler
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("deepdockd.audit")
+
+# How often the reaper looks: a lease ends at most this late.
+REAPER_TICK_S = 1.0
+# Writes a line to each of the container's terminals (best effort, like wall(1)). The message
+# is an argument, never part of the script.
+_TELL_TERMINALS = (
+    'for t in /dev/pts/[0-9]*; do [ -c "$t" ] && printf "\\r\\n%s\\r\\n" "$1" >"$t"; done '
+    "2>/dev/null; true"
+)
+
+
+class Reaper:
+    def __init__(
+        self,
+        containers: ContainerService,
+        view: ContainerView,
+        sampler: GpuSampler,
+        policy: PolicyHolder,
+        docker: Docker,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._containers = containers
+        self._view = view
+        self._sampler = sampler
+        self._policy = policy
+        self._docker = docker
+        self._clock = clock
+        self.idle = IdleClock()
+        self._running_since: dict[str, float] = {}  # container id -> when first seen running
+        self._idle_warned: set[str] = set()  # warned of an idle stop, in this idle run
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failing = False
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._follow_samples(), name="reaper-idle-clock"),
+            asyncio.create_task(self._run(), name="reaper"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # --- the loops ---
+
+    async def _follow_samples(self) -> None:
+        number = 0
+        while True:
+            snapshot = await self._sampler.next_processes(number)
+            number = snapshot.number
+            threshold = self._policy.current.idle_gpu_utilization
+            self.idle.observe(self._sampler.statuses(), threshold, self._clock())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+                if self._failing:
+                    log.info("reaper: working again")
+                self._failing = False
+            except ApiError as exc:  # Docker down, say: the next tick tries again
+                if not self._failing:
+                    log.warning("reaper: cannot look at the containers: %s", exc.message)
+                self._failing = True
+            except Exception:
+                log.exception("reaper: a check failed")
+            await asyncio.sleep(REAPER_TICK_S)
+
+    async def check_once(self) -> None:
+        now = self._clock()
+        running = []
+        for summary in await self._view.summaries():
+            if summary.state == "running":
+                running.append(self._containers.describe(summary))
+        ids = {c.id for c in running}
+        for gone in set(self._running_since) - ids:
+            del self._running_since[gone]
+        self._idle_warned &= ids
+        for container in running:
+            self._running_since.setdefault(container.id, now)
+        policy = self._policy.current
+        for container in running:
+            await self._consider(container, policy)
+
+    # --- one container ---
+
+    async def _consider(self, container: ManagedContainer, policy: Policy) -> None:
+        if self._lease_reason(container) is not None:
+            await self._reclaim(container, self._lease_reason)
+            return
+        if self._idle_reason(container) is not None:
+            await self._reclaim(container, self._idle_reason)
+            return
+        await self._warn_if_due(container, policy)
+
+    def _lease_reason(self, container: ManagedContainer) -> str | None:
+        if not self._containers.records.readable:
+            return None  # the lease may be one that was extended: never stop early
+        expires = container.expires_at
+        if expires is None or now_utc() < expires:
+            return None
+        return f"lease ended at {iso(expires)}"
+
+    def _idle_reason(self, container: ManagedContainer) -> str | None:
+        policy = self._policy.current
+        limit_s = policy.idle_gpu_minutes * 60
+        if not limit_s or not container.gpu_indices or not container.idle_reclaim:
+            return None
+        idle_s = self._idle_seconds(container)
+        if idle_s < limit_s:
+            return None
+        gpus = ", ".join(map(str, container.gpu_indices))
+        return (
+            f"idle GPUs: GPU {gpus} at or under {policy.idle_gpu_utilization:g}% utilization "
+            f"for {_duration(idle_s)} (idle_gpu_minutes is {policy.idle_gpu_minutes:g})"
+        )
+
+    def _idle_seconds(self, container: ManagedContainer) -> float:
+        """How long all the container's GPUs have been idle while it ran: 0 without NVML."""
+        if not self._sampler.available:
+            return 0.0
+        now = self._clock()
+        max_gap_s = 3 * self._sampler.interval_s + 2
+        by_uuid = {g.uuid: g.index for g in self._sampler.gpus}
+        indices = [by_uuid.get(u) for u in container.gpu_uuids] or container.gpu_indices
+        running_s = now - max(
+            self._running_since.get(container.id, now),
+            self._containers.started_at.get(container.id, float("-inf")),
+        )
+        idle = [
+            self.idle.idle_for(i, now, max_gap_s=max_gap_s) if i is not None else 0.0
+            for i in indices
+        ]
+        return min([running_s, *idle])
+
+    async def _reclaim(
+        self, container: ManagedContainer, reason_to_stop: Callable[[ManagedContainer], str | None]
+    ) -> None:
+        reasons: list[str] = []
+
+        def decide(fresh: ManagedContainer) -> str | None:
+            reason = reason_to_stop(fresh)
+            if reason is not None:
+                reasons.append(reason)
+            return reason
+
+        stopped = await self._containers.reclaim(container.id, decide)
+        if stopped is None:
+            return
+        reason = reasons[-1]
+        log.info("reaper: stopped container %s of %s: %s", stopped.name, stopped.owner, reason)
+        _audit("stop", stopped, "stopped", reason)
+
+    # --- warnings ---
+
+    async def _warn_if_due(self, container: ManagedContainer, policy: Policy) -> None:
+        warning_s = policy.stop_warning_minutes * 60
+        if not warning_s:
+            return
+        expires, set_at = container.expires_at, container.lease_set_at
+        records = self._containers.records
+        if (
+            records.readable
+            and expires is not None
+            and expires - timedelta(seconds=warning_s) <= now_utc()
+            # Only where the lease was longer than the warning: a short one is no surprise.
+            and (set_at is None or expires - set_at > timedelta(seconds=warning_s))
+            and records.get(container.id).warned_for != expires
+        ):
+            records.warned(container.id, expires)
+            await self._tell(
+                container,
+                f"its lease ends at {_clock_time(expires)}",
+                f"deepdockd: this container stops at {_clock_time(expires)}, when its lease "
+                f"ends; extend it with POST /containers/{container.name}/extend",
+            )
+        limit_s = policy.idle_gpu_minutes * 60
+        if not limit_s or limit_s <= warning_s:
+            return
+        if not container.gpu_indices or not container.idle_reclaim:
+            return
+        idle_s = self._idle_seconds(container)
+        if idle_s < limit_s - warning_s:
+            self._idle_warned.discard(container.id)  # busy again: the next idle run is warned
+        elif container.id not in self._idle_warned:
+            self._idle_warned.add(container.id)
+            left = _duration(limit_s - idle_s)
+            await self._tell(
+                container,
+                f"its GPUs have been idle for {_duration(idle_s)}",
+                f"deepdockd: this container's GPUs have been idle for {_duration(idle_s)}; "
+                f"it stops in {left} unless they are used",
+            )
+
+    async def _tell(self, container: ManagedContainer, why: str, message: str) -> None:
+        try:
+            await self._docker.exec_detached(
+                container.id, ["/bin/sh", "-c", _TELL_TERMINALS, "deepdockd-warning", message]
+            )
+            outcome = "sent"
+        except ApiError as exc:
+            log.warning("reaper: could not warn the terminals of %s: %s", container.name, exc)
+            outcome = "failed"
+        _audit("warn", container, outcome, why)
+
+
+def _audit(action: str, container: ManagedContainer, outcome: str, reason: str) -> None:
+    audit_log.info(
+        "user=deepdockd action=%s target=%s outcome=%s owner=%s reason=%s",
+        action, container.name, outcome, container.owner, reason,
+        extra={"user": "deepdockd", "action": action, "target": container.name,
+               "outcome": outcome, "owner": container.owner, "reason": reason},
+    )  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clock_time(moment: datetime) -> str:
+    return moment.strftime("%H:%M:%S UTC")

@@ -1,0 +1,96 @@
+"""The wait for a container's sshd: a create, start or restart answers once sshd greets on
+the published port, or with the bootstrap's own reason when the container gave up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from deepdockd.docker import Docker
+from deepdockd.errors import ApiError, InvalidInput
+
+# How often a create looks for sshd's greeting: each look is a Docker inspect and a connect.
+SSH_POLL_INTERVAL_S = 0.05
+# What bootstrap.sh writes before the reason it gives up.
+_FAILED_MARK = "deepdockd-bootstrap: FAILED: "
+# What the container's init (tini) writes when the image has no /bin/sh for the bootstrap.
+_NO_SHELL = "exec /bin/sh failed: No such file or directory"
+
+
+class SshUnavailable(InvalidInput):
+    """The image cannot give the container an SSH login."""
+
+    code = "ssh_unavailable"
+
+
+class SshTimeout(ApiError):
+    status = 504
+    code = "ssh_timeout"
+
+
+async def wait_for_sshd(
+    docker: Docker,
+    container_id: str,
+    port: int | None,
+    *,
+    bind_address: str,
+    timeout_s: float,
+    restarts_before: int = 0,
+) -> None:
+    """Until sshd greets on the ``port`` published on ``bind_address``; the bootstrap's
+    error if it gives up (the container stops, or Docker restarts it), SshTimeout after
+    ``timeout_s`` (the config's ssh_ready_timeout)."""
+    deadline = time.monotonic() + timeout_s
+    host = "127.0.0.1" if bind_address in ("0.0.0.0", "::") else bind_address
+    while True:
+        state = await docker.container_state(container_id)
+        if state is None or not state.running or state.restart_count > restarts_before:
+            raise SshUnavailable(await _bootstrap_error(docker, container_id))
+        if port is None:  # not ours to wait for (a container without an SSH port label)
+            return
+        if await ssh_greets(host, port):
+            return
+        if time.monotonic() > deadline:
+            raise SshTimeout(
+                f"the SSH server did not answer on port {port} within "
+                f"{timeout_s:g} s (ssh_ready_timeout)"
+            )
+        await asyncio.sleep(SSH_POLL_INTERVAL_S)
+
+
+async def _bootstrap_error(docker: Docker, container_id: str) -> str:
+    with contextlib.suppress(ApiError):
+        output = await docker.container_logs(container_id)
+        if _NO_SHELL in output:  # tini, the container's init, could not start the bootstrap
+            return (
+                "the container could not provide SSH: the image has no /bin/sh, which"
+                " deepdockd's bootstrap needs to set up the"
+                " SSH login (an image without a shell, such as a distroless one, cannot be"
+                " used): choose an image with a shell"
+            )
+        failures = [
+            line.split(_FAILED_MARK, 1)[1] for line in output.splitlines() if _FAILED_MARK in line
+        ]
+        if failures:
+            return f"the container could not provide SSH: {failures[-1]}"
+        tail = " | ".join(output.strip().splitlines()[-3:])
+        if tail:
+            return f"the container stopped before its sshd answered: {tail}"
+    return "the container stopped before its sshd answered"
+
+
+async def ssh_greets(host: str, port: int) -> bool:
+    """Whether an SSH server sends its greeting ("SSH-2.0-...") on host:port."""
+    try:
+        async with asyncio.timeout(2):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                greeting = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return greeting.startswith(b"SSH-")

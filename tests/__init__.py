@@ -1,0 +1,1 @@
+"""deepdockd's tests. A package, so that their helpers are ``tests.support`` for the bench too."""

@@ -1,0 +1,146 @@
+"""Run deepdockd as a real process, the way a person or systemd starts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support import lanes
+from tests.support.spec import answer_problem
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without any DEEPDOCKD_ setting the caller may have set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPDOCKD_")}
+    env.update(extra or {})
+    return env
+
+
+def run_deepdockd(
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run the command to completion (for starts that must fail)."""
+    return subprocess.run(
+        [sys.executable, "-m", "deepdockd", *args],
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+class AnswerOutsideSpec(AssertionError):
+    """deepdockd answered something that openapi.yaml does not allow."""
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 10,
+) -> tuple[int, bytes]:
+    """One request to a deepdockd process: its status and body. Every answer is checked
+    against openapi.yaml, as the in-process tests' answers are: one outside the spec raises
+    ``AnswerOutsideSpec``, whatever the caller meant to assert."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    data = None
+    if json_body is not None:
+        data = json.dumps(json_body).encode()
+        sent["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, answer_headers, body = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, answer_headers, body = exc.code, dict(exc.headers), exc.read()
+    problem = answer_problem(method, url, status, answer_headers, body, request_headers=sent)
+    if problem:
+        raise AnswerOutsideSpec(f"{method} {url} -> {status}: {problem}")
+    return status, body
+
+
+def http_json(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    """``http_request`` with the body parsed as JSON."""
+    status, body = http_request(method, url, **kwargs)
+    return status, json.loads(body)
+
+
+def http_get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
+    return http_request("GET", url, timeout_s=timeout_s)
+
+
+class Daemon:
+    """A deepdockd process started in the background; ``stop()`` sends SIGTERM and returns
+    its exit status and everything it logged. Auth is off unless ``auth`` (tests of other
+    things than auth need no token)."""
+
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, log: Path, auth: bool = False
+    ) -> None:
+        lanes.require("process", "starts deepdockd as a serving process")
+        self.log = log
+        self._log_file = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deepdockd", *args],
+            env=clean_env({"DEEPDOCKD_AUTH": str(auth).lower(), **(env or {})}),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_until_serving(self, url: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"deepdockd exited early:\n{self.log.read_text()}")
+            try:
+                http_get(url, timeout_s=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"deepdockd did not serve {url} within {timeout_s} s")
+
+    def wait_for_exit(self, timeout_s: float = 20) -> tuple[int, str]:
+        """For a daemon that must stop by itself."""
+        status = self.process.wait(timeout_s)
+        self._log_file.close()
+        return status, self.log.read_text()
+
+    def stop(self, timeout_s: float = 20) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            status = self.process.wait()
+        self._log_file.close()
+        return status, self.log.read_text()
+
+
+@dataclass
+class RunningDaemon:
+    """A deepdockd process serving on the rig: its process, URL and state directory."""
+
+    daemon: Daemon
+    base: str
+    state_dir: Path
+
+    def stop(self) -> tuple[int, str]:
+        return self.daemon.stop()
