@@ -55,7 +55,10 @@ def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
     for key, help_text in _FLAG_HELP.items():
         parser.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=help_text)
     parser.add_argument("--version", action="version", version=_version())
-    parser.epilog = (parser.epilog or "") + " Tokens: deepdockd token add|list|revoke (see --help)."
+    parser.epilog = (parser.epilog or "") + (
+        " Tokens: deepdockd token add|list|revoke; a user's end of life: deepdockd user remove"
+        " (see --help)."
+    )
     return vars(parser.parse_args(argv))
 
 
@@ -78,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["token"]:
         return token_cli.main(arguments[1:])
+    if arguments[:1] == ["user"]:
+        return token_cli.user_main(arguments[1:])
     flags = parse_args(arguments)
     try:
         config = load_config(flags, os.environ)

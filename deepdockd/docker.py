@@ -142,6 +142,7 @@ class Image:
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     user: str = ""
+    env: tuple[str, ...] = ()  # "NAME=value", as the image's Config.Env lists them
 
     @property
     def short_id(self) -> str:
@@ -837,6 +838,7 @@ def _image_from_inspect(data: Mapping[str, Any]) -> Image:
         entrypoint=tuple(config.get("Entrypoint") or ()),
         cmd=tuple(config.get("Cmd") or ()),
         user=str(config.get("User") or ""),
+        env=tuple(str(entry) for entry in config.get("Env") or ()),
     )
 
 

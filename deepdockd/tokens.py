@@ -60,6 +60,13 @@ class TokenEntry:
     token_hash: str
 
 
+def check_user_name(user: str) -> None:
+    if not USER_NAME.fullmatch(user):
+        raise TokenError(
+            f"{user!r} is not a valid user name (lower-case letters, digits, '_', '.', '-')"
+        )
+
+
 def hash_token(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
@@ -157,17 +164,24 @@ class TokenStore:
                 f'{{"users": {{USER: {{"role", "created", "hash"}}}}}}; missing or wrong: {exc})'
             ) from None
 
-    def add(self, user: str, role: str) -> str:
-        """Make a token for a new user; the token itself is returned, never stored."""
-        if not USER_NAME.fullmatch(user):
-            raise TokenError(
-                f"{user!r} is not a valid user name (lower-case letters, digits, '_', '.', '-')"
-            )
+    def has(self, user: str) -> bool:
+        return any(e.user == user for e in self.entries())
+
+    def check_new(self, user: str, role: str) -> None:
+        """Refuse, as :meth:`add` would, a name or role that is not valid, or a name that has
+        a token already (before anything else is asked about the name)."""
+        check_user_name(user)
         if role not in ROLES:
             raise TokenError(f"role must be one of {', '.join(ROLES)}")
-        entries = {e.user: e for e in self.entries()}
-        if user in entries:
+        if self.has(user):
             raise TokenError(f"{user!r} has a token already; revoke it first")
+
+    def add(self, user: str, role: str) -> str:
+        """Make a token for a new user; the token itself is returned, never stored. Whether
+        the name still owns what an earlier holder left is the caller's question (a name is
+        given out again only knowingly: ``deepdockd token add --inherit``)."""
+        self.check_new(user, role)
+        entries = {e.user: e for e in self.entries()}
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         created = datetime.now(UTC).isoformat(timespec="seconds")
         entries[user] = TokenEntry(user, role, created, hash_token(token))

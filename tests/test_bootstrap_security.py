@@ -6,7 +6,10 @@ OpenSSH logins."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,8 +19,10 @@ import pytest
 
 from deepdockd.api.app import create_app
 from deepdockd.config import Config
+from deepdockd.containers.bootstrap import root_environment
 
 from tests.support.api import Client, ClientFactory, body, created
+from tests.support.images import derived_image
 from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
 from tests.support.ssh import ssh
 
@@ -45,6 +50,39 @@ cat /.deepdockd/secret /.deepdockd/env >> /var/tmp/loot 2>/dev/null
 tee -a /var/tmp/loot | "$0.real" "$@"
 """
 TROJANED = ("/usr/sbin/chpasswd", "/usr/sbin/usermod", "/usr/bin/passwd")
+
+# An image laid out as docker-stacks' are (issue 29, item 5): its PATH leads first to
+# directories its user can write (/opt/conda/bin belongs to the image's user there; here
+# /usr/local too), its LD_PRELOAD names a library in one of them, and its command runs as the
+# image's USER. The container's user plants programs and a library there; whatever runs them
+# writes its uid to MARKS.
+WRITABLE = ("/opt/conda/bin", "/opt/conda/lib", "/usr/local/sbin", "/usr/local/bin")
+CONDA_PATH = "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PRELOAD = "/opt/conda/lib/libjemalloc.so"
+MARKS = "/opt/marks/log"
+# Everything a bootstrap might run as root by name, planted in each writable directory.
+PLANTED = (
+    "id", "awk", "grep", "sed", "cat", "cut", "env", "setpriv", "chroot", "mkdir", "chmod",
+    "chown", "rm", "mv", "tail", "tr", "wc", "install", "getent", "useradd", "adduser",
+    "chpasswd", "sshd", "ls", "cp", "head", "sleep", "kill", "tee", "sort", "dropbear",
+)  # fmt: skip
+PLANT = f"""#!/bin/sh
+echo "$(/usr/bin/id -u) ${{0##*/}}" >> {MARKS}
+for dir in /usr/sbin /usr/bin /sbin /bin; do
+    [ -x "$dir/${{0##*/}}" ] && exec "$dir/${{0##*/}}" "$@"
+done
+exit 127
+"""
+PLANTED_LIBRARY = f"""#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void planted(void) {{
+    char line[64];
+    int size = snprintf(line, sizeof line, "%d preload\\n", (int)geteuid());
+    int fd = open("{MARKS}", O_WRONLY | O_APPEND | O_CREAT, 0666);
+    if (fd >= 0) {{ write(fd, line, size); close(fd); }}
+}}
+"""
 
 
 @pytest.fixture
@@ -88,6 +126,42 @@ def trojan_image(rig: Rig) -> Iterator[str]:
         rig.docker("rm", "--force", builder)
     yield tag
     rig.docker("rmi", "--force", tag)
+
+
+@pytest.fixture(scope="module")
+def conda_image(rig: Rig) -> Iterator[str]:
+    """DEBIAN_SSH_IMAGE with CONDA_PATH, PRELOAD and a command run as nobody (uid 65534) that
+    runs ``id`` by the image's PATH, as a notebook server's start script would."""
+    tag = f"deepdockd-test/conda-{uuid.uuid4().hex[:8]}:latest"
+    builder = f"conda-builder-{uuid.uuid4().hex[:8]}"
+    script = (
+        f"mkdir -p {' '.join(WRITABLE)} /opt/marks && touch {MARKS} && "
+        f"chmod 0777 {' '.join(WRITABLE)} /opt/marks && chmod 0666 {MARKS}"
+    )
+    rig.docker("run", "--name", builder, DEBIAN_SSH_IMAGE, "sh", "-c", script)
+    try:
+        rig.docker(
+            "commit", f"--change=ENV PATH={CONDA_PATH}", f"--change=ENV LD_PRELOAD={PRELOAD}",
+            "--change=USER nobody",
+            '--change=CMD ["sh", "-c", "id -u > /opt/marks/command; exec sleep infinity"]',
+            builder, tag,
+        )  # fmt: skip
+    finally:
+        rig.docker("rm", "--force", builder)
+    yield tag
+    rig.docker("rmi", "--force", tag)
+
+
+@pytest.fixture(scope="module")
+def planted_library(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """PLANTED_LIBRARY, built here (the rig's images are Debian 12, as this host)."""
+    folder = tmp_path_factory.mktemp("plant")
+    (folder / "plant.c").write_text(PLANTED_LIBRARY)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(folder / "libplant.so"), str(folder / "plant.c")],
+        check=True,
+    )  # fmt: skip
+    return (folder / "libplant.so").read_bytes()
 
 
 def as_root(rig: Rig, name: str, *command: str) -> str:
@@ -135,6 +209,19 @@ def fingerprint_of(public_key: str) -> str:
 def environ_of(host_pid: int) -> bytes:
     """A process's environment, read on the host (the rig's containers run here)."""
     return Path(f"/proc/{host_pid}/environ").read_bytes()
+
+
+def banner_of(port: int, password: str) -> subprocess.CompletedProcess[str]:
+    """A login that shows the server's banner (LogLevel INFO), on stderr."""
+    return subprocess.run(
+        [
+            "sshpass", "-e", "ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=INFO",
+            "-o", "PreferredAuthentications=password", "alice@127.0.0.1", "true",
+        ],
+        env={"SSHPASS": password, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def pinned_ssh(
@@ -185,6 +272,45 @@ async def test_a_path_in_env_runs_nothing_of_the_users_as_root_on_restart(
     assert marks == []
     after = ssh(port, "alice", "pw-pathenv", 'echo "$PATH"; command -v id')
     assert after.stdout.splitlines() == [path, "/home/alice/bin/id"], after.stderr
+
+
+async def test_an_image_path_the_user_can_write_runs_nothing_as_root_on_restart(
+    api: Client, rig: Rig, conda_image: str, planted_library: bytes
+) -> None:
+    port = (await created(api, **body("conda", image=conda_image)))["ssh-port"]
+    plant = (
+        f"cat > /tmp/plant <<'EOF'\n{PLANT}EOF\n"
+        f"for dir in {' '.join(WRITABLE[:1] + WRITABLE[2:])}; do "
+        f"for tool in {' '.join(PLANTED)}; do "
+        'install -m 755 /tmp/plant "$dir/$tool" || exit 1; done; done; '
+        f"echo {base64.b64encode(planted_library).decode()} | /usr/bin/base64 -d > {PRELOAD}"
+    )
+    planted = ssh(port, "alice", "pw-conda", plant)
+    assert planted.returncode == 0, planted.stderr
+    # The trap is live: the user's own sessions run the plants and load the library.
+    live = ssh(port, "alice", "pw-conda", f"command -v id; id -un; echo $LD_PRELOAD; cat {MARKS}")
+    alice = as_root(rig, "conda", "/usr/bin/id", "-u", "alice").strip()
+    assert live.stdout.splitlines()[:3] == ["/opt/conda/bin/id", "alice", PRELOAD], live
+    assert {f"{alice} id", f"{alice} preload"} <= set(live.stdout.splitlines()[3:]), live
+    assert ssh(port, "alice", "pw-conda", f": > {MARKS}; rm /opt/marks/command").returncode == 0
+
+    await restart(api, "conda")
+
+    # The image's command ran again, as the image's user, by the image's PATH and preload.
+    deadline = time.monotonic() + 30
+    while ssh(port, "alice", "pw-conda", "cat /opt/marks/command").stdout != "65534\n":
+        assert time.monotonic() < deadline, "the image's command did not run again"
+        await asyncio.sleep(0.2)
+    marks = ssh(port, "alice", "pw-conda", f"cat {MARKS}").stdout.splitlines()
+    assert {"65534 id", "65534 preload", f"{alice} preload"} <= set(marks), marks
+    assert [mark for mark in marks if mark.split()[0] == "0"] == []
+    after = ssh(port, "alice", "pw-conda", 'id -un; echo "$PATH|$LD_PRELOAD"')
+    assert after.stdout.splitlines() == ["alice", f"{CONDA_PATH}|{PRELOAD}"], after
+    # An admin's docker exec as root (and the reaper's warnings) runs clean too.
+    exec_env = as_root(rig, "conda", "sh", "-c", 'id -u; echo "$PATH|$LD_PRELOAD"')
+    assert exec_env.splitlines() == ["0", "/usr/sbin:/usr/bin:/sbin:/bin|"]
+    marks = ssh(port, "alice", "pw-conda", f"cat {MARKS}").stdout.splitlines()
+    assert [mark for mark in marks if mark.split()[0] == "0"] == []
 
 
 async def test_ld_preload_in_env_reaches_the_users_sessions_and_no_root_process(
@@ -305,3 +431,56 @@ async def test_each_container_presents_its_own_host_key_and_keeps_it(
     assert presented_keys(ports["keys1"]) == {one}
     pinned = pinned_ssh(ports["keys1"], "pw-keys1", one, tmp_path / "known_hosts")
     assert (pinned.returncode, pinned.stdout) == (0, "alice\n"), pinned.stderr
+
+
+async def test_host_keys_from_the_images_includes_are_never_presented(
+    api: Client, rig: Rig, tmp_path: Path
+) -> None:
+    """Debian's sshd_config includes /etc/ssh/sshd_config.d/*.conf: an image that names host
+    keys of its own there (baked into the image, so every container of it shares them) still
+    presents only the container's key; what else the includes say still holds."""
+    script = (
+        "ssh-keygen -q -t rsa -b 2048 -N '' -f /etc/ssh/baked_rsa_key && "
+        "mkdir -p /etc/ssh/sshd_config.d /etc/ssh/nested && "
+        "printf 'HostKey /etc/ssh/baked_rsa_key\\nInclude nested/*.conf\\n"
+        "Banner /etc/ssh/banner\\n' > /etc/ssh/sshd_config.d/10-baked.conf && "
+        "printf '  hostkey=/etc/ssh/ssh_host_ecdsa_key\\nHostCertificate /nowhere\\n' "
+        "> /etc/ssh/nested/keys.conf && "
+        "echo 'the image says hello' > /etc/ssh/banner && "
+        "grep -q '^Include /etc/ssh/sshd_config.d/\\*.conf' /etc/ssh/sshd_config"
+    )
+    image = derived_image(rig, DEBIAN_SSH_IMAGE, script, "/bin/bash")
+    try:
+        answer = await created(api, **body("baked", image=image))
+        [key] = await host_keys(api, "baked")
+        port = answer["ssh-port"]
+
+        assert presented_keys(port) == {key["public_key"]}
+        baked = as_root(rig, "baked", "cat", "/etc/ssh/baked_rsa_key.pub")
+        pinned = pinned_ssh(port, "pw-baked", key["public_key"], tmp_path / "known_hosts")
+        assert (pinned.returncode, pinned.stdout) == (0, "alice\n"), pinned.stderr
+        # The includes' other settings still hold: their banner greets the login.
+        greeted = banner_of(port, "pw-baked")
+        assert "the image says hello" in greeted.stderr, greeted
+
+        await restart(api, "baked")
+
+        assert presented_keys(port) == {key["public_key"]}
+        assert baked.split()[1] not in str(presented_keys(port))
+    finally:
+        docker(rig, "rm", "--force", "baked")
+        rig.docker("rmi", "--force", image)
+
+
+def test_the_containers_environment_is_roots_not_the_images() -> None:
+    """What Docker gives the bootstrap and every docker exec: the system's PATH, each of the
+    image's variables empty but NVIDIA_* (the host's GPU hook reads them); the image's values
+    go to the bootstrap's image-env."""
+    image_env = (
+        f"PATH={CONDA_PATH}", f"LD_PRELOAD={PRELOAD}", "LD_LIBRARY_PATH=/opt/conda/lib",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility", "CUDA_HOME=/usr/local/cuda",
+    )  # fmt: skip
+    assert root_environment(image_env) == (
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD=", "LD_LIBRARY_PATH=", "CUDA_HOME=",
+    )  # fmt: skip
+    assert root_environment(()) == ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",)

@@ -6,6 +6,7 @@ servers with one stopped, errors and exit statuses."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import re
@@ -16,12 +17,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from deepdock import ssh as client_ssh
 from deepdock.settings import Server as ClientServer
 from deepdock.settings import Settings
 from deepdock.units import hours, mebibytes
+from deepdockd.api import schemas
 from deepdockd.tokens import TokenStore
 
 from tests.support.daemon import Daemon, RunningDaemon, http_json
@@ -361,3 +366,175 @@ def test_deepdock_token_never_goes_to_a_server_named_by_server(
     monkeypatch.setenv("DEEPDOCK_URL", "http://c:8000")
     assert (settings.choose(None).url, settings.choose(None).token) == ("http://c:8000", "ddk_env")
     assert settings.choose("a").token == "ddk_a"
+
+
+# --- a server that lies (issue 29, item 4) ---
+
+INJECTED = "\nHost *\n  ProxyCommand touch {pwned}"
+
+
+def lying_containers(pwned: Path) -> list[dict[str, object]]:
+    """What a hostile server (or anyone in the middle of plain http://) answers: alice's
+    running containers, one honest, the others with a Host block and a ProxyCommand in a
+    field that ssh-config writes."""
+    evil = INJECTED.format(pwned=pwned)
+    key = {"type": "ssh-ed25519", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHonest"}
+    base = {
+        "status": "running", "owner": "alice", "image": ["x:1"], "gpus": [],
+        "ssh_user": "alice", "ssh-port": 22001, "ssh_host_keys": [key],
+    }  # fmt: skip
+    return [
+        {**base, "name": "honest"},
+        {**base, "name": f"inname{evil}"},
+        {**base, "name": "inuser", "ssh_user": f"alice{evil}"},
+        {**base, "name": "inport", "ssh-port": f"22002{evil}"},
+        {**base, "name": "portrange", "ssh-port": 70000},
+        {**base, "name": "portbool", "ssh-port": True},
+        {
+            **base,
+            "name": "inkey",
+            "ssh_host_keys": [{"public_key": f"ssh-ed25519 AAAA{evil}"}],
+        },
+    ]
+
+
+async def lying_server(aiohttp_server: Any, containers: list[dict[str, object]]) -> str:
+    async def quota(request: web.Request) -> web.Response:
+        return web.json_response({"user": "alice"})
+
+    async def listed(request: web.Request) -> web.Response:
+        return web.json_response({"containers": containers})
+
+    async def one(request: web.Request) -> web.Response:
+        wanted = request.match_info["name"]
+        found = [c for c in containers if str(c["name"]).startswith(wanted)]
+        return web.json_response(found[0] if found else {}, status=200 if found else 404)
+
+    app = web.Application()
+    app.router.add_get("/quota", quota)
+    app.router.add_get("/containers", listed)
+    app.router.add_get("/containers/{name}", one)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return f"http://127.0.0.1:{server.port}"
+
+
+def resolved(config: Path, host: str, env: dict[str, str]) -> str:
+    """What the real OpenSSH makes of the config for ``host`` (ssh -G: no connection)."""
+    shown = subprocess.run(
+        ["ssh", "-F", str(config), "-G", host], capture_output=True, text=True, env=env,
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+async def test_ssh_config_writes_only_what_the_servers_rules_allow(
+    terminal: Terminal, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    pwned = tmp_path / "pwned"
+    url = await lying_server(aiohttp_server, lying_containers(pwned))
+
+    done = await asyncio.to_thread(
+        terminal.run, "ssh-config", DEEPDOCK_URL=url, DEEPDOCK_TOKEN="ddk_alice"
+    )
+
+    assert done.returncode == 0, done.stderr
+    config = terminal.home / ".ssh" / "deepdock.conf"
+    config.write_text(done.stdout)
+    assert "ProxyCommand" not in done.stdout
+    # A host key that is not one key is left unpinned (ssh then refuses the host's key).
+    hosts = [line for line in done.stdout.splitlines() if line.startswith("Host")]
+    assert hosts == ["Host honest", "Host inkey"]
+    for host in ("honest", "somehost", "inuser"):
+        seen = resolved(config, host, terminal.env)
+        assert "proxycommand" not in seen, (host, seen)
+    honest = resolved(config, "honest", terminal.env).splitlines()
+    assert {"user alice", "port 22001", "hostkeyalias deepdock/env/honest"} <= set(honest)
+    # Each one left out is named on stderr, as text (no line break of the server's).
+    warned = done.stderr.splitlines()
+    assert len(warned) == 5, warned
+    assert all(line.startswith("deepdock: env: container ") for line in warned), warned
+    assert any("'inuser' left out: its ssh_user" in line for line in warned), warned
+    assert any("'inport' left out: its ssh-port" in line for line in warned), warned
+    assert any("'portrange' left out: its ssh-port 70000" in line for line in warned), warned
+    # Only the honest container's key is pinned.
+    known = (terminal.home / ".config" / "deepdock" / "known_hosts").read_text()
+    assert known == "deepdock/env/honest ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHonest\n"
+    assert not pwned.exists()
+
+
+async def test_ssh_refuses_a_container_that_breaks_the_servers_rules(
+    terminal: Terminal, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """`deepdock ssh NAME` runs the real ssh with -G in its place (the resolved options, no
+    connection): the honest container's reach it, a lying answer never does."""
+    pwned = tmp_path / "pwned"
+    url = await lying_server(aiohttp_server, lying_containers(pwned))
+    wrapper = tmp_path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f'#!/bin/sh\necho ran >> {tmp_path / "ssh-ran"}\nexec /usr/bin/ssh -G "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {"DEEPDOCK_URL": url, "DEEPDOCK_TOKEN": "ddk_alice",
+           "PATH": f"{wrapper.parent}:{terminal.env['PATH']}"}  # fmt: skip
+
+    honest = await asyncio.to_thread(terminal.run, "ssh", "honest", "--", "true", **env)
+    assert honest.returncode == 0, honest.stderr
+    assert {"user alice", "port 22001", "hostkeyalias deepdock/env/honest"} <= set(
+        honest.stdout.splitlines()
+    )
+    (tmp_path / "ssh-ran").unlink()
+
+    # A host key that is not one key is left unpinned; the rest may go to ssh.
+    odd_key = await asyncio.to_thread(terminal.run, "ssh", "inkey", **env)
+    assert odd_key.returncode == 0, odd_key.stderr
+    assert "proxycommand" not in odd_key.stdout
+    (tmp_path / "ssh-ran").unlink()
+
+    for name, field in (("inuser", "ssh_user"), ("inport", "ssh-port")):
+        lying = await asyncio.to_thread(terminal.run, "ssh", name, **env)
+        assert (lying.returncode, lying.stdout) == (1, ""), lying.stderr
+        assert lying.stderr.startswith(
+            f"deepdock: the server's answer for container {name!r} cannot go to ssh: its {field}"
+        ), lying.stderr
+        assert lying.stderr.count("\n") == 1
+    assert not (tmp_path / "ssh-ran").exists()  # ssh never ran for them
+    assert not pwned.exists()
+    known = (terminal.home / ".config" / "deepdock" / "known_hosts").read_text()
+    assert known == "deepdock/env/honest ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHonest\n"
+
+
+def test_the_clients_rules_are_the_servers() -> None:
+    """The client restates the daemon's patterns (it imports nothing of it): the same text."""
+    assert client_ssh.CONTAINER_NAME == schemas.CONTAINER_NAME
+    assert client_ssh.USER_NAME == schemas.USER_NAME
+
+
+async def test_logs_show_control_characters_as_text_unless_raw(
+    terminal: Terminal, aiohttp_server: Any
+) -> None:
+    output = "step 1\tok\n\x1b]0;owned\x07\x1b[2Jcleared\r\x9b31mred\n"
+
+    async def logs(request: web.Request) -> web.Response:
+        return web.Response(text=output)
+
+    app = web.Application()
+    app.router.add_get("/containers/{name}/logs", logs)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    env = {"DEEPDOCK_URL": f"http://127.0.0.1:{server.port}", "DEEPDOCK_TOKEN": "ddk_alice"}
+
+    def logs_of(*args: str) -> subprocess.CompletedProcess[bytes]:
+        # Bytes: text mode would read the "\r" as a line break.
+        return subprocess.run(
+            [str(DEEPDOCK), "logs", "train", *args], capture_output=True,
+            env={**terminal.env, **env}, timeout=60, check=False,
+        )  # fmt: skip
+
+    shown = await asyncio.to_thread(logs_of)
+    raw = await asyncio.to_thread(logs_of, "--raw")
+
+    assert (shown.returncode, shown.stdout.decode()) == (
+        0, "step 1\tok\n?]0;owned??[2Jcleared??31mred\n"
+    )  # fmt: skip
+    assert (raw.returncode, raw.stdout.decode()) == (0, output)

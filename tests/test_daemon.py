@@ -41,7 +41,9 @@ def test_daemon_serves_healthz_and_logs_each_request(
     assert status == 200
     assert json.loads(body)["docker"]["ok"] is True
     assert re.search(
-        r"deepdockd\.access: GET /healthz 200 [\d.]+ms user=- client=127\.0\.0\.1", log
+        r"deepdockd\.access: method=GET path=/healthz status=200 duration_ms=[\d.]+ user=- "
+        r"client=127\.0\.0\.1",
+        log,
     ), log
     assert exit_status == 0
     assert "Traceback" not in log

@@ -229,6 +229,52 @@ async def test_memory_and_container_quotas_name_what_to_do(fair: MakePeople) -> 
     assert answer["used"] == {"gpus": 0, "containers": 2, "memory_mb": 512, "cpus": 1.0}
 
 
+async def test_a_create_refused_by_quota_leaves_nothing_behind(
+    fair: MakePeople, rig: Rig, namespace: str
+) -> None:
+    people = await fair(gpus=1, quotas=parse_quotas({"max_containers": 1}))
+    first = unique("kept")
+    status, answer = await people.call("alice", "POST", "/containers/create", box(first))
+    assert status == 201, answer
+
+    def in_docker() -> dict[str, list[str]]:
+        label = f"label=deepdockd.namespace={namespace}"
+        return {
+            kind: sorted(rig.docker(*command, "--filter", label).split())
+            for kind, command in (
+                ("containers", ["ps", "--all", "--format", "{{.Names}}"]),
+                ("volumes", ["volume", "ls", "--quiet"]),
+                ("networks", ["network", "ls", "--format", "{{.Name}}"]),
+            )
+        }
+
+    before, volumes_before = in_docker(), (await people.call("alice", "GET", "/volumes"))[1]
+    refusals = [
+        await people.call(
+            "alice", "POST", "/containers/create",
+            box(unique("over"), user_name=f"u{i}", gpu_ids=[0]),
+        )
+        for i in range(2, 7)
+    ]  # fmt: skip
+    # A name that is taken is refused before anything is made too (bob has no network yet).
+    taken = await people.call("bob", "POST", "/containers/create", box(first, user_name="u9"))
+
+    assert [(s, a["error"]["code"]) for s, a in refusals] == [(403, "quota_exceeded")] * 5
+    assert (taken[0], taken[1]["error"]["code"]) == (409, "conflict"), taken
+    # No home volume, network or container was made, in Docker's own lists or the API's...
+    assert in_docker() == before
+    assert len(before["volumes"]) == 1
+    assert await people.call("alice", "GET", "/volumes") == (200, volumes_before)
+    assert await people.call("bob", "GET", "/volumes") == (200, {"volumes": []})
+    # ... and no GPU or port is held: alice's use is her one container, and bob takes GPU 0.
+    status, answer = await people.call("alice", "GET", "/quota")
+    assert (answer["used"]["containers"], answer["used"]["gpus"]) == (1, 0)
+    status, answer = await people.call(
+        "bob", "POST", "/containers/create", box(unique("b"), gpu_ids=[0])
+    )
+    assert status == 201, answer
+
+
 async def test_sighup_reloads_quotas_and_keeps_the_old_config_when_the_new_one_is_broken(
     rig_daemon: Callable[..., RunningDaemon],
     tmp_path: Path,
@@ -303,8 +349,8 @@ async def test_a_lease_stops_the_container_keeps_its_home_and_frees_its_gpu(
     assert rig.docker("volume", "inspect", "--format", "{{.Name}}", volume).strip() == volume
     assert "kept" in rig.docker("cp", f"{name}:/home/u1/notes.txt", "-")
     assert (
-        f"user=deepdockd action=stop target={name} outcome=stopped owner=alice reason=lease ended at {expires_at}"
-        in audit_lines(caplog)
+        f'user=deepdockd action=stop target={name} outcome=stopped owner=alice reason="lease '
+        f'ended at {expires_at}"' in audit_lines(caplog)
     )
     # Its GPU is free at once.
     status, answer = await people.call(

@@ -1,7 +1,9 @@
-"""A property-based run of schemathesis against a live daemon on the real rig, with auth on
-(as an admin): generated requests for every operation of openapi.yaml, bounded in time. No
-answer may break the spec, and no answer may be a server error but the documented 502
-``registry_unreachable`` (``tests/support/fuzz_hooks.no_unexpected_server_error``).
+"""A property-based run of schemathesis against a live daemon on the real rig, with auth on:
+generated requests for every operation of openapi.yaml, bounded in time, first as an admin,
+then as a `user` (so the access matrix is fuzzed from a user's side too: every 403 a user
+meets must be one the spec documents). No answer may break the spec, and no answer may be a
+server error but the documented 502 ``registry_unreachable``
+(``tests/support/fuzz_hooks.no_unexpected_server_error``).
 
 A second run against a daemon whose Docker cannot be reached proves that rule is live: it
 must fail on the 503s, which the spec documents but the rule does not allow."""
@@ -14,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from deepdockd.tokens import TokenStore
+
 from tests.support.daemon import RunningDaemon
 from tests.support.gpus import NVML_SIM_LIBRARY
 from tests.support.rig import Rig
@@ -23,6 +27,10 @@ FUZZ_SECONDS = 60
 # docs/api.md (#the-spec-is-a-contract) promises at least 2,000 generated requests; a run that
 # makes fewer has not exercised the spec the way it says.
 MIN_CASES = 2000
+# The user's run shares the admin's daemon, and is shorter: the same operations, seen with
+# fewer rights, and the whole file stays under about two minutes.
+USER_FUZZ_SECONDS = 25
+MIN_USER_CASES = 500
 CHECKS = (
     "response_schema_conformance",
     "status_code_conformance",
@@ -66,8 +74,10 @@ def test_generated_requests_get_answers_within_the_spec(
         "DEEPDOCKD_SERVICE_PORT_RANGE": "24000-24999",
     }
     daemon = rig_daemon(env=env, auth=True)
+    user_token = TokenStore(daemon.state_dir).add("fuzzer", "user")  # read at its first request
     try:
         run = schemathesis(daemon.base, admin_token(daemon), seconds=FUZZ_SECONDS, examples=50)
+        user_run = schemathesis(daemon.base, user_token, seconds=USER_FUZZ_SECONDS, examples=20)
     finally:
         status, log = daemon.stop()
         leftovers = rig.docker(
@@ -82,10 +92,11 @@ def test_generated_requests_get_answers_within_the_spec(
             rig.docker("volume", "rm", "--force", *volumes.split())
         rig.build_images()  # generated DELETE /images may have hit a test image
 
-    generated = re.search(r"(\d+) generated", run.stdout)
-    assert generated, run.stdout[-3000:]
-    assert run.returncode == 0, run.stdout[-6000:]
-    assert int(generated.group(1)) >= MIN_CASES, run.stdout[-3000:]
+    for made, at_least in ((run, MIN_CASES), (user_run, MIN_USER_CASES)):
+        generated = re.search(r"(\d+) generated", made.stdout)
+        assert generated, made.stdout[-3000:]
+        assert made.returncode == 0, made.stdout[-6000:]
+        assert int(generated.group(1)) >= at_least, made.stdout[-3000:]
     assert status == 0
     assert "Traceback" not in log, log[-3000:]
 

@@ -98,16 +98,7 @@ def push(rig: Rig) -> Iterator[Push]:
         if marker is None:
             image_id = rig.docker("import", "-", name, input=random_layer_tar(1)).strip()
         else:
-            builder = f"build-{uuid.uuid4().hex[:8]}"
-            rig.docker(
-                "run", "--name", builder, DEBIAN_SSH_IMAGE, "sh", "-c", f"echo {marker} >/marker"
-            )
-            try:
-                image_id = rig.docker(
-                    "commit", "--change", 'CMD ["/bin/bash"]', builder, name
-                ).strip()
-            finally:
-                rig.docker("rm", builder)
+            image_id = marked_image(rig, name, marker)
         output = rig.docker("push", name)
         rig.docker("rmi", name)
         pulled.extend([reference, image_id])
@@ -118,6 +109,35 @@ def push(rig: Rig) -> Iterator[Push]:
     for ref in pulled:
         if rig.image_exists(ref):
             with contextlib.suppress(RigError):  # a container of the test may still use it
+                rig.docker("rmi", "--force", ref)
+
+
+def marked_image(rig: Rig, name: str, marker: str) -> str:
+    """The Debian image with sshd and a file /marker that says ``marker``, tagged ``name`` in
+    the engine; its id."""
+    builder = f"build-{uuid.uuid4().hex[:8]}"
+    rig.docker("run", "--name", builder, DEBIAN_SSH_IMAGE, "sh", "-c", f"echo {marker} >/marker")
+    try:
+        return rig.docker("commit", "--change", 'CMD ["/bin/bash"]', builder, name).strip()
+    finally:
+        rig.docker("rm", builder)
+
+
+@pytest.fixture
+def local(rig: Rig) -> Iterator[Callable[[str, str], str]]:
+    """Factory: an image made on the host (built or loaded, never pulled through deepdockd)
+    under ``tag``, with /marker; its id. Removed at the end."""
+    made: list[str] = []
+
+    def make(tag: str, marker: str) -> str:
+        image_id = marked_image(rig, tag, marker)
+        made.extend([tag, image_id])
+        return image_id
+
+    yield make
+    for ref in made:
+        if rig.image_exists(ref):
+            with contextlib.suppress(RigError):
                 rig.docker("rmi", "--force", ref)
 
 
@@ -146,14 +166,30 @@ def short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
-def tag_in_use(reference: str, why: str, digest: str) -> dict[str, Any]:
+# Why a user's pull may not move a tag, and the rule that says so.
+ON_THE_HOST_FIRST = (
+    "that was on this host before deepdockd recorded who set it",
+    "only an admin may move it",
+)
+AN_ADMIN_SET = ("an admin set", "only an admin may move it")
+ANOTHER_USER_SET = (
+    "another user set",
+    "only the user who set it last, or an admin, may move it",
+)
+ANOTHER_USERS_CONTAINER = (
+    "another user's container was created from",
+    "your pull would change what it runs for them",
+)
+
+
+def tag_in_use(reference: str, rule: tuple[str, str], digest: str) -> dict[str, Any]:
     repository = reference.rsplit(":", 1)[0]
+    why, only = rule
     return error(
         "tag_in_use",
         f"{reference} is a tag {why}, and registry {REGISTRY_ADDR} now serves another image "
-        "under it: your pull would change what the tag runs for everyone. Pull that image by "
-        f"digest ({repository}@{digest}) or under a tag of your own, or ask an admin to pull "
-        f"{reference}",
+        f"under it: {only}. Pull that image by digest ({repository}@{digest}) or under a tag "
+        f"of your own, or ask an admin to pull {reference}",
         reference=reference,
         registry=REGISTRY_ADDR,
         digest=digest,
@@ -164,7 +200,7 @@ def records(people: People) -> dict[str, Any]:
     """deepdockd's records of images (none until one is written)."""
     path = people.state_dir / "images.json"
     if not path.exists():
-        return {"private": {}, "admin_tags": {}}
+        return {"private": {}, "tags": {}}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     document: dict[str, Any] = json.loads(path.read_text())
     return document
@@ -191,10 +227,7 @@ async def test_a_users_pull_cannot_re_point_a_tag_another_users_container_runs(
         "message": f"Image '{tag}' pulled successfully.", "id": short(clean.image_id),
         "tags": [tag], "size_mb": refresh[1]["size_mb"],
     })  # fmt: skip
-    assert bobs_pull == (
-        403,
-        tag_in_use(tag, "another user's container was created from", bobs.digest),
-    )
+    assert bobs_pull == (403, tag_in_use(tag, ANOTHER_USER_SET, bobs.digest))
     assert tag_after_bobs_pull == clean.image_id
     assert not rig.image_exists(bobs.image_id)  # nothing of it was pulled
     assert alices_next[0] == 201, alices_next
@@ -236,14 +269,76 @@ async def test_a_tag_an_admin_pulled_is_theirs_to_re_point_and_a_users_own_is_th
 
     assert refresh[0] == 200
     assert refresh[1]["id"] == short(first.image_id)
-    assert refused == (403, tag_in_use(curated, "an admin pulled", second.digest))
+    assert refused == (403, tag_in_use(curated, AN_ADMIN_SET, second.digest))
     assert by_digest[0] == 200  # what the message offers: a pull by digest moves no tag
     assert by_digest[1]["id"] == short(second.image_id)
     assert inspect(rig, curated)["Id"] == first.image_id
     assert bobs_first[0] == 200
     assert bobs_second[0] == 200
     assert inspect(rig, own)["Id"] == bobs_second_image.image_id
-    assert records(people)["admin_tags"] == {curated: first.image_id}
+    assert records(people)["tags"] == {
+        curated: {"image_id": first.image_id, "set_by": None},
+        own: {"image_id": bobs_second_image.image_id, "set_by": "bob"},
+    }
+
+
+async def test_a_tag_that_was_on_the_host_first_is_the_admins_to_move(
+    local: Callable[[str, str], str], push: Push, people: People, rig: Rig
+) -> None:
+    # The issue's steps: a tag built or loaded on the host; bob creates from it and removes
+    # his container; alice pulls the tag from a registry she controls.
+    tag = f"{REGISTRY_ADDR}/lab/base-{uuid.uuid4().hex[:8]}:1"
+    original = local(tag, "original")
+    first = await people.create("bob", "bob-first", tag)
+    assert first[0] == 201, first
+    assert (await people.call("bob", "DELETE", "/containers/bob-first?force=true"))[0] == 200
+    trojan = push(tag, marker="trojan")
+
+    alices_pull = await people.pull("alice", tag)
+    bobs_next = await people.create("bob", "bob-next", tag)
+
+    assert alices_pull == (403, tag_in_use(tag, ON_THE_HOST_FIRST, trojan.digest))
+    assert inspect(rig, tag)["Id"] == original
+    assert not rig.image_exists(trojan.image_id)  # nothing of it was pulled
+    assert bobs_next[0] == 201, bobs_next
+    assert runs(rig, "bob-next") == (True, original, original, "original")
+
+    # What the refusal offers: the image by digest, or under a tag of her own.
+    repository = tag.rsplit(":", 1)[0]
+    own = f"{repository}:alice"
+    alices_own = push(own)
+    by_digest = await people.pull("alice", f"{repository}@{trojan.digest}")
+    own_tag = await people.pull("alice", own)  # a tag the host lacks
+
+    assert by_digest[0] == 200
+    assert own_tag[0] == 200
+    assert inspect(rig, tag)["Id"] == original
+    # No one set the first tag through deepdockd; alice set her own.
+    assert records(people)["tags"] == {own: {"image_id": alices_own.image_id, "set_by": "alice"}}
+
+
+async def test_a_users_tag_is_theirs_alone_to_move_while_no_one_else_runs_it(
+    push: Push, people: People, rig: Rig
+) -> None:
+    tag = f"{REGISTRY_ADDR}/bob/tool-{uuid.uuid4().hex[:8]}:1"
+    push(tag, marker="first")
+    assert (await people.pull("bob", tag))[0] == 200  # a tag the host lacked: bob set it
+    second = push(tag, marker="second")
+
+    alices_pull = await people.pull("alice", tag)
+    bobs_pull = await people.pull("bob", tag)
+    alices_box = await people.create("alice", "alice-tool", tag)
+    third = push(tag, marker="third")
+    bobs_next_pull = await people.pull("bob", tag)
+
+    assert alices_pull == (403, tag_in_use(tag, ANOTHER_USER_SET, second.digest))
+    assert bobs_pull[0] == 200
+    assert bobs_pull[1]["id"] == short(second.image_id)
+    assert alices_box[0] == 201, alices_box
+    assert bobs_next_pull == (403, tag_in_use(tag, ANOTHER_USERS_CONTAINER, third.digest))
+    assert runs(rig, "alice-tool") == (True, second.image_id, second.image_id, "second")
+    assert inspect(rig, tag)["Id"] == second.image_id
+    assert records(people)["tags"] == {tag: {"image_id": second.image_id, "set_by": "bob"}}
 
 
 # --- a private image ---
@@ -365,3 +460,82 @@ async def test_a_pull_with_credentials_does_not_hide_a_public_image(
     assert public in await people.listed("alice")
     assert (await people.call("alice", "DELETE", f"/images/{image.image_id}"))[0] == 403
     assert records(people)["private"] == {}
+
+
+async def test_a_private_image_by_digest_needs_the_registrys_word_for_each_user(
+    push: Push, people: People, rig: Rig
+) -> None:
+    # The issue's steps: alice pulls from a registry that wants a password; bob asks for the
+    # same image by digest without credentials. Docker would complete that pull from its own
+    # content after the registry answered 401; the registry's answer is what counts.
+    repository = f"{PRIVATE_REGISTRY_ADDR}/p/private-{uuid.uuid4().hex[:8]}"
+    secret = push(f"{repository}:2", marker="secret")
+    by_digest, never_pushed = f"{repository}@{secret.digest}", f"{repository}@sha256:{'0' * 64}"
+    credentials = {"username": PRIVATE_REGISTRY_USER, "password": rig.private_registry_password}
+    wrong = {"username": PRIVATE_REGISTRY_USER, "password": "not-the-password"}
+    assert (await people.pull("alice", f"{repository}:2", auth=credentials))[0] == 200
+
+    async def bob_tries(reference: str) -> dict[str, Any]:
+        return {
+            "create": list(await people.create("bob", "bob-box", reference)),
+            "pull": list(await people.pull("bob", reference)),
+            "pull with wrong credentials": list(await people.pull("bob", reference, auth=wrong)),
+        }
+
+    as_missing = json.loads(
+        json.dumps(await bob_tries(never_pushed)).replace(never_pushed, by_digest)
+    )
+    bob_got = await bob_tries(by_digest)
+    bob_sees = await people.listed("bob")
+
+    assert as_missing["create"][1]["error"]["code"] == "registry_auth_failed"
+    assert bob_got == as_missing
+    assert rig.docker("ps", "-aq", "--filter", "label=deepdockd.owner=bob").split() == []
+    for trace in (repository, secret.digest, short(secret.image_id)):
+        assert trace not in bob_sees  # still private: not made public by bob's tries
+    assert records(people)["private"] == {
+        secret.image_id: {"owners": ["alice"], "references": [f"{repository}:2"]}
+    }
+
+    # With the right credentials the registry vouches for bob: he may use it.
+    bobs_pull = await people.pull("bob", by_digest, auth=credentials)
+    bobs_box = await people.create("bob", "bob-box", by_digest)
+
+    assert bobs_pull[0] == 200, bobs_pull
+    assert bobs_box[0] == 201, bobs_box
+    assert runs(rig, "bob-box") == (True, secret.image_id, secret.image_id, "secret")
+    assert records(people)["private"][secret.image_id]["owners"] == ["alice", "bob"]
+
+
+# --- the record of images is a state file that fails closed ---
+
+
+async def test_a_lost_image_record_keeps_private_images_absent(
+    push: Push, people: People, rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    private = f"{PRIVATE_REGISTRY_ADDR}/team/lost-{uuid.uuid4().hex[:8]}:1"
+    secret = push(private)
+    credentials = {"username": PRIVATE_REGISTRY_USER, "password": rig.private_registry_password}
+    assert (await people.pull("alice", private, auth=credentials))[0] == 200
+    path = people.state_dir / "images.json"
+
+    path.unlink()
+    bobs_list = await people.call("bob", "GET", "/images")
+    bobs_create = await people.create("bob", "bob-box", secret.image_id)
+    bobs_pull = await people.pull("bob", private)
+    admins_list = await people.call("admin", "GET", "/images")
+
+    lost = error(
+        "image_records_unreadable",
+        f"{path} was written before and is gone: until it is restored, image routes are "
+        "refused, so that no private image shows (writing it anew as {} forgets who pulled "
+        "what: every private image becomes public, every tag the admins')",
+    )
+    assert bobs_list == (503, lost)
+    assert bobs_create == (503, lost)
+    assert bobs_pull == (503, lost)
+    assert admins_list[0] == 200  # admins see every image: nothing of the record is needed
+    assert not path.exists()  # never written over with an empty record
+    assert rig.docker("ps", "-aq", "--filter", "label=deepdockd.owner=bob").split() == []
+    logged = [r.getMessage() for r in caplog.records if "images.json" in r.getMessage()]
+    assert logged == [lost["error"]["message"]]

@@ -238,7 +238,7 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_cleanly(
     assert exit_status == 0
     assert "Traceback" not in log
     assert log.index("stopping: finishing the requests in flight") < log.index(
-        "POST /containers/create 201"
+        "method=POST path=/containers/create status=201"
     )
     assert log.rstrip().endswith("deepdockd: stopped")
 

@@ -14,12 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import RunningDaemon, clean_env, http_json
+from tests.support.rig import Rig
 
 
-def token_add(state_dir: Path, user: str) -> str:
+def token_add(rig: Rig, namespace: str, state_dir: Path, user: str) -> str:
+    """``deepdockd token add USER`` on the rig's Docker, in a namespace where the name owns
+    nothing (the command asks; see test_user_lifecycle.py)."""
+    on_rig = {"DEEPDOCKD_DOCKER_HOST": rig.docker_host, "DEEPDOCKD_NAMESPACE": namespace}
     added = subprocess.run(
         [sys.executable, "-m", "deepdockd", "token", "--state-dir", str(state_dir), "add", user],
-        env=clean_env(), capture_output=True, text=True, timeout=30, check=True,
+        env=clean_env(on_rig), capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return added.stdout.strip()
 
@@ -47,11 +51,15 @@ def break_with_a_directory(path: Path) -> None:
     ids=["truncated", "entry-without-hash", "not-an-object", "a-directory"],
 )
 def test_a_broken_token_file_keeps_the_last_good_tokens(
-    rig_daemon: Callable[..., RunningDaemon], damage: Callable[[Path], None], why: str
+    rig: Rig,
+    rig_daemon: Callable[..., RunningDaemon],
+    namespace: str,
+    damage: Callable[[Path], None],
+    why: str,
 ) -> None:
     daemon = rig_daemon(auth=True)
     tokens_file = daemon.state_dir / "tokens.json"
-    alice = token_add(daemon.state_dir, "alice")
+    alice = token_add(rig, namespace, daemon.state_dir, "alice")
     base = daemon.base
     try:
         before = http_json("GET", f"{base}/containers", token=alice)
@@ -63,7 +71,7 @@ def test_a_broken_token_file_keeps_the_last_good_tokens(
             shutil.rmtree(tokens_file)
         tokens_file.write_text(good)  # mended by hand: alice is there, bob is not
         tokens_file.chmod(0o600)
-        bob = token_add(daemon.state_dir, "bob")
+        bob = token_add(rig, namespace, daemon.state_dir, "bob")
         after = http_json("GET", f"{base}/containers", token=bob)
     finally:
         status, log = daemon.stop()

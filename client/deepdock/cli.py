@@ -29,8 +29,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 JSON_HELP = "Print the API's JSON answer untouched."
 
 
-# Server text is printed as text: no control characters, so no escape sequences.
-_CONTROL = dict.fromkeys([*range(32), 127], "?")
+# Server text is printed as text: no control characters, so no escape sequences (render.py's
+# table, kept here so that an error's line needs no rich).
+_CONTROL = dict.fromkeys([*range(32), *range(127, 160)], "?")
 
 
 class Failed(click.ClickException):
@@ -330,19 +331,24 @@ def rm(session: Session, name: str, force: bool) -> None:
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Go on printing what it writes.")
 @click.option("--tail", type=int, default=None, help="Only the last N lines.")
+@click.option(
+    "--raw", is_flag=True,
+    help="Its bytes as written, escape sequences too (else control characters show as '?').",
+)  # fmt: skip
 @pass_session
-def logs(session: Session, name: str, follow: bool, tail: int | None) -> None:
-    """Print a container's output."""
+def logs(session: Session, name: str, follow: bool, tail: int | None, raw: bool) -> None:
+    """Print a container's output: as text, line breaks and tabs kept (--raw: as written)."""
     params = {k: v for k, v in {"follow": "true" if follow else None, "tail": tail}.items() if v}
     # Following, a quiet container may write nothing for hours: no read deadline then.
     from deepdock.api import NO_READ_DEADLINE
+    from deepdock.render import clean_output
 
     timeout: dict[str, Any] = {"timeout": NO_READ_DEADLINE} if follow else {}
     path = f"/containers/{_q(name)}/logs"
     with session.api() as api, api.stream("GET", path, params=params, **timeout) as response:
         try:
             for chunk in response.iter_text():
-                sys.stdout.write(chunk)
+                sys.stdout.write(chunk if raw else clean_output(chunk))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             pass
@@ -435,10 +441,15 @@ def ssh_command(session: Session, name: str, command: tuple[str, ...]) -> None:
     server = session.server()
     with session.api(server) as api:
         container = api.get(f"/containers/{_q(name)}")
-    if container["status"] != "running" or not container["ssh-port"]:
+    if container.get("status") != "running" or not container.get("ssh-port"):
         raise Failed(
-            f"container {name} is {container['status']}: start it with deepdock start {name}"
+            f"container {name} is {container.get('status')}: start it with deepdock start {name}"
         )
+    why = ssh.unfit(container) or (
+        None if container["name"] == name else f"its name {container['name']!r} is another's"
+    )
+    if why:
+        raise Failed(f"the server's answer for container {name!r} cannot go to ssh: {why}")
     ssh.pin({ssh.alias(server, name): container.get("ssh_host_keys") or []})
     try:
         ssh.exec_ssh(ssh.ssh_argv(server, container, list(command)))
@@ -473,9 +484,14 @@ def ssh_config(session: Session, everywhere: bool) -> None:
             click.echo(f"deepdock: {server.name} left out: {exc.message}", err=True)
             continue
         for container in listed:
-            if container["owner"] != me or container["status"] != "running":
+            if container.get("owner") != me or container.get("status") != "running":
                 continue
-            if not container["ssh-port"]:
+            if not container.get("ssh-port"):
+                continue
+            why = ssh.unfit(container)
+            if why:
+                named = ssh.shown(container.get("name"))
+                click.echo(f"deepdock: {server.name}: container {named} left out: {why}", err=True)
                 continue
             host = f"{server.name}.{container['name']}" if everywhere else container["name"]
             pins[ssh.alias(server, container["name"])] = container.get("ssh_host_keys") or []

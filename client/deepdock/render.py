@@ -14,12 +14,20 @@ console = Console(highlight=False, markup=False)
 if not console.is_terminal:
     console.width = max(console.width, 250)  # piped to grep or a file: a row is one line
 
-_CONTROL = dict.fromkeys([*range(32), 127], "?")
+# C0, DEL and C1 (U+009B is a CSI to some terminals, as ESC [ is to all).
+_CONTROL = dict.fromkeys([*range(32), *range(127, 160)], "?")
+# Output (a container's logs) keeps its lines and tabs; a "\r" would let a line hide another.
+_OUTPUT_CONTROL = {k: v for k, v in _CONTROL.items() if chr(k) not in "\n\t"}
 
 
 def clean(text: object) -> str:
     """Server text for a terminal: no control characters (no escape sequences)."""
     return str(text).translate(_CONTROL)
+
+
+def clean_output(text: str) -> str:
+    """A container's output for a terminal: its lines and tabs, no other control character."""
+    return text.translate(_OUTPUT_CONTROL)
 
 
 _SPARKS = "▁▂▃▄▅▆▇█"

@@ -18,6 +18,39 @@ from deepdock.settings import Server, _write_private, config_dir
 # One public key, as known_hosts holds it: type and base64, nothing that would add a line.
 _ONE_KEY = re.compile(r"[a-z0-9@.-]+ [A-Za-z0-9+/]+=*")
 
+# What goes from a server's answer into an ssh config or an ssh argument must pass the
+# server's own rules: a name or user with a line break would end its Host block and start
+# another ("Host *", then "ProxyCommand ..."), for every host the user reaches. These are
+# deepdockd's patterns (deepdockd/api/schemas.py, written as openapi.yaml has them),
+# restated because the client imports nothing of the daemon; a test holds them equal.
+CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$"
+USER_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
+
+
+def unfit(container: dict[str, Any]) -> str | None:
+    """Why a container of a server's answer cannot go into an ssh config or argument, in a
+    few words (its values as Python literals: one line, no control characters); None when
+    its name, user and port keep the server's rules."""
+    name, user, port = container.get("name"), container.get("ssh_user"), container.get("ssh-port")
+    if not isinstance(name, str) or not re.fullmatch(CONTAINER_NAME, name):
+        return "its name is not a container name"
+    if not isinstance(user, str) or not re.fullmatch(USER_NAME, user):
+        return f"its ssh_user {shown(user)} is not a Linux user name"
+    if type(port) is not int or not 1 <= port <= 65535:  # not True, not "22"
+        return f"its ssh-port {shown(port)} is not a port (1-65535)"
+    keys = container.get("ssh_host_keys")
+    if keys is not None and not (
+        isinstance(keys, list) and all(isinstance(key, dict) for key in keys)
+    ):
+        return "its ssh_host_keys are not a list of keys"
+    return None
+
+
+def shown(value: object) -> str:
+    """A server's value in a message: one line, no control characters, not too long."""
+    text = repr(value)  # escapes line breaks and every other control character
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
 
 def known_hosts_file() -> Path:
     return config_dir() / "known_hosts"
@@ -46,7 +79,7 @@ def pin(entries: dict[str, list[dict[str, Any]]]) -> Path:
             lines = []
         kept = [line for line in lines if line.split(" ", 1)[0] not in entries]
         for name, keys in entries.items():
-            found = (str(key.get("public_key", "")) for key in keys)
+            found = (str(key.get("public_key", "")) for key in keys if isinstance(key, dict))
             kept += [f"{name} {key}" for key in found if _ONE_KEY.fullmatch(key)]
         _write_private(path, "".join(f"{line}\n" for line in kept))
     return path
@@ -78,7 +111,8 @@ def _identities() -> dict[str, str]:
 
 
 def options(server: Server, container: dict[str, Any]) -> dict[str, str]:
-    """The ssh options that reach the container: ssh_config keywords and their values."""
+    """The ssh options that reach the container: ssh_config keywords and their values. The
+    container must be one that :func:`unfit` passes."""
     name = container["name"]
     found = {
         "HostName": server.host,

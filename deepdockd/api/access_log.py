@@ -6,20 +6,19 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from deepdockd.api.keys import REQUEST_USER
+from deepdockd.logfmt import logfmt
 
 ACCESS_LOGGER = "deepdockd.access"
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path, status, duration, user, client."""
+    """One line per request, in logfmt (logfmt.py): method, path, status, duration, user,
+    client. A path is the client's text: quoted, it stays one value."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        user = request.get(REQUEST_USER, "-")
-        self.logger.info(
-            "%s %s %d %.1fms user=%s client=%s",
-            request.method, request.path_qs, response.status, time * 1000, user, request.remote,
-            extra={
-                "method": request.method, "path": request.path_qs, "status": response.status,
-                "duration_ms": round(time * 1000, 3), "user": user, "client": request.remote,
-            },
-        )  # fmt: skip
+        fields = {
+            "method": request.method, "path": request.path_qs, "status": response.status,
+            "duration_ms": round(time * 1000, 3), "user": request.get(REQUEST_USER, "-"),
+            "client": request.remote,
+        }  # fmt: skip
+        self.logger.info("%s", logfmt(fields), extra=fields)

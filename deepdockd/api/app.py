@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from deepdockd import labels
 from deepdockd.accounting import GpuAccounting
 from deepdockd.api.auth import auth_middleware
 from deepdockd.api.keys import (
@@ -29,6 +32,7 @@ from deepdockd.containers.reaper import Reaper
 from deepdockd.containers.service import ContainerService
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
+from deepdockd.errors import ApiError
 from deepdockd.exporter.service import Exporter
 from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.fairshare.records import ContainerRecords
@@ -37,6 +41,7 @@ from deepdockd.images.records import ImageRecords
 from deepdockd.images.registries import RegistryReach
 from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
+from deepdockd.state_files import StateDirectory
 from deepdockd.tokens import TokenStore
 
 
@@ -66,22 +71,26 @@ def create_app(
     app[VIEW] = view
     app[ACCOUNTING] = accounting
     app[EXPORTER] = exporter
+    # Docker says whether a state directory without its files is new or lost.
+    witness = functools.partial(_namespace_has_containers, docker, config.namespace)
+    state = StateDirectory(config.state_dir, witness=witness)
     app[IMAGES] = ImageService(
         app[DOCKER],
         RegistryReach(config.allowed_registries),
-        records=ImageRecords(config.state_dir),
+        records=ImageRecords(state),
         namespace=config.namespace,
     )
     app[METRICS] = MetricsService(gpus, view, accounting)
     app[POLICY] = PolicyHolder(config)
     app[CONTAINERS] = ContainerService(
         app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW],
-        policy=app[POLICY], records=ContainerRecords(config.state_dir),
+        policy=app[POLICY], records=ContainerRecords(state),
     )  # fmt: skip
     app[REAPER] = Reaper(app[CONTAINERS], app[VIEW], gpus, app[POLICY], docker)
     if tokens is not None:
         app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
+    app.cleanup_ctx.append(functools.partial(_state_directory, state))
     app.cleanup_ctx.append(_gpu_sampler)
     app.cleanup_ctx.append(_gpu_accounting)
     if config.live_view:
@@ -111,6 +120,26 @@ async def _docker_client(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[IMAGES].close()
     await docker.close()
+
+
+async def _namespace_has_containers(docker: Docker, namespace: str) -> bool:
+    return bool(await docker.list_containers(filters=labels.namespace_filter(namespace)))
+
+
+async def _state_directory(state: StateDirectory, app: web.Application) -> AsyncIterator[None]:
+    # Settled before the reaper and the first request where Docker answers within 2 s; else
+    # in the background, and meanwhile each absent state file is refused.
+    task = None
+    try:
+        async with asyncio.timeout(2):
+            await state.settle()
+    except (ApiError, TimeoutError):
+        task = asyncio.create_task(state.keep_settling(), name="state-directory")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _container_view(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from deepdockd.api.keys import AUDIT_TARGET, REQUEST_USER
 from deepdockd.errors import ApiError
+from deepdockd.logfmt import logfmt
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("deepdockd.audit")
@@ -69,12 +70,12 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     included."""
     response = await handler(request)
     if request.method in ("POST", "PUT", "PATCH", "DELETE"):
-        target = request.get(AUDIT_TARGET) or "/".join(request.match_info.values()) or "-"
-        user = request.get(REQUEST_USER, "-")
-        audit_log.info(
-            "user=%s action=%s target=%s outcome=%d",
-            user, f"{request.method} {request.path}", target, response.status,
-            extra={"user": user, "action": f"{request.method} {request.path}", "target": target,
-                   "outcome": response.status},
-        )  # fmt: skip
+        fields = {
+            "user": request.get(REQUEST_USER, "-"),
+            "action": f"{request.method} {request.path}",
+            "target": request.get(AUDIT_TARGET) or "/".join(request.match_info.values()) or "-",
+            "outcome": response.status,
+        }
+        # logfmt: a path or a name with spaces stays one quoted value (docs/security.md#audit).
+        audit_log.info("%s", logfmt(fields), extra=fields)
     return response

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from deepdockd import labels
 from deepdockd.docker import ContainerSummary
 from deepdockd.errors import Conflict, ServiceUnavailable
+from deepdockd.state_files import StateDirectory, StateFileMissing
+
+log = logging.getLogger(__name__)
 
 SSH_CONTAINER_PORT = 22
 # States in which a container holds its GPUs.
@@ -98,20 +104,103 @@ class Reservations:
         return [r.as_holder() for r in self._held.values()]
 
 
+class PortRecordsUnreadable(ServiceUnavailable):
+    """The ports' release times cannot be read: no port is handed out, since the one freed
+    last may be among them."""
+
+    code = "port_records_unreadable"
+
+
 class PortReleases:
     """When each host port was last given back by a removed container, so that a freed port
     goes to a new container only when no port has been free for longer: a user who
-    connects to their old port must not meet someone else's sshd there at once."""
+    connects to their old port must not meet someone else's sshd there at once.
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    The times (seconds since the epoch) outlive a restart in ``STATE_DIR/ports.json``, a state
+    file that fails closed (``state_files.py``): ``{"released_at": {"22000": 1764320400.0}}``.
+    """
+
+    def __init__(
+        self, state: StateDirectory | Path, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        directory = state if isinstance(state, StateDirectory) else StateDirectory(state)
+        self._file = directory.file("ports.json")
+        self.path = self._file.path
         self._clock = clock
-        self.released_at: dict[int, float] = {}
+        self._released_at: dict[int, float] = {}
+        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
+        self._problem: PortRecordsUnreadable | None = None
+
+    @property
+    def released_at(self) -> dict[int, float]:
+        """{port: when it was last given back}; raises :class:`PortRecordsUnreadable`."""
+        self._refresh()
+        return dict(self._released_at)
 
     def release(self, *ports: int | None) -> None:
+        """Note the ports given back now. While the file cannot be read, nothing is noted
+        (writing it would lose what it holds), and a line in the log says which."""
+        try:
+            self._refresh()
+        except PortRecordsUnreadable:
+            freed = [p for p in ports if p is not None]
+            log.error("ports %s were freed, but %s cannot be read to note it", freed, self.path)
+            return
         now = self._clock()
+        changed = False
         for port in ports:
             if port is not None:
-                self.released_at[port] = now
+                self._released_at[port] = now
+                changed = True
+        if changed:
+            document = {"released_at": {str(p): t for p, t in sorted(self._released_at.items())}}
+            self._file.write(json.dumps(document) + "\n")
+            info = self.path.stat()
+            self._seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def _refresh(self) -> None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._seen, self._released_at = None, {}
+            try:
+                self._file.check_absent()
+            except StateFileMissing as exc:
+                raise self._fail(
+                    f"{exc}: until {exc.until}, no port is handed out, since one freed just "
+                    "before the loss would go to someone else at once (writing it anew as {} "
+                    "forgets when each port was freed)"
+                ) from None
+            self._problem = None
+            return
+        seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if seen != self._seen:
+            self._seen = seen
+            try:
+                self._released_at, self._problem = _parse_releases(self._file.read() or "{}"), None
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._released_at = {}
+                self._fail(
+                    f"{self.path} cannot be read ({exc}): until it is mended, no port is handed "
+                    "out (writing it anew as {} forgets when each port was freed)"
+                )
+            except StateFileMissing:  # removed between the stat and the read: asked again
+                self._seen = None
+                self._refresh()
+        if self._problem is not None:
+            raise self._problem
+
+    def _fail(self, message: str) -> PortRecordsUnreadable:
+        """Logged once, until the message changes."""
+        if self._problem is None or self._problem.message != message:
+            log.error("%s", message)
+        self._problem = PortRecordsUnreadable(message)
+        return self._problem
+
+
+def _parse_releases(text: str) -> dict[int, float]:
+    released = json.loads(text).get("released_at", {})
+    return {int(port): float(at) for port, at in released.items()}
 
 
 def host_port_free(address: str, port: int) -> bool:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import re
 import tarfile
+from collections.abc import Sequence
 from importlib import resources
 
 from deepdockd.containers.homes import HomeVolume
@@ -16,6 +18,37 @@ from deepdockd.containers.ssh_server import BUNDLE_DIR, SshServerBundle, bundled
 from deepdockd.errors import ServiceUnavailable
 
 BOOTSTRAP_DIR = "/.deepdockd"
+# Where root in the container finds programs: the system's own directories, never /usr/local
+# (images often give it to their user) and never the image's PATH.
+ROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# What `docker run` gives a command when the image names no PATH (Docker's default).
+DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# One NAME=value line: what the bootstrap's image-env may hold.
+_ENV_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\n\0]*")
+
+
+def root_environment(image_env: Sequence[str]) -> tuple[str, ...]:
+    """The container's Env: what Docker gives the bootstrap's first process and every
+    ``docker exec`` (an admin's shell, the reaper's warnings), all of them root. PATH is
+    ROOT_PATH; every other variable the image's Env sets is set empty (Docker adds the
+    image's value for any name the container's Env leaves out, and has no way to unset one),
+    so that no LD_PRELOAD, LD_LIBRARY_PATH, PYTHONPATH, BASH_ENV ... of the image, which may
+    point into a directory the user can write, reaches a root process. Only NVIDIA_* stay:
+    the host's GPU hook reads them to choose the devices and driver libraries. The image's
+    values reach the image's command and the user's sessions through the bootstrap tar's
+    ``image-env`` (:func:`bootstrap_tar`)."""
+    names = dict.fromkeys(entry.partition("=")[0] for entry in image_env)
+    emptied = [f"{name}=" for name in names if name and name != "PATH"]
+    return (f"PATH={ROOT_PATH}", *(e for e in emptied if not e.startswith("NVIDIA_")))
+
+
+def _image_env_lines(image_env: Sequence[str]) -> bytes:
+    """The image's Env as ``NAME=value`` lines, with Docker's default PATH when it names
+    none; an entry that is not one line of a variable name and a value is left out."""
+    entries = [e for e in image_env if _ENV_ENTRY.fullmatch(e)]
+    if not any(e.startswith("PATH=") for e in entries):
+        entries.insert(0, f"PATH={DOCKER_DEFAULT_PATH}")
+    return "".join(f"{e}\n" for e in entries).encode()
 
 
 @functools.cache
@@ -23,7 +56,13 @@ def _bootstrap_script() -> bytes:
     return resources.files("deepdockd.containers").joinpath("bootstrap.sh").read_bytes()
 
 
-async def bootstrap_tar(request: CreateRequest, home: HomeVolume | None, ssh_server: str) -> bytes:
+async def bootstrap_tar(
+    request: CreateRequest,
+    home: HomeVolume | None,
+    ssh_server: str,
+    *,
+    image_env: Sequence[str] = (),
+) -> bytes:
     """What the bootstrap needs, to unpack at / before the container's first start, in a
     directory that only root may read:
 
@@ -37,6 +76,8 @@ async def bootstrap_tar(request: CreateRequest, home: HomeVolume | None, ssh_ser
       first start (never in labels, env or a command line);
     - ``env``: the request's env as ``NAME=value`` lines (the schema refuses line breaks),
       for the user's sessions only;
+    - ``image-env``: the image's Env (``image_env``), for the image's command (run as the
+      image's user) and the user's sessions, never for root (see :func:`root_environment`);
     - ``ssh_host_ed25519_key``: the container's own host key, the only one its sshd presents.
 
     Unless ``ssh_server`` is "image", the bundled SSH server goes beside it, in BUNDLE_DIR.
@@ -64,6 +105,7 @@ async def bootstrap_tar(request: CreateRequest, home: HomeVolume | None, ssh_ser
         ("secret", f"{request.user_name}:{password_hash}\n".encode(), 0o600),
         ("authorized_keys", "".join(f"{key}\n" for key in request.ssh_keys).encode(), 0o600),
         ("env", "".join(f"{k}={v}\n" for k, v in request.env.items()).encode(), 0o600),
+        ("image-env", _image_env_lines(image_env), 0o600),
         ("ssh_host_ed25519_key", request.host_key.private_openssh, 0o600),
     )
     buffer = io.BytesIO()

@@ -20,19 +20,42 @@
 #   authorized_keys       the request's public keys, added to ~/.ssh/authorized_keys at the
 #                         first start. Deleted once added.
 #   env                   the create request's env, NAME=value lines, for the user's sessions
+#   image-env             the image's Env, NAME=value lines, for the image's command and the
+#                         user's sessions
 #   ssh_host_ed25519_key  the container's own host key, the only one its sshd presents; it
 #                         stays, so a restart presents the same key
 #
 # It trusts nothing the user controls, and does the same on the first start and on every
 # restart:
-# - Its steps run as root in a clean environment with a fixed PATH: it starts again under
-#   `env -i` first, so nothing of Docker's Env (PATH, LD_PRELOAD, ...) reaches them. The
-#   request's env is never in Docker's Env at all; it reaches the user's sessions only.
+# - Every program it runs as root is the system's (/usr/sbin, /usr/bin, /sbin, /bin: never
+#   /usr/local, never the image's PATH), run in a clean environment from its first line:
+#   neither the image's Env (PATH, LD_PRELOAD, LD_LIBRARY_PATH, ...: they may point into a
+#   directory the user can write, as docker-stacks' /opt/conda) nor the request's env is in
+#   Docker's Env, and it starts again under `env -i` before anything else. The image's
+#   command gets the image's environment only once it runs as the image's user; the user's
+#   sessions get it with the request's env on top.
 # - In the user's home it follows no link and writes through none (write_authorized_keys_file).
 # - It never runs the image's ssh-keygen nor presents the image's host keys, which every
 #   container of the image shares.
 # The SSH server is the image's OpenSSH sshd, or deepdockd's bundled static Dropbear (in
 # /.deepdockd-ssh, beside this directory), by the setting ssh_server; nothing is installed.
+
+# Its first step, before any other program runs: start again with nothing of Docker's
+# environment. (Docker's is deepdockd's already, not the image's: PATH the system's and every
+# other variable of the image's Env empty; see root_environment in bootstrap.py.)
+if [ "${1-}" != --clean ]; then
+    for env_program in /usr/bin/env /bin/env; do
+        if [ -x "$env_program" ]; then
+            # Docker's own variables (HOSTNAME, NVIDIA_VISIBLE_DEVICES), for the image's command.
+            (umask 077 && "$env_program" > /.deepdockd/docker-env) || exit 1
+            exec "$env_program" -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+                /bin/sh /.deepdockd/bootstrap.sh --clean "$@"
+        fi
+    done
+    echo "deepdockd-bootstrap: FAILED: the image has no env program (looked for /usr/bin/env, /bin/env)" >&2
+    exit 1
+fi
+shift  # --clean
 set -u
 
 dir=/.deepdockd
@@ -41,13 +64,15 @@ say() { echo "deepdockd-bootstrap: $*" >&2; }
 fail() { echo "deepdockd-bootstrap: FAILED: $*" >&2; exit 1; }
 
 # The image's command as RUN_AS ("user", "uid", "user:group", "uid:gid"; "" is root), in the
-# environment and directory Docker gave; then its exit status, for the logs.
+# image's environment (command-env) and the directory Docker gave, as `docker run` runs it;
+# then its exit status, for the logs. The switch to RUN_AS comes first: only the image's user
+# ever runs under the image's environment (and root, when the image says root).
 run_command() {
     run_as=$1
     shift
     say "starting the image's command as ${run_as:-root}: $*"
     case "$run_as" in
-        "" | root | 0 | root:root | 0:0) "$@" ;;
+        "" | root | 0 | root:root | 0:0) in_image_env /root 0 "$@" ;;
         *) as_user "$run_as" "$@" ;;
     esac
     say "the image's command exited with status $?; SSH stays up"
@@ -61,17 +86,16 @@ as_user() {
     uid=$(id -u "$account" 2>/dev/null) || uid=$account
     [ -n "$group" ] || group=$(id -g "$account" 2>/dev/null) || group=0
     home=$(awk -F: -v name="$account" '$1 == name { print $6 }' /etc/passwd 2>/dev/null)
-    export HOME="${home:-/}"
     for tool in /usr/bin/setpriv /bin/setpriv; do
         if [ -x "$tool" ]; then
             if id "$account" >/dev/null 2>&1; then groups=--init-groups; else groups=--clear-groups; fi
-            "$tool" --reuid="$uid" --regid="$group" "$groups" -- "$@"
+            in_image_env "${home:-/}" 5 "$tool" --reuid="$uid" --regid="$group" "$groups" -- "$@"
             return
         fi
     done
     for tool in /usr/sbin/chroot /usr/bin/chroot; do
         if [ -x "$tool" ] && "$tool" --help 2>&1 | grep -q userspec; then
-            "$tool" --skip-chdir --userspec="$uid:$group" / "$@"
+            in_image_env "${home:-/}" 4 "$tool" --skip-chdir --userspec="$uid:$group" / "$@"
             return
         fi
     done
@@ -79,28 +103,55 @@ as_user() {
     return 126
 }
 
-# First pass, in the environment Docker gave (the image's, and NVIDIA_VISIBLE_DEVICES): start
-# the image's command in it, keep it as the base of the user's sessions' environment, then
-# start again without it. Absolute paths only for our own steps: PATH is the image's here.
-if [ "${1-}" != --clean ]; then
-    run_as=${1-}
-    [ $# -gt 0 ] && shift
-    [ "${1-}" = -- ] && shift
-    if [ $# -gt 0 ]; then
-        run_command "$run_as" "$@" < /dev/null &
-    fi
-    umask 077
-    for env_program in /usr/bin/env /bin/env; do
-        if [ -x "$env_program" ]; then
-            "$env_program" > "$dir/image-env" || exit 1
-            exec "$env_program" -i \
-                PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-                /bin/sh "$dir/bootstrap.sh" --clean
-        fi
-    done
-    fail "the image has no env program (looked for /usr/bin/env, /bin/env)"
-fi
+# HOME COUNT SWITCH... COMMAND...: runs the COUNT words of SWITCH (setpriv or chroot, as root
+# in the clean environment; none for root) and, as whom it switched to, env -i with HOME and
+# the image's environment, which runs COMMAND by the image's PATH. Each line of command-env
+# is one argument of env, whatever its spaces and quotes.
+in_image_env() {
+    home=$1 switch=$2
+    shift 2
+    command_words=$(($# - switch))
+    # SWITCH to the end, then env and its assignments, then COMMAND to the end after them.
+    i=0
+    while [ "$i" -lt "$switch" ]; do set -- "$@" "$1"; shift; i=$((i + 1)); done
+    set -- "$@" "$env_program" -i "HOME=$home"
+    while IFS= read -r line; do set -- "$@" "$line"; done < "$dir/command-env"
+    i=0
+    while [ "$i" -lt "$command_words" ]; do set -- "$@" "$1"; shift; i=$((i + 1)); done
+    "$@"
+}
+
+# The image's command's environment, as `docker run` would give it: the image's Env (from
+# deepdockd, which read it from the image), and Docker's own variables where Docker set them
+# (HOSTNAME; NVIDIA_VISIBLE_DEVICES, which deepdockd or the GPU request chose). HOME is the
+# account's, set by in_image_env unless the image sets it.
+write_command_environment() {
+    (
+        umask 077
+        awk '
+            { eq = index($0, "="); name = substr($0, 1, eq - 1) }
+            eq < 2 || name !~ /^[A-Za-z_][A-Za-z0-9_]*$/ { next }
+            FILENAME == ARGV[1] { if (name != "HOME") docker[name] = $0; next }
+            {
+                if ((name in docker) && name != "PATH" && docker[name] != (name "=")) print docker[name]
+                else print
+                delete docker[name]
+            }
+            END { for (name in docker) print docker[name] }
+        ' "$dir/docker-env" "$dir/image-env" > "$dir/command-env"
+    )
+}
+
 umask 022
+env_program=/usr/bin/env
+[ -x "$env_program" ] || env_program=/bin/env
+run_as=${1-}
+[ $# -gt 0 ] && shift
+[ "${1-}" = -- ] && shift
+write_command_environment || fail "writing the image's environment for its command failed"
+if [ $# -gt 0 ]; then
+    run_command "$run_as" "$@" < /dev/null &
+fi
 user_name=
 home_uid=
 password_login=yes
@@ -266,8 +317,8 @@ write_shadow_hash() {
 write_session_environment() {
     (
         umask 077
-        session_lines "$dir/image-env" "$dir/env" > "$dir/session-env"
-        session_lines "$dir/env" "$dir/image-env" > "$dir/sshd-env"
+        session_lines "$dir/command-env" "$dir/env" > "$dir/session-env"
+        session_lines "$dir/env" "$dir/command-env" > "$dir/sshd-env"
     )
 }
 
@@ -368,12 +419,59 @@ write_authorized_keys_file
 host_key=$dir/ssh_host_ed25519_key
 [ -f "$host_key" ] || fail "the container's host key $host_key is missing"
 
+# The image's sshd configuration for our sshd: FILE's lines without HostKey and HostCertificate
+# (they name the image's keys, which every container of the image shares: -h names the only
+# key sshd loads), at every depth of its Include lines. An Include is read where it stands
+# (in a Match block too), each pathname a glob in lexical order, a relative one under
+# /etc/ssh: each is rewritten to the same pathname under sshd_mirror, where every file it
+# matches is copied the same way, so sshd reads them in the same order and context. DEPTH
+# stops loops where sshd does (16).
+sshd_mirror=$dir/sshd-include
+copy_sshd_config() {
+    file=$1 depth=$2
+    [ "$depth" -le 16 ] || { say "$file: Includes nest deeper than 16; left out"; return 0; }
+    while IFS= read -r line || [ -n "$line" ]; do
+        trimmed=${line#"${line%%[![:space:]]*}"}
+        case "$trimmed" in
+            [Hh][Oo][Ss][Tt][Kk][Ee][Yy][[:space:]=]* | \
+                [Hh][Oo][Ss][Tt][Cc][Ee][Rr][Tt][Ii][Ff][Ii][Cc][Aa][Tt][Ee][[:space:]=]*) ;;
+            [Ii][Nn][Cc][Ll][Uu][Dd][Ee][[:space:]=]*) copy_sshd_include "${trimmed#???????}" "$depth" ;;
+            *) printf '%s\n' "$line" ;;
+        esac
+    done < "$file"
+}
+
+copy_sshd_include() {
+    rest=${1#"${1%%[![:space:]]*}"}
+    rest=${rest#=}
+    rewritten=
+    set -f
+    for pattern in $rest; do
+        case "$pattern" in \#*) break ;; esac  # a comment ends the line
+        pattern=${pattern#\"}
+        pattern=${pattern%\"}
+        case "$pattern" in /*) ;; *) pattern=/etc/ssh/$pattern ;; esac
+        case "$pattern" in *..*) say "Include $pattern left out: it climbs out with .."; continue ;; esac
+        rewritten="$rewritten $sshd_mirror$pattern"
+        set +f
+        for match in $pattern; do
+            [ -f "$match" ] || continue
+            mkdir -p "$sshd_mirror${match%/*}" &&
+                (copy_sshd_config "$match" $(($2 + 1))) > "$sshd_mirror$match" ||
+                fail "copying $match for sshd failed"
+        done
+        set -f
+    done
+    set +f
+    [ -z "$rewritten" ] || printf 'Include%s\n' "$rewritten"
+}
+
 # Our sshd_config: first the session environment as one SetEnv line (sshd takes the first
 # SetEnv it reads; each NAME=value quoted, with \ and " escaped), so that it is this
 # container's and not a file in a home that several containers may share; then the image's
-# sshd_config without its HostKey lines (they name the image's keys): -h names the only key
-# sshd loads.
+# sshd_config and its Includes, without their host keys (copy_sshd_config).
 start_openssh() {
+    rm -rf "$sshd_mirror" && mkdir -m 0700 "$sshd_mirror" || fail "cannot make $sshd_mirror"
     {
         if [ -s "$dir/sshd-env" ]; then
             printf 'SetEnv'
@@ -381,7 +479,7 @@ start_openssh() {
             printf '\n'
         fi
         if [ -f /etc/ssh/sshd_config ]; then
-            grep -Eiv '^[[:space:]]*HostKey([[:space:]]|=)' /etc/ssh/sshd_config
+            copy_sshd_config /etc/ssh/sshd_config 0
         fi
     } > "$dir/sshd_config"
     mkdir -p /run/sshd /var/run/sshd

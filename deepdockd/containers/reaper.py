@@ -32,6 +32,7 @@ from deepdockd.errors import ApiError
 from deepdockd.fairshare.idle import IdleClock
 from deepdockd.fairshare.policy import Policy, PolicyHolder
 from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.logfmt import logfmt
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("deepdockd.audit")
@@ -247,12 +248,11 @@ class Reaper:
 
 
 def _audit(action: str, container: ManagedContainer, outcome: str, reason: str) -> None:
-    audit_log.info(
-        "user=deepdockd action=%s target=%s outcome=%s owner=%s reason=%s",
-        action, container.name, outcome, container.owner, reason,
-        extra={"user": "deepdockd", "action": action, "target": container.name,
-               "outcome": outcome, "owner": container.owner, "reason": reason},
-    )  # fmt: skip
+    fields = {
+        "user": "deepdockd", "action": action, "target": container.name, "outcome": outcome,
+        "owner": container.owner, "reason": reason,
+    }  # fmt: skip
+    audit_log.info("%s", logfmt(fields), extra=fields)  # logfmt, as the API's audit lines
 
 
 def _duration(seconds: float) -> str:

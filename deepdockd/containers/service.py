@@ -80,7 +80,7 @@ class ContainerService:
         # has the container running.
         self._allocation = asyncio.Lock()
         self._reservations = Reservations()
-        self._port_releases = PortReleases()
+        self._port_releases = PortReleases(self.records.directory)  # in the same state dir
         # Each owner's containers on a network of the owner's own (network_isolation); the
         # network of an owner whose create is in flight is never taken away.
         self._networks = OwnerNetworks(
@@ -152,11 +152,9 @@ class ContainerService:
         image = await self._images.image_to_run(request.image, caller)
         gpus = await self._resolve_gpus(request.gpu_ids)
         lease = lease_from(lease_hours, now_utc())  # from now: a slow pull costs no lease
-        home = None
-        if request.persistent_home:  # kept, like every volume, if the create fails
-            home = await self.homes.ensure(request.owner, request.user_name)
         async with self._allocation:  # the decision only; Docker's slow steps come after
             everyone = await self._holders()
+            _check_name_free(request.name, everyone)
             self._check_quota(
                 caller, everyone, Ask(len(gpus), 1, resources.memory_mb, resources.cpus)
             )
@@ -186,12 +184,19 @@ class ContainerService:
                     cpus=resources.cpus,
                 )
             )
-        setup = Setup(image, gpus, port, ports, resources, home, lease)
         try:
+            # Only now, decided and reserved, is anything made: a create that the quota, a
+            # held GPU, the ports or a taken name refuse leaves no home and no network.
+            home = None
+            if request.persistent_home:  # kept, like every volume, if a later step fails
+                home = await self.homes.ensure(request.owner, request.user_name)
+            setup = Setup(image, gpus, port, ports, resources, home, lease)
             await self._networks.ensure(request.owner)
             container_id = await self._make(request, setup)
             try:
-                tar = await bootstrap_tar(request, setup.home, self._config.ssh_server)
+                tar = await bootstrap_tar(
+                    request, setup.home, self._config.ssh_server, image_env=setup.image.env
+                )
                 await self._docker.put_archive(container_id, "/", tar)
                 await self._start(container_id, port, ports)
                 self._started(container_id)
@@ -239,10 +244,7 @@ class ContainerService:
         try:
             return await self._docker.create_container(spec)
         except DockerConflict:
-            raise Conflict(
-                f"the name {request.name!r} is taken; choose another",
-                details={"name": request.name},
-            ) from None
+            raise _name_taken(request.name) from None
 
     async def _start(
         self, container_id: str, port: int | None, ports: Mapping[int, int] | None = None
@@ -447,6 +449,17 @@ class ContainerService:
             self._reclaiming.discard(container_id)
             await self._view.refresh(container_id)
         return container
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"the name {name!r} is taken; choose another", details={"name": name})
+
+
+def _check_name_free(name: str, holders: list[ContainerSummary]) -> None:
+    """Before anything is made: a name that a deepdockd container (of any namespace) or a
+    create in flight holds. Docker's own refusal at create still covers the others'."""
+    if any(holder.name == name for holder in holders):
+        raise _name_taken(name)
 
 
 def _reservation_of(container: ManagedContainer) -> Reservation:

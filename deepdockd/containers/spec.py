@@ -13,7 +13,7 @@ from deepdockd import labels
 from deepdockd.clock import iso
 from deepdockd.config import Config, SharedMount
 from deepdockd.containers.allocation import SSH_CONTAINER_PORT, Gpu
-from deepdockd.containers.bootstrap import BOOTSTRAP_DIR
+from deepdockd.containers.bootstrap import BOOTSTRAP_DIR, root_environment
 from deepdockd.containers.homes import HomeVolume
 from deepdockd.containers.model import CreateRequest
 from deepdockd.containers.resources import Resources
@@ -58,10 +58,10 @@ def container_spec(
 ) -> ContainerSpec:
     """The container Docker is to make for ``request`` with what the create chose, on the
     owner's ``network`` (None: Docker's default bridge)."""
-    # The request's env is not the container's: root's bootstrap and every root process
-    # would inherit it (PATH, LD_PRELOAD). It travels in the bootstrap tar, for the user's
-    # sessions only.
-    env: list[str] = []
+    # Neither the request's env nor the image's is the container's: root's bootstrap and
+    # every docker exec would inherit them (PATH, LD_PRELOAD). Both travel in the bootstrap
+    # tar, for the image's command and the user's sessions only.
+    env = list(root_environment(setup.image.env))
     image, gpus, port, resources = setup.image, setup.gpus, setup.ssh_port, setup.resources
     if not gpus:
         # An image whose default is "all GPUs" (NVIDIA's CUDA images) must see none.

@@ -1,8 +1,8 @@
 """What fair share must remember about a container that Docker cannot keep for it.
 
 A container's labels are fixed when it is made, so a lease that is extended, and the reason
-the reaper stopped a container, live in ``STATE_DIR/containers.json`` (mode 0600, written
-whole and atomically, read again whenever the file changes), keyed by container id:
+the reaper stopped a container, live in ``STATE_DIR/containers.json``, a state file that fails
+closed (``state_files.py``; read again whenever it changes), keyed by container id:
 
     {"containers": {"<id>": {"lease": {"expires_at": "2026-11-28T09:00:00Z",
                                        "set_at": "2026-11-27T09:00:00Z"},
@@ -13,8 +13,9 @@ whole and atomically, read again whenever the file changes), keyed by container 
 null for a lease taken away. A record whose container is gone decides nothing, and is dropped
 when the container is removed through the API.
 
-A file that cannot be read makes :attr:`readable` false: the reaper then stops nothing for a
-lease, since the lease it would read from the labels may be one that was extended.
+A file that cannot be read, or that was written before and is gone, makes :attr:`readable`
+false: the reaper then stops nothing for a lease, since the lease it would read from the labels
+may be one that was extended.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from deepdockd.clock import iso, parse_iso
 from deepdockd.errors import ServiceUnavailable
-from deepdockd.private_files import write_private
+from deepdockd.state_files import StateDirectory, StateFileMissing
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,20 @@ class RecordsUnreadable(ServiceUnavailable):
 
 
 class ContainerRecords:
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "containers.json"
+    def __init__(self, state: StateDirectory | Path) -> None:
+        # The state directory, whose other files (the ports' release times) fail closed alike.
+        self.directory = state if isinstance(state, StateDirectory) else StateDirectory(state)
+        self._file = self.directory.file("containers.json")
+        self.path = self._file.path
         self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
         self._records: dict[str, Record] = {}
         self._readable = True
+        self._problem: str | None = None  # why it cannot be read, as last logged
+        self._refusal = ""  # what a change is told while it cannot be read
 
     @property
     def readable(self) -> bool:
-        """Whether the file can be read now (or is absent)."""
+        """Whether the file can be read now (or was never written)."""
         self._refresh()
         return self._readable
 
@@ -97,11 +103,7 @@ class ContainerRecords:
         holds (an extended lease) is never written over."""
         self._refresh()
         if not self._readable:
-            raise RecordsUnreadable(
-                f"{self.path} cannot be read: mend it (or remove it, which forgets every "
-                "extended lease and stop reason) and ask again",
-                details={"path": str(self.path)},
-            )
+            raise RecordsUnreadable(self._refusal, details={"path": str(self.path)})
         record = replace(self._records.get(container_id, EMPTY), **changes)
         if record == EMPTY:
             self._records.pop(container_id, None)
@@ -115,26 +117,49 @@ class ContainerRecords:
         try:
             info = self.path.stat()
         except FileNotFoundError:
-            self._seen, self._records, self._readable = None, {}, True
+            self._seen, self._records = None, {}
+            try:
+                self._file.check_absent()
+            except StateFileMissing as exc:
+                self._unreadable(
+                    f"{exc}: until {exc.until}, no container is stopped for its lease, leases "
+                    "show as they were made, and extending one is refused (writing it anew as "
+                    "{} forgets every extended lease and stop reason)"
+                )
+            except OSError as exc:  # the state directory itself unreadable
+                self._unreadable(f"{self.path} cannot be read ({exc})")
+            else:
+                self._readable, self._problem = True, None
             return
         seen = (info.st_ino, info.st_size, info.st_mtime_ns)
         if seen == self._seen:
             return
         self._seen = seen
         try:
-            self._records = _parse(self.path.read_text())
-            self._readable = True
+            self._records = _parse(self._file.read() or "{}")
+            self._readable, self._problem = True, None
+        except StateFileMissing:  # removed between the stat and the read: asked again
+            self._seen = None
+            self._refresh()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            self._readable, self._records = False, {}
-            log.error(
-                "%s cannot be read (%s): until it is mended no container is stopped for its "
-                "lease, leases show as they were made, and extending one is refused",
-                self.path, exc,
-            )  # fmt: skip
+            self._records = {}
+            self._unreadable(
+                f"{self.path} cannot be read ({exc}): until it is mended no container is "
+                "stopped for its lease, leases show as they were made, and extending one is "
+                "refused",
+                refusal=f"{self.path} cannot be read: mend it (or write it anew as {{}}, which "
+                "forgets every extended lease and stop reason) and ask again",
+            )
+
+    def _unreadable(self, problem: str, *, refusal: str | None = None) -> None:
+        """Logged once, until the problem changes; ``refusal`` is what a change is told."""
+        if problem != self._problem:
+            log.error("%s", problem)
+        self._readable, self._problem, self._refusal = False, problem, refusal or problem
 
     def _save(self) -> None:
         document = {"containers": {i: _encode(r) for i, r in sorted(self._records.items())}}
-        write_private(self.path, json.dumps(document, indent=2) + "\n")
+        self._file.write(json.dumps(document, indent=2) + "\n")
         info = self.path.stat()
         self._seen = (info.st_ino, info.st_size, info.st_mtime_ns)
         self._readable = True
@@ -156,7 +181,7 @@ def _encode(record: Record) -> dict[str, Any]:
 
 def _parse(text: str) -> dict[str, Record]:
     records = {}
-    for container_id, entry in json.loads(text)["containers"].items():
+    for container_id, entry in json.loads(text).get("containers", {}).items():
         lease = entry.get("lease")
         records[str(container_id)] = Record(
             lease=Lease(parse_iso(lease["expires_at"]), parse_iso(lease.get("set_at")))

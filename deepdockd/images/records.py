@@ -1,18 +1,19 @@
 """What deepdockd must know about images that Docker does not keep: who pulled an image with
-credentials (a private image, for them and the admins only), and which tags an admin pulled
-(tags that only an admin may re-point).
+credentials (a private image, for them and the admins only), and who set each tag through
+deepdockd (a tag only they, or an admin, may move).
 
 Docker keeps no owner for an image and no way to label one after it exists, so these records
-live in ``STATE_DIR/images.json`` (mode 0600, written whole and atomically, read again
-whenever the file changes):
+live in ``STATE_DIR/images.json``, a state file that fails closed (``state_files.py``):
 
     {"private": {"sha256:…": {"owners": ["alice"], "references": ["registry.lab/x:1"]}},
-     "admin_tags": {"registry.lab/team/cuda:12": "sha256:…"}}
+     "tags": {"registry.lab/team/cuda:12": {"image_id": "sha256:…", "set_by": null},
+              "registry.lab/alice/tool:1": {"image_id": "sha256:…", "set_by": "alice"}}}
 
-Every record names an image id and is asked about that image only, so a record that Docker
-no longer backs (an image removed by hand, a tag moved outside deepdockd) decides nothing.
-A file that cannot be read refuses every question (fail closed): private images stay hidden
-until it is mended.
+``set_by`` null is an admin. Every record names an image id and is asked about that image
+only, so a record that Docker no longer backs (an image removed by hand, a tag moved outside
+deepdockd) decides nothing: a tag without a record that still names its image is the admins'.
+A file that cannot be read, or that was written before and is gone, refuses every question
+(fail closed): private images stay hidden until it is mended.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepdockd.errors import ServiceUnavailable
-from deepdockd.private_files import write_private
+from deepdockd.state_files import StateDirectory, StateFileMissing
 from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
+
+FILE_NAME = "images.json"
 
 
 class ImageRecordsUnreadable(ServiceUnavailable):
@@ -43,29 +46,45 @@ class _Private:
     references: set[str] = field(default_factory=set)  # what they pulled it as
 
 
+@dataclass(frozen=True)
+class TagRecord:
+    """Who set a tag through deepdockd, last: a user, or None for an admin."""
+
+    image_id: str
+    set_by: str | None
+
+
 class ImageRecords:
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "images.json"
+    def __init__(self, state: StateDirectory | Path) -> None:
+        directory = state if isinstance(state, StateDirectory) else StateDirectory(state)
+        self._file = directory.file(FILE_NAME)
+        self.path = self._file.path
         self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
         self._broken: ImageRecordsUnreadable | None = None
         self._private: dict[str, _Private] = {}  # image id -> who pulled it with credentials
-        self._admin_tags: dict[str, str] = {}  # tag -> the image id an admin pulled under it
+        self._tags: dict[str, TagRecord] = {}  # tag -> who set it, on which image
 
     # --- questions ---
 
+    def check(self) -> None:
+        """Raise :class:`ImageRecordsUnreadable` unless the records can be read now."""
+        self._refresh()
+
     def may_use(self, image_id: str, caller: Caller) -> bool:
         """Whether ``caller`` may see and use the image: an admin any; a user a public one,
-        or a private one they pulled with credentials themselves."""
+        or a private one that the registry let them pull (:meth:`add_owner`)."""
         if caller.is_admin:
             return True
         self._refresh()
         private = self._private.get(image_id)
         return private is None or caller.user in private.owners
 
-    def admin_pulled(self, tag: str, image_id: str) -> bool:
-        """Whether an admin pulled ``tag`` and it still names the image they pulled."""
+    def tag(self, tag: str, image_id: str) -> TagRecord | None:
+        """Who set ``tag`` on ``image_id`` through deepdockd; None when no one did (the tag
+        was on the host first, or was moved outside deepdockd)."""
         self._refresh()
-        return self._admin_tags.get(tag) == image_id
+        record = self._tags.get(tag)
+        return record if record is not None and record.image_id == image_id else None
 
     def owners(self, image_id: str) -> frozenset[str]:
         """Who pulled the image with credentials; empty for a public image."""
@@ -88,10 +107,12 @@ class ImageRecords:
         if self._private.pop(image_id, None) is not None:
             self._save()
 
-    def mark_admin_pulled(self, tag: str, image_id: str) -> None:
+    def set_tag(self, tag: str, image_id: str, *, by: str | None) -> None:
+        """``by`` (a user; None: an admin) set ``tag`` on ``image_id`` through deepdockd."""
         self._refresh()
-        if self._admin_tags.get(tag) != image_id:
-            self._admin_tags[tag] = image_id
+        record = TagRecord(image_id, by)
+        if self._tags.get(tag) != record:
+            self._tags[tag] = record
             self._save()
 
     def forget(self, *, image_ids: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
@@ -99,11 +120,11 @@ class ImageRecords:
         self._refresh()
         gone_ids, gone_tags = set(image_ids), set(tags)
         private = {i: p for i, p in self._private.items() if i not in gone_ids}
-        admin_tags = {
-            t: i for t, i in self._admin_tags.items() if t not in gone_tags and i not in gone_ids
+        kept = {
+            t: r for t, r in self._tags.items() if t not in gone_tags and r.image_id not in gone_ids
         }
-        if private != self._private or admin_tags != self._admin_tags:
-            self._private, self._admin_tags = private, admin_tags
+        if private != self._private or kept != self._tags:
+            self._private, self._tags = private, kept
             self._save()
 
     # --- the file ---
@@ -112,22 +133,43 @@ class ImageRecords:
         try:
             info = self.path.stat()
         except FileNotFoundError:
-            self._seen, self._broken, self._private, self._admin_tags = None, None, {}, {}
+            self._refresh_absent()
             return
         seen = (info.st_ino, info.st_size, info.st_mtime_ns)
         if seen != self._seen:
             self._seen = seen
             try:
-                self._private, self._admin_tags = _parse(self.path.read_text())
+                self._private, self._tags = _parse(self._file.read() or "{}")
                 self._broken = None
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                self._broken = ImageRecordsUnreadable(
+                self._fail(
                     f"{self.path} cannot be read ({exc}); until it is mended, image routes are "
                     "refused, so that no private image shows"
                 )
-                log.error("%s", self._broken.message)
+            except StateFileMissing as exc:  # removed between the stat and the read
+                self._seen = None
+                self._fail(_missing_message(exc))
         if self._broken is not None:
             raise self._broken
+
+    def _refresh_absent(self) -> None:
+        self._seen, self._private, self._tags = None, {}, {}
+        try:
+            self._file.check_absent()
+        except StateFileMissing as exc:
+            raise self._fail(_missing_message(exc)) from None
+        except OSError as exc:  # the state directory itself unreadable
+            raise self._fail(
+                f"{self.path} cannot be read ({exc}); image routes are refused"
+            ) from None
+        self._broken = None
+
+    def _fail(self, message: str) -> ImageRecordsUnreadable:
+        """The records are unreadable for ``message``: logged once, until it changes."""
+        if self._broken is None or self._broken.message != message:
+            log.error("%s", message)
+        self._broken = ImageRecordsUnreadable(message)
+        return self._broken
 
     def _save(self) -> None:
         document = {
@@ -135,20 +177,36 @@ class ImageRecords:
                 image_id: {"owners": sorted(p.owners), "references": sorted(p.references)}
                 for image_id, p in sorted(self._private.items())
             },
-            "admin_tags": dict(sorted(self._admin_tags.items())),
+            "tags": {
+                tag: {"image_id": r.image_id, "set_by": r.set_by}
+                for tag, r in sorted(self._tags.items())
+            },
         }
-        write_private(self.path, json.dumps(document, indent=2) + "\n")
+        self._file.write(json.dumps(document, indent=2) + "\n")
         info = self.path.stat()
         self._seen = (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _parse(text: str) -> tuple[dict[str, _Private], dict[str, str]]:
+def _missing_message(exc: StateFileMissing) -> str:
+    return (
+        f"{exc}: until {exc.until}, image routes are refused, so that no private image shows "
+        "(writing it anew as {} forgets who pulled what: every private image becomes public, "
+        "every tag the admins')"
+    )
+
+
+def _parse(text: str) -> tuple[dict[str, _Private], dict[str, TagRecord]]:
     document = json.loads(text)
     private = {
         str(image_id): _Private({str(o) for o in entry["owners"]}, set(entry["references"]))
         for image_id, entry in document.get("private", {}).items()
     }
-    admin_tags = {
-        str(tag): str(image_id) for tag, image_id in document.get("admin_tags", {}).items()
+    # An older file's "admin_tags" ({tag: image id}) are tags an admin set.
+    tags = {
+        str(tag): TagRecord(str(image_id), None)
+        for tag, image_id in document.get("admin_tags", {}).items()
     }
-    return private, admin_tags
+    for tag, entry in document.get("tags", {}).items():
+        set_by = entry["set_by"]
+        tags[str(tag)] = TagRecord(str(entry["image_id"]), None if set_by is None else str(set_by))
+    return private, tags

@@ -1,16 +1,21 @@
 """Images: list, pull (shared between concurrent callers, detached from any one client) and
 remove; and what a create runs.
 
-Two rules make images safe to share between users (image_records.py keeps what Docker does
-not):
+Two rules make images safe to share between users (records.py keeps what Docker does not):
 
-- A tag is global on a Docker host, so a user's pull may not re-point a tag that others rely
-  on: one another user's container was created from, or one an admin pulled. Such a pull goes
-  ahead only when the registry still serves the image the tag names here (then it is pulled
-  by digest, so a registry that moves the tag meanwhile moves nothing). Admins may re-point
-  any tag; containers run the image id their create resolved, so none of them changes.
-- An image a user pulled with credentials is private to the users who pulled it so (and the
-  admins): to anyone else it is absent, exactly as an image the host does not have.
+- A tag is global on a Docker host, so a user's pull may create a tag the host lacks, and
+  move only a tag that this same user set last through deepdockd and that no other user's
+  container was created from. Every tag that was on the host first, and every tag an admin
+  set, is the admins' to move. A pull of a tag the caller may not move goes ahead only when
+  the registry still serves the image the tag names here (then it is pulled by digest, so a
+  registry that moves the tag meanwhile moves nothing). Containers run the image id their
+  create resolved, so a moved tag changes none of them.
+- An image a user pulled with credentials is private to the users whom the registry let pull
+  it (and the admins): to anyone else it is absent, exactly as an image the host does not
+  have. Another user is let in only when the registry serves that image's manifest to them,
+  asked with their credentials (kubelet's rule for cached private images): Docker completes a
+  pull by digest from its own content even after the registry refused, so its word is not
+  enough. A pull without credentials never makes a private image public.
 """
 
 from __future__ import annotations
@@ -29,16 +34,12 @@ from deepdockd.docker import (
     DockerNotFound,
     Image,
     ImageRemoval,
-    LayerFailed,
     PullProgress,
-    RegistryBadAnswer,
-    RegistryDenied,
     RegistryNotFound,
-    RegistryNotReached,
-    RegistryUnauthorized,
 )
-from deepdockd.errors import ApiError, BadGateway, Conflict, Forbidden, InvalidInput, NotFound
-from deepdockd.images.records import ImageRecords
+from deepdockd.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
+from deepdockd.images.pull_errors import logged_pull_error
+from deepdockd.images.records import ImageRecords, TagRecord
 from deepdockd.images.registries import RegistryReach, registry_host
 from deepdockd.references import ImageReference, looks_like_image_id, parse_reference
 from deepdockd.tokens import Caller
@@ -46,25 +47,26 @@ from deepdockd.tokens import Caller
 log = logging.getLogger(__name__)
 
 
-class RegistryAuthFailed(BadGateway):
-    code = "registry_auth_failed"
-
-
-class RegistryUnreachable(BadGateway):
-    code = "registry_unreachable"
-
-
-class PullFailed(BadGateway):
-    """The registry answered, but the pull did not succeed: a layer it cannot serve, content
-    that does not match its digest, an engine that could not store it."""
-
-    code = "pull_failed"
-
-
 class TagInUse(Forbidden):
-    """A user's pull would re-point a tag that others rely on."""
+    """A user's pull would move a tag that is not theirs to move."""
 
     code = "tag_in_use"
+
+
+# Why a user may not move a tag, and the rule that says so (the 403 names both).
+_ON_THE_HOST_FIRST = (
+    "that was on this host before deepdockd recorded who set it",
+    "only an admin may move it",
+)
+_AN_ADMIN_SET = ("an admin set", "only an admin may move it")
+_ANOTHER_USER_SET = (
+    "another user set",
+    "only the user who set it last, or an admin, may move it",
+)
+_ANOTHER_USERS_CONTAINER = (
+    "another user's container was created from",
+    "your pull would change what it runs for them",
+)
 
 
 @dataclass(frozen=True)
@@ -198,9 +200,8 @@ class ImageService:
                 item = await queue.get()
                 if isinstance(item, ApiError):
                     raise item
-                if isinstance(item, PullResult) and caller.is_admin and source.digest is None:
-                    # An admin who joined another's pull of a tag pulled it too.
-                    self._records.mark_admin_pulled(key, item.image.id)
+                if isinstance(item, PullResult):
+                    await self._may_have(item, reference, credentials, caller, source)
                 yield item
                 if isinstance(item, PullResult):
                     return
@@ -234,11 +235,13 @@ class ImageService:
             image = await self._docker.inspect_image(str(source))
             if image is None:
                 raise RegistryNotFound(404, f"{source} was pulled but Docker does not list it")
-            self._record_pull(image, reference, caller, private)
+            self._record_pull(
+                image, reference, source, caller, private, with_credentials=credentials is not None
+            )
             log.info("pulled %s as %s", key, image.short_id)
             pull.tell(PullResult(reference=key, image=image))
         except DockerFailed as exc:
-            pull.tell(_logged_pull_error(reference, exc, with_credentials=credentials is not None))
+            pull.tell(logged_pull_error(reference, exc, with_credentials=credentials is not None))
         except ApiError as exc:
             log.warning("pull of %s failed: %s", key, exc.message)
             pull.tell(exc)
@@ -255,74 +258,151 @@ class ImageService:
         self,
         image: Image,
         reference: ImageReference,
+        source: ImageReference,
         caller: Caller,
         private: _PrivatePull | None,
+        *,
+        with_credentials: bool,
     ) -> None:
-        """Who may use what a pull brought. With a user's credentials: private to them, unless
-        it was a public image before (a pull with credentials never hides what others use).
-        Without credentials the registry serves it to anyone, so it is public; so is what an
-        admin pulls (that is how a lab shares images from a private registry)."""
+        """Who may use what a pull brought, and who set the tag it named. With a user's
+        credentials: private to them, unless it was a public image before (a pull with
+        credentials never hides what others use) or another user's private image (then the
+        registry is asked about this user: :meth:`_may_have`). Without credentials it is
+        public, unless it is a private image already: Docker may have completed the pull from
+        its own content, so such a pull never makes a private image public. What an admin
+        pulls with credentials is public (that is how a lab shares a private registry's
+        images)."""
+        owners = self._records.owners(image.id)
         if private is not None:
             was_public = (
-                image.id in private.images_before and not self._records.owners(image.id)
+                image.id in private.images_before and not owners
             ) or image.id in self._pulled_publicly
-            if not was_public:
+            if not was_public and (not owners or private.user in owners):
                 self._records.add_owner(image.id, private.user, private.reference)
+        elif caller.is_admin and with_credentials:
+            self._pulled_publicly.add(image.id)
+            self._records.make_public(image.id)
+        elif not owners:
+            self._pulled_publicly.add(image.id)
+        if source == reference and reference.digest is None:  # the pull set the tag
+            self._records.set_tag(str(reference), image.id, by=_setter(caller))
+
+    async def _may_have(
+        self,
+        result: PullResult,
+        reference: ImageReference,
+        credentials: Credentials | None,
+        caller: Caller,
+        source: ImageReference,
+    ) -> None:
+        """After a pull, for each caller waiting on it: an admin who joined another's pull of
+        a tag set it too; a user may have what it brought only if they may use it, or the
+        registry vouches for them (:meth:`_vouch`); else the pull's error, or the answer of
+        a missing tag."""
+        image = result.image
+        if caller.is_admin:
+            if source == reference and reference.digest is None:
+                self._records.set_tag(str(reference), image.id, by=None)
             return
-        self._pulled_publicly.add(image.id)
-        self._records.make_public(image.id)
-        if caller.is_admin and reference.digest is None:
-            self._records.mark_admin_pulled(str(reference), image.id)
+        if self._may_use(image, caller) or await self._vouch(reference, image, credentials, caller):
+            return
+        registry = registry_host(reference)
+        raise NotFound(
+            f"{reference} was not found in registry {registry}: no such repository or tag",
+            details={"reference": str(reference), "registry": registry},
+        )
+
+    async def _vouch(
+        self,
+        reference: ImageReference,
+        image: Image,
+        credentials: Credentials | None,
+        caller: Caller,
+    ) -> bool:
+        """Whether the registry serves ``image`` under ``reference`` to ``caller`` (asked
+        with their credentials, or none): then it is theirs too. A registry that refuses them
+        raises the pull's own error, the answer an image the host lacks would get."""
+        digest = await self._registry_digest(reference, credentials)
+        if not any(d.rpartition("@")[2] == digest for d in image.digests):
+            return False  # the registry serves another image under the tag now
+        self._records.add_owner(image.id, caller.user, str(reference))
+        log.info(
+            "registry %s serves private image %s to %s: they may use it",
+            registry_host(reference), image.short_id, caller.user,
+        )  # fmt: skip
+        return True
+
+    async def _registry_digest(
+        self, reference: ImageReference, credentials: Credentials | None
+    ) -> str:
+        """The digest the registry serves under ``reference`` now, without pulling; its
+        refusal is the error the pull would have met."""
+        try:
+            return await self._docker.registry_digest(
+                str(reference),
+                registry=registry_host(reference),
+                auth=credentials.as_docker_auth() if credentials is not None else None,
+            )
+        except DockerFailed as exc:
+            raise logged_pull_error(
+                reference, exc, with_credentials=credentials is not None
+            ) from None
 
     async def _pull_source(
         self, reference: ImageReference, credentials: Credentials | None, caller: Caller
     ) -> ImageReference:
-        """What Docker is to pull for ``reference``: the reference itself, unless it is a tag
-        that others rely on and the caller is no admin. Then the registry is asked, without
-        pulling, which image it serves under the tag now: the one the tag names here is
-        pulled by its digest, which leaves the tag as it is; another is refused (TagInUse)."""
-        if caller.is_admin or reference.digest is not None:
-            return reference  # admins may re-point; a pull by digest re-points no tag
+        """What Docker is to pull for ``reference``: the reference itself, unless a user
+        asks for what the host has already. Another user's private image needs the
+        registry's word (:meth:`_vouch`). A tag the caller may not move is checked with the
+        registry, without pulling: the image it names here is pulled by its digest, which
+        leaves the tag as it is; another is refused (TagInUse, naming the rule)."""
+        if caller.is_admin:
+            return reference  # admins may move any tag and use any image
         key = str(reference)
         here = await self._docker.inspect_image(key)
+        self._records.check()  # a record that cannot be read refuses before anything moves
         if here is None:
-            return reference  # a new tag on this host: anyone may pull it
-        why = await self._why_others_rely_on(key, here, caller)
-        if why is None:
+            return reference  # new on this host: anyone may pull it
+        if not self._may_use(here, caller):
+            await self._vouch(reference, here, credentials, caller)
+        if reference.digest is not None:
+            return reference  # a pull by digest moves no tag
+        rule = await self._why_not_theirs(key, here, caller)
+        if rule is None:
             return reference
         registry = registry_host(reference)
-        try:
-            digest = await self._docker.registry_digest(
-                key,
-                registry=registry,
-                auth=credentials.as_docker_auth() if credentials is not None else None,
-            )
-        except DockerFailed as exc:
-            # The same error the pull would have met there.
-            raise _logged_pull_error(
-                reference, exc, with_credentials=credentials is not None
-            ) from None
+        digest = await self._registry_digest(reference, credentials)
         if any(d.rpartition("@")[2] == digest for d in here.digests):
             return replace(reference, tag=None, digest=digest)
-        by_digest = f"{reference.repository}@{digest}"
-        log.info("refused a pull of %s by %s: %s", key, caller.user, why)
+        why, only = rule
+        log.info("refused a pull of %s by %s: a tag %s", key, caller.user, why)
         raise TagInUse(
             f"{key} is a tag {why}, and registry {registry} now serves another image under "
-            "it: your pull would change what the tag runs for everyone. Pull that image by "
-            f"digest ({by_digest}) or under a tag of your own, or ask an admin to pull {key}",
+            f"it: {only}. Pull that image by digest ({reference.repository}@{digest}) or "
+            f"under a tag of your own, or ask an admin to pull {key}",
             details={"reference": key, "registry": registry, "digest": digest},
         )
 
-    async def _why_others_rely_on(self, key: str, here: Image, caller: Caller) -> str | None:
-        if self._records.admin_pulled(key, here.id):
-            return "an admin pulled"
+    async def _why_not_theirs(
+        self, key: str, here: Image, caller: Caller
+    ) -> tuple[str, str] | None:
+        """Why the user ``caller`` may not move the tag ``key`` (which names ``here``), and
+        the rule; None when they may: they set it last, and no other user's container was
+        created from it."""
+        record: TagRecord | None = self._records.tag(key, here.id)
+        if record is None:
+            return _ON_THE_HOST_FIRST
+        if record.set_by is None:
+            return _AN_ADMIN_SET
+        if record.set_by != caller.user:
+            return _ANOTHER_USER_SET
         containers = await self._docker.list_containers(
             filters=labels.namespace_filter(self._namespace)
         )
         for container in containers:
             asked = container.labels.get(labels.IMAGE) or container.image
             if container.labels.get(labels.OWNER) != caller.user and _names(asked, key):
-                return "another user's container was created from"
+                return _ANOTHER_USERS_CONTAINER
         return None
 
     def _may_use(self, image: Image, caller: Caller) -> bool:
@@ -377,6 +457,11 @@ class ImageService:
         return removal
 
 
+def _setter(caller: Caller) -> str | None:
+    """Who a tag's record says set it: the user, or None for an admin."""
+    return None if caller.is_admin else caller.user
+
+
 def is_image_id(text: str) -> bool:
     """An image id as Docker writes it (``sha256:`` and hex), or 64 hex digits, which no
     repository may be named: never something to pull."""
@@ -399,63 +484,3 @@ def parse_image_reference(text: str, *, field: str) -> ImageReference:
             f"{field}: {text!r} is not an image reference Docker accepts: it {exc}",
             details={"field": field},
         ) from None
-
-
-def _logged_pull_error(
-    reference: ImageReference, exc: DockerFailed, *, with_credentials: bool
-) -> ApiError:
-    """The pull's error in our words, for the caller; Docker's own words go to the log only,
-    for the admin (as a repr: they may hold another server's lines)."""
-    error = _pull_error(reference, exc, with_credentials=with_credentials)
-    log.warning(
-        "pull of %s failed: %s; Docker answered %d: %r",
-        reference, error.message, exc.docker_status, exc.docker_message,
-    )  # fmt: skip
-    return error
-
-
-def _pull_error(
-    reference: ImageReference, exc: DockerFailed, *, with_credentials: bool
-) -> ApiError:
-    """The error a person sees, in our words, with the registry named, chosen by the kind of
-    RegistryFailed that docker.py raised. Docker's message can carry what a registry, or
-    whatever else listens on the host and port a reference names, sent back (a web server's
-    whole 404 page, an SSH banner), so no part of it is ever shown."""
-    key, registry = str(reference), registry_host(reference)
-    details = {"reference": key, "registry": registry}
-    if isinstance(exc, RegistryBadAnswer):
-        return PullFailed(
-            f"registry {registry} gave a bad answer to the pull of {key}: {exc.reason}",
-            details=details,
-        )
-    if isinstance(exc, RegistryDenied):
-        return NotFound(
-            f"{key} was not found in registry {registry}, or it is private "
-            '(send "auth" with credentials for it)',
-            details=details,
-        )
-    if isinstance(exc, RegistryUnauthorized):
-        if with_credentials:
-            return RegistryAuthFailed(
-                f"registry {registry} refused the credentials for {key}", details=details
-            )
-        return RegistryAuthFailed(
-            f'registry {registry} wants credentials for {key} (send "auth")', details=details
-        )
-    if isinstance(exc, RegistryNotFound):
-        return NotFound(
-            f"{key} was not found in registry {registry}: no such repository or tag",
-            details=details,
-        )
-    if isinstance(exc, RegistryNotReached):
-        return RegistryUnreachable(
-            f"cannot reach registry {registry} to pull {key}: {exc.reason}", details=details
-        )
-    if isinstance(exc, LayerFailed):
-        return PullFailed(
-            f"the pull of {key} from registry {registry} failed: {exc.reason}", details=details
-        )
-    return PullFailed(
-        f"the pull of {key} from registry {registry} failed; the daemon's log has Docker's reason",
-        details=details,
-    )

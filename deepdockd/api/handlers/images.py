@@ -13,7 +13,7 @@ from deepdockd.api.keys import AUDIT_TARGET, IMAGES
 from deepdockd.api.query import bool_query
 from deepdockd.api.schemas import PullImageSchema, load_body
 from deepdockd.errors import ApiError
-from deepdockd.images.service import Credentials, PullResult
+from deepdockd.images.service import Credentials, PullResult, parse_image_reference
 
 
 async def list_images(request: web.Request) -> web.Response:
@@ -25,6 +25,7 @@ async def pull_image(request: web.Request) -> web.StreamResponse:
     """The seed's answer at the end; or, for ``Accept: application/x-ndjson``, one line per
     progress event and then that answer (or an error object) as the last line."""
     body = await load_body(request, PullImageSchema())
+    parse_image_reference(body["repo_tag"], field="repo_tag")  # the audit names valid input only
     request[AUDIT_TARGET] = body["repo_tag"]
     credentials = Credentials(**body["auth"]) if "auth" in body else None
     events = request.app[IMAGES].pull(body["repo_tag"], credentials, caller=caller_of(request))
