@@ -72,7 +72,7 @@ run: venv ssh-server
 $(NVML_SIM): tests/nvml-sim/nvml_sim.c
 	@test -e /usr/include/cjson/cJSON.h || scripts/install-test-deps.sh
 	mkdir -p $(dir $@)
-	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -Wl,-soname,libnvidia-ml.so.1 -o $@ $< -lcjson
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -Wl,-soname,libnvidia-ml.so.1 -o $@ $< -lcjson -pthread
 
 nvml-sim: $(NVML_SIM)
 

@@ -14,7 +14,7 @@ from deepdockd.api.app import create_app
 from deepdockd.config import Config
 
 from tests.support.api import Client, ClientFactory, body, created
-from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.rig import DEBIAN_SSH_IMAGE, Rig, RigError
 
 SLOW_STOP_IMAGE = "deepdockd-test/slow-stop:1"
 # Docker's grace before it kills a container that ignores SIGTERM (deepdockd's default).
@@ -97,11 +97,14 @@ async def test_restarts_that_wait_out_the_stop_grace_do_not_hold_up_a_create(
         asyncio.create_task(client.post(f"/containers/{name}/restart")) for name in stubborn
     ]
 
+    def term_seen(name: str) -> bool:
+        try:
+            return bool(rig.docker("exec", name, "sh", "-c", f"cat {TERM_SEEN} 2>/dev/null || :"))
+        except RigError:  # an exec that met the container between its stop and its start
+            return False
+
     def all_in_their_grace() -> bool:
-        return all(
-            rig.docker("exec", name, "sh", "-c", f"cat {TERM_SEEN} 2>/dev/null || true").strip()
-            for name in stubborn
-        )
+        return all(term_seen(name) for name in stubborn)
 
     await asyncio.to_thread(wait_until, all_in_their_grace, "SIGTERM reached every one", 15)
     during_s = await timed_create(client, "during")

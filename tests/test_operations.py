@@ -281,9 +281,10 @@ def test_sigterm_cancels_a_request_that_outlasts_the_shutdown_timeout(
         request.start()
         # Running, its sshd asleep: the create waits for an SSH server that will not come.
         wait_until(
-            lambda: "sleep 3600" in processes_of(rig, name),
+            lambda: outcome or "sleep 3600" in processes_of(rig, name),
             "the create in flight, its container's sshd asleep",
         )
+        assert not outcome, f"the create answered first: {outcome}\n{daemon.log.read_text()}"
 
         stopping = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)

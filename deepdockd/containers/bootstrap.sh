@@ -263,12 +263,12 @@ add_user_to_files() {
     if awk -F: -v gid="$gid" '$3 == gid { found = 1 } END { exit !found }' /etc/group 2>/dev/null; then
         gid=$(free_id /etc/group "$uid")
     fi
-    {
+    problem=$({
         echo "$user_name:x:$gid:" >> /etc/group &&
             echo "$user_name:x:$uid:$gid::$home:$shell" >> /etc/passwd &&
             echo "$user_name:*::0:99999:7:::" >> /etc/shadow &&
             chmod 0600 /etc/shadow
-    } || fail "adding $user_name to /etc/passwd, /etc/group and /etc/shadow failed"
+    } 2>&1) || fail "adding $user_name to /etc/passwd, /etc/group and /etc/shadow failed: $problem"
 }
 
 # The home volume's top directory is the user's; a new (empty) home gets the image's skeleton

@@ -3,7 +3,9 @@
  *
  * It implements the NVML calls deepdockd makes, with the C signatures of nvml.h, so that the
  * real pynvml code runs against it. The GPUs come from the JSON file named in
- * $NVML_SIM_CONFIG, read at nvmlInit:
+ * $NVML_SIM_CONFIG, read at the first nvmlInit (as in NVML, init and shutdown are counted and
+ * thread-safe: a second nvmlInit in the process shares the first's GPUs, and only the last
+ * nvmlShutdown lets them go):
  *
  *   {"driver_version": "550.54.15",
  *    "processes_file": "/tmp/processes.json",       (optional: processes a test changes, below)
@@ -59,6 +61,7 @@
  */
 #include <cjson/cJSON.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +178,8 @@ static sim_device_t *devices;
 static unsigned int device_count;
 static char driver_version[80];
 static int initialized;
+static unsigned int init_count; /* nvmlInit calls not yet matched by an nvmlShutdown */
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* "processes_file" ("": none), and what it was when last read, to read it again on a change. */
 static char processes_file[PATH_MAX];
@@ -572,19 +577,31 @@ static nvmlReturn_t copy_out(char *target, unsigned int length, const char *text
 
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
-    free_devices();
-    nvmlReturn_t result = load_config();
-    initialized = result == NVML_SUCCESS;
+    nvmlReturn_t result = NVML_SUCCESS;
+    pthread_mutex_lock(&init_lock);
+    if (init_count == 0) {
+        free_devices();
+        result = load_config();
+        initialized = result == NVML_SUCCESS;
+    }
+    if (result == NVML_SUCCESS) init_count++;
+    pthread_mutex_unlock(&init_lock);
     return result;
 }
 
 nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
 
 nvmlReturn_t nvmlShutdown(void) {
-    if (!initialized) return NVML_ERROR_UNINITIALIZED;
-    initialized = 0;
-    free_devices();
-    return NVML_SUCCESS;
+    pthread_mutex_lock(&init_lock);
+    nvmlReturn_t result = NVML_SUCCESS;
+    if (init_count == 0) {
+        result = NVML_ERROR_UNINITIALIZED;
+    } else if (--init_count == 0) {
+        initialized = 0;
+        free_devices();
+    }
+    pthread_mutex_unlock(&init_lock);
+    return result;
 }
 
 const char *nvmlErrorString(nvmlReturn_t result) {
