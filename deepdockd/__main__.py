@@ -22,6 +22,7 @@ from deepdockd.config import (
     flag_name,
     load_config,
 )
+from deepdockd.connections import fit_file_limit
 from deepdockd.containers.ssh_server import bundled_server
 from deepdockd.logs import setup_logging
 from deepdockd.server import serve
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if not config.auth:
         log.warning("auth is off: every caller on %s is an admin", config.host)
+    fit_file_limit(config.max_connections)
     try:
         asyncio.run(serve(config, reload=lambda: load_config(flags, os.environ)))
     except OSError as exc:

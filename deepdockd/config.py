@@ -58,6 +58,12 @@ class Config:
     # Seconds a client has to send a request's whole header; a connection that has not by
     # then is closed, so that clients that send half a header cannot hold connections.
     header_timeout: float = 30.0
+    # Seconds a kept-alive connection may stay idle between two requests before it is closed.
+    keepalive_timeout: float = 15.0
+    # Open client connections at most, in all and per client address (an IPv6 client is its
+    # /64); one more is closed at once. The file limit must fit them (connections.py).
+    max_connections: int = 4096
+    max_connections_per_client: int = 256
     # GPU metrics: sample every interval, average each bucket into one point, keep retention.
     gpu_sample_interval: float = 1.0
     gpu_bucket: float = 10.0
@@ -84,10 +90,12 @@ class Config:
     # Docker's json-file log of each container: rotated at this size, this many files kept.
     log_max_size: str = "50m"
     log_max_file: int = 3
-    # Workspaces: each container's /dev/shm (0: half the host's RAM, at most 16384 MiB), its
-    # memory and CPUs (0: no limit) and the ceilings a request may ask up to (0: none).
+    # Workspaces: each container's /dev/shm (0: half its memory limit; without one, half the
+    # host's RAM, at most 16384 MiB; never above the limit), its memory (None, "auto": a
+    # quarter of the host's RAM; 0: no limit) and CPUs (0: no limit), and the ceilings a
+    # request may ask up to (0: none).
     default_shm_size_mb: int = 0
-    default_memory_mb: int = 0
+    default_memory_mb: int | None = None
     max_memory_mb: int = 0
     default_cpus: float = 0.0
     max_cpus: float = 0.0
@@ -101,6 +109,10 @@ class Config:
     # Answer container lists from a view kept current by Docker's events (false: ask Docker
     # on every read, as before).
     live_view: bool = True
+    # Streams one user may hold at once, admins too: log follows, /events and pulls in flight
+    # (0: no cap). One more is a 429 naming the cap. Streams have Docker connections of their
+    # own, apart from the quick calls', so this bounds what one user holds of the host's.
+    max_streams_per_user: int = 20
     # Fair share (docs/fair-share.md); these six are read again on SIGHUP. Per-user limits
     # ([quotas], 0: none), leases (hours, 0: none), and stopping containers whose GPUs all
     # stayed at or under idle_gpu_utilization percent for idle_gpu_minutes (0: never).
@@ -111,6 +123,12 @@ class Config:
     idle_gpu_utilization: float = 5.0
     # How long before a lease ends or an idle stop the user's terminals are told.
     stop_warning_minutes: float = 10.0
+    # Disk (docs/fair-share.md#disk): how often Docker's system/df measures the containers'
+    # writable layers and the home volumes (seconds; it walks them all, so not often), and a
+    # hard limit on each new container's writable layer (GiB, 0: none), which Docker applies
+    # only on overlay2 over XFS mounted with pquota.
+    disk_usage_interval: float = 60.0
+    container_disk_limit_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -255,8 +273,26 @@ def _parse_mebibytes(raw: object) -> int:
     )
 
 
+def _parse_default_memory(raw: object) -> int | None:
+    if raw == "auto":
+        return None
+    return _whole_number(
+        raw, 0, 16 * 1024 * 1024,
+        'must be "auto" (a quarter of the host\'s RAM) or a number of MiB from 0 (no limit) '
+        "to 16777216",
+    )  # fmt: skip
+
+
 def _parse_cpus(raw: object) -> float:
     return _number(raw, 0, 4096, "must be a number of CPUs from 0 to 4096, as in 7.5 (0: no limit)")
+
+
+def _parse_connections(raw: object) -> int:
+    return _whole_number(raw, 1, 1048576, "must be a number of connections from 1 to 1048576")
+
+
+def _parse_streams(raw: object) -> int:
+    return _whole_number(raw, 0, 1048576, "must be a number of streams from 0 (no cap) to 1048576")
 
 
 def _parse_pids_limit(raw: object) -> int:
@@ -299,6 +335,10 @@ def _parse_minutes(raw: object) -> float:
     return _number(
         raw, 0, 525600, "must be a number of minutes from 0 to 525600, as in 0.5 (0: none)"
     )
+
+
+def _parse_gigabytes(raw: object) -> float:
+    return _number(raw, 0, 1024 * 1024, "must be a number of GiB from 0 to 1048576 (0: none)")
 
 
 def _parse_percent(raw: object) -> float:
@@ -349,13 +389,16 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "auth": _parse_bool,
     "max_body_size": _parse_body_size,
     "header_timeout": _parse_seconds,
+    "keepalive_timeout": _parse_seconds,
+    "max_connections": _parse_connections,
+    "max_connections_per_client": _parse_connections,
     "allowed_registries": _parse_registries,
     "network_isolation": _parse_bool,
     "network_pool": _parse_network_pool,
     "log_max_size": _parse_log_size,
     "log_max_file": _parse_log_files,
     "default_shm_size_mb": _parse_mebibytes,
-    "default_memory_mb": _parse_mebibytes,
+    "default_memory_mb": _parse_default_memory,
     "max_memory_mb": _parse_mebibytes,
     "default_cpus": _parse_cpus,
     "max_cpus": _parse_cpus,
@@ -363,12 +406,15 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "service_port_range": _parse_port_range,
     "shared_mounts": _parse_shared_mounts,
     "live_view": _parse_bool,
+    "max_streams_per_user": _parse_streams,
     "quotas": parse_quotas,
     "default_lease_hours": _parse_hours,
     "max_lease_hours": _parse_hours,
     "idle_gpu_minutes": _parse_minutes,
     "idle_gpu_utilization": _parse_percent,
     "stop_warning_minutes": _parse_minutes,
+    "disk_usage_interval": _parse_seconds,
+    "container_disk_limit_gb": _parse_gigabytes,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 
@@ -430,7 +476,7 @@ def _check_together(config: Config) -> None:
         ("max_cpus", "default_cpus", "CPUs"),
     ):
         high, value = getattr(config, ceiling), getattr(config, default)
-        if high and value > high:
+        if high and value is not None and value > high:  # None ("auto") is cut to the ceiling
             raise ConfigError(f"{default}: {value:g} {what} is above {ceiling} ({high:g} {what})")
     if config.max_lease_hours and not 0 < config.default_lease_hours <= config.max_lease_hours:
         raise ConfigError(

@@ -35,6 +35,14 @@ _NO_CONNECTION = 900
 # A quick call (version, list, inspect) that takes longer than this means the engine is stuck
 # (the default of Docker(quick_call_timeout_s=...)).
 QUICK_CALL_TIMEOUT_S = 10.0
+# A pull that yields no progress event at all for this long is ended as a registry that timed
+# out. Docker sends an event for every chunk downloaded or extracted, so only a registry (or a
+# layer download) that stopped answering goes this long without one; Docker itself sets no
+# limit on a registry that accepts a connection and never answers.
+PULL_STALL_TIMEOUT_S = 300.0
+# A question to a registry through Docker (the digest it serves) that takes longer than this:
+# Docker's own dial (30 s) and TLS handshake (10 s) limits, and time for the answer.
+REGISTRY_ANSWER_TIMEOUT_S = 60.0
 
 
 class DockerUnavailable(ServiceUnavailable):
@@ -86,6 +94,11 @@ class PortTaken(DockerFailed):
 class SubnetTaken(DockerFailed):
     """A network create that Docker refused because another network of the engine holds an
     overlapping subnet."""
+
+
+class StorageLimitRefused(DockerFailed):
+    """A create whose size limit (``StorageOpt``) the engine's storage cannot apply: overlay2
+    applies one only over XFS mounted with pquota."""
 
 
 class RegistryFailed(DockerFailed):
@@ -210,6 +223,22 @@ class ImageRemoval:
     deleted: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class DiskEntry:
+    id: str  # the container's id, or the volume's name
+    name: str
+    labels: Mapping[str, str]
+    size_bytes: int  # a container's writable layer (SizeRw); a volume's UsageData.Size
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """What Docker's ``system/df`` says containers and volumes hold on disk."""
+
+    containers: tuple[DiskEntry, ...]
+    volumes: tuple[DiskEntry, ...]
+
+
 # --- what a create asks of Docker ---
 
 
@@ -274,30 +303,57 @@ class ContainerSpec:
     gpu_device_ids: tuple[str, ...]  # through Docker's "nvidia" driver, UUIDs or indices
     init: bool  # Docker's init (tini) as PID 1: it reaps zombies and passes signals on
     restart_unless_stopped: bool  # started again with dockerd (and the host), unless stopped
+    # A hard limit on the writable layer (StorageOpt size=, overlay2 on XFS with pquota only).
+    storage_size_gb: float | None = None
 
 
 class Docker:
-    """An aiodocker client for one Docker address, opened and closed by the app."""
+    """Two aiodocker clients for one Docker address, opened and closed by the app: ``client``
+    for the quick calls (inspect, list, create, start, stop, exec), each under a time limit,
+    and ``streams`` for the calls that last (log streams, the event stream, pulls and the
+    questions to registries). Each has its own connection pool, so streams, however many,
+    never take a connection that a quick call waits for: aiodocker's one pool (100
+    connections) was shared by both, and 100 log follows stopped every other call."""
 
-    def __init__(self, url: str, *, quick_call_timeout_s: float = QUICK_CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        quick_call_timeout_s: float = QUICK_CALL_TIMEOUT_S,
+        pull_stall_timeout_s: float = PULL_STALL_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.quick_call_timeout_s = quick_call_timeout_s
+        self.pull_stall_timeout_s = pull_stall_timeout_s
         self._client: aiodocker.Docker | None = None
+        self._streams: aiodocker.Docker | None = None
 
     async def open(self) -> None:
         # Created here, not in __init__: aiohttp sessions belong to a running loop.
         self._client = aiodocker.Docker(url=self.url)
+        self._streams = _stream_client(self.url)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for client in (self._client, self._streams):
+            if client is not None:
+                await client.close()
+                # aiodocker leaves a connector it was given to its giver.
+                await client.connector.close()
+        self._client = self._streams = None
 
     @property
     def client(self) -> aiodocker.Docker:
+        """The quick calls' client."""
         if self._client is None:
             raise RuntimeError("Docker client used before open()")
         return self._client
+
+    @property
+    def streams(self) -> aiodocker.Docker:
+        """The long calls' client, on a pool of its own."""
+        if self._streams is None:
+            raise RuntimeError("Docker client used before open()")
+        return self._streams
 
     async def version(self) -> DockerVersion:
         async with self.translate_errors():
@@ -326,18 +382,32 @@ class Docker:
     async def pull_image(
         self, repository: str, tag_or_digest: str, *, auth: Mapping[str, str] | None = None
     ) -> AsyncIterator[PullProgress]:
-        """Pull, yielding progress. No time limit: pulls of tens of GB take long. A pull
-        that fails raises a :class:`RegistryFailed`."""
+        """Pull, yielding progress, on the streams' pool. No limit on the whole: pulls of
+        tens of GB take long; but one that makes no progress for ``pull_stall_timeout_s``
+        ends as a registry that timed out. A pull that fails raises a
+        :class:`RegistryFailed`."""
         if tag_or_digest.startswith("sha256:") or ":" in tag_or_digest:
             image, tag = f"{repository}@{tag_or_digest}", None
         else:
             image, tag = repository, tag_or_digest
         async with self.translate_errors(timeout_s=None, registry=True):
-            stream = self.client.images.pull(
+            stream = self.streams.images.pull(
                 image, tag=tag, auth=dict(auth) if auth else None, stream=True
             )
-            async for event in stream:
-                yield _progress(event)
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.pull_stall_timeout_s):
+                            event = await anext(stream)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        why = f"no progress for {self.pull_stall_timeout_s:g} s"
+                        raise RegistryNotReached(0, why, why) from None
+                    yield _progress(event)
+            finally:
+                if isinstance(stream, AsyncGenerator):  # ends Docker's pull with our request
+                    await stream.aclose()
 
     async def registry_digest(
         self, reference: str, *, registry: str, auth: Mapping[str, str] | None = None
@@ -346,9 +416,19 @@ class Docker:
         registry through Docker without pulling anything (``GET /distribution/NAME/json``);
         a registry that cannot say raises a :class:`RegistryFailed`, as for a pull."""
         headers = {"X-Registry-Auth": compose_auth_header(dict(auth), registry)} if auth else None
-        # No limit of our own, as for a pull: Docker gives up on a registry that does not answer.
-        async with self.translate_errors(timeout_s=None, registry=True):
-            data = await self.client._query_json(f"distribution/{reference}/json", headers=headers)
+        # On the streams' pool: a registry that does not answer holds the call, and Docker
+        # sets no limit of its own on one that accepts a connection and stays silent.
+        try:
+            async with (
+                self.translate_errors(timeout_s=None, registry=True),
+                asyncio.timeout(REGISTRY_ANSWER_TIMEOUT_S),
+            ):
+                data = await self.streams._query_json(
+                    f"distribution/{reference}/json", headers=headers
+                )
+        except TimeoutError:
+            why = f"no answer within {REGISTRY_ANSWER_TIMEOUT_S:g} s"
+            raise RegistryNotReached(0, why, why) from None
         return str(data["Descriptor"]["digest"])
 
     async def remove_image(self, ref: str, *, force: bool) -> ImageRemoval:
@@ -475,7 +555,8 @@ class Docker:
         self, container_id: str, *, follow: bool, tail: int | None, timestamps: bool
     ) -> AsyncGenerator[bytes]:
         """The container's stdout and stderr as Docker stored them, chunk by chunk, without
-        holding them all in memory; with ``follow``, until the container stops."""
+        holding them all in memory; with ``follow``, until the container stops. On the
+        streams' pool; Docker's answer must begin within the quick call limit."""
         params = {
             "stdout": "1",
             "stderr": "1",
@@ -483,33 +564,35 @@ class Docker:
             "timestamps": "1" if timestamps else "0",
             "tail": "all" if tail is None else str(tail),
         }
-        async with self.translate_errors(timeout_s=None):
-            query = self.client._query(  # aiodocker's own log() decodes and lists it all
+        async with self.translate_errors():
+            query = self.streams._query(  # aiodocker's own log() decodes and lists it all
                 f"containers/{container_id}/logs", params=params, timeout=None
             )
-            async with query as response:
-                try:
-                    # Never a TTY here: each frame is an 8-byte header (stream, size) + payload.
-                    while True:
-                        try:
-                            header = await response.content.readexactly(8)
-                        except asyncio.IncompleteReadError:
-                            return
-                        size = int.from_bytes(header[4:8], "big")
-                        yield await response.content.readexactly(size)
-                finally:
-                    response.close()  # aiodocker's _query leaves a response to its caller
+            response = await query.__aenter__()
+        try:
+            async with self.translate_errors(timeout_s=None):
+                # Never a TTY here: each frame is an 8-byte header (stream, size) + payload.
+                while True:
+                    try:
+                        header = await response.content.readexactly(8)
+                    except asyncio.IncompleteReadError:
+                        return
+                    size = int.from_bytes(header[4:8], "big")
+                    yield await response.content.readexactly(size)
+        finally:
+            response.close()  # aiodocker's _query leaves a response to its caller
+            await query.__aexit__(None, None, None)
 
     @asynccontextmanager
     async def container_events(
         self, *, filters: Mapping[str, list[str]]
     ) -> AsyncIterator[AsyncIterator[ContainerEvent]]:
         """Docker's event stream of containers that match ``filters``, from the moment this
-        is entered (the stream is open then) until Docker or the caller ends it. A stream
-        that breaks raises DockerUnavailable."""
+        is entered (the stream is open then) until Docker or the caller ends it, on the
+        streams' pool. A stream that breaks raises DockerUnavailable."""
         params = {"filters": json.dumps({**filters, "type": ["container"]})}
         async with self.translate_errors():
-            query = self.client._query("events", params=params, timeout=None)
+            query = self.streams._query("events", params=params, timeout=None)
             response = await query.__aenter__()
         try:
             yield self._events(response)
@@ -627,6 +710,48 @@ class Docker:
             network = aiodocker.networks.DockerNetwork(self.client, network_id)  # type: ignore[no-untyped-call]
             await network.delete()
 
+    # --- disk ---
+
+    async def disk_usage(self, *, timeout_s: float = 120) -> DiskUsage:
+        """Docker's ``GET /system/df``: the size of each container's writable layer
+        (``SizeRw``) and of each local volume (``UsageData.Size``), in bytes; a size that
+        Docker could not give (-1, or none) is left out. Docker walks the layers and volumes
+        to answer, so it is slow on a big host: call it on a slow cadence, never in a request."""
+        async with self.translate_errors(timeout_s=timeout_s):
+            data = await self.client._query_json("system/df")
+        containers = tuple(
+            DiskEntry(
+                id=str(item["Id"]),
+                name=str((item.get("Names") or ["/"])[0]).lstrip("/"),
+                labels=item.get("Labels") or {},
+                size_bytes=size,
+            )
+            for item in data.get("Containers") or []
+            if isinstance(size := item.get("SizeRw"), int) and size >= 0
+        )
+        volumes = tuple(
+            DiskEntry(
+                id=str(item["Name"]),
+                name=str(item["Name"]),
+                labels=item.get("Labels") or {},
+                size_bytes=size,
+            )
+            for item in data.get("Volumes") or []
+            if isinstance(size := (item.get("UsageData") or {}).get("Size"), int) and size >= 0
+        )
+        return DiskUsage(containers=containers, volumes=volumes)
+
+
+def _stream_client(url: str) -> aiodocker.Docker:
+    """The streams' client. On a Unix socket (the usual Docker address) its pool has no
+    limit: how many streams there are is capped per user, above (``max_streams_per_user``),
+    and a limit here would only make one user's streams wait behind another's. Elsewhere
+    aiodocker's own pool (100 connections), still apart from the quick calls'."""
+    if url.startswith("unix://"):
+        connector = aiohttp.UnixConnector(url.removeprefix("unix://"), limit=0)
+        return aiodocker.Docker(url="unix://localhost", connector=connector)
+    return aiodocker.Docker(url=url)
+
 
 # --- Docker's errors in our words ---
 
@@ -636,6 +761,9 @@ _PORT_TAKEN = ("port is already allocated", "address already in use")
 # Docker's words for a subnet that another network of the engine holds already (libnetwork's
 # IPAM: "Pool overlaps with other one on this address space").
 _SUBNET_TAKEN = ("overlaps",)
+# Docker 20.10's refusal of a StorageOpt size: "--storage-opt is supported only for overlay
+# over xfs with 'pquota' mount option" (and the other drivers' wordings of it).
+_STORAGE_LIMIT_REFUSED = ("storage-opt", "storage opt", "storageopt")
 
 # What a registry's failure, as Docker passes it on, was: each list holds (words in Docker's
 # message, lower-cased; what we call it), first match first.
@@ -700,6 +828,8 @@ def docker_error(status: int, message: str, *, registry: bool = False) -> Docker
         return PortTaken(status, message)
     if any(words in message for words in _SUBNET_TAKEN):
         return SubnetTaken(status, message)
+    if any(words in message.lower() for words in _STORAGE_LIMIT_REFUSED):
+        return StorageLimitRefused(status, message)
     return DockerFailed(status, message)
 
 
@@ -750,6 +880,8 @@ def create_config(spec: ContainerSpec) -> dict[str, Any]:
             },
         },
     }
+    if spec.storage_size_gb:
+        host_config["StorageOpt"] = {"size": f"{round(spec.storage_size_gb * 1024)}M"}
     if spec.network is not None:
         host_config["NetworkMode"] = spec.network
     if spec.gpu_device_ids:

@@ -58,6 +58,11 @@ class InvalidInput(ApiError):
     code = "invalid_input"
 
 
+class TooManyRequests(ApiError):
+    status = 429
+    code = "too_many_requests"
+
+
 class BadGateway(ApiError):
     status = 502
     code = "bad_gateway"

@@ -19,6 +19,9 @@ class QuotaLimits:
     max_containers: int = 0  # containers they have, running or not
     max_memory_mb: int = 0  # memory limits of their running containers, summed
     max_cpus: float = 0.0  # CPU limits of their running containers, summed
+    max_service_ports: int = 0  # host ports of their containers' "ports", running or not
+    # GiB of disk: their containers' writable layers and their home volumes, as last measured
+    max_disk_gb: float = 0.0
 
     def as_answer(self) -> dict[str, float | int | None]:
         """Each limit, None where there is none."""
@@ -26,11 +29,15 @@ class QuotaLimits:
 
 
 UNLIMITED = QuotaLimits()
+# Every user's caps when the config has no [quotas] table, or one that names neither key: one
+# user cannot take all of the SSH and service port ranges (1,000 each) from the others. An
+# admin lifts either with 0 (docs/fair-share.md#sharing-safely).
+DEFAULT_LIMITS = QuotaLimits(max_containers=20, max_service_ports=20)
 
 
 @dataclass(frozen=True)
 class Quotas:
-    defaults: QuotaLimits = UNLIMITED
+    defaults: QuotaLimits = DEFAULT_LIMITS
     # (user, the keys their table names) sorted by user; a tuple keeps Config hashable.
     users: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
@@ -43,10 +50,11 @@ class Quotas:
         return replace(base, **changes)
 
 
+# No [quotas] table: every user (not an admin) has the DEFAULT_LIMITS caps.
 NO_QUOTAS = Quotas()
 
 
-_WHOLE = {"max_gpus", "max_containers", "max_memory_mb"}
+_WHOLE = {"max_gpus", "max_containers", "max_memory_mb", "max_service_ports"}
 _KEYS = [f.name for f in fields(QuotaLimits)]
 
 
@@ -65,7 +73,7 @@ def parse_quotas(raw: object) -> Quotas:
         )
     table = dict(raw)
     users = table.pop("users", {})
-    defaults = QuotaLimits(**_limits(table, "quotas"))
+    defaults = replace(DEFAULT_LIMITS, **_limits(table, "quotas"))
     if not isinstance(users, dict):
         raise ValueError("sets quotas.users to a value: it must be a table of tables, one per user")
     per_user = []

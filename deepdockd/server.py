@@ -75,7 +75,9 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -
     ``reload`` loads the config again, on SIGHUP."""
     app = create_app(config)
     in_flight = RequestsInFlight()
-    deadlines = connections.HeaderDeadlines(config.header_timeout)
+    deadlines = connections.Connections(
+        config.header_timeout, config.max_connections, config.max_connections_per_client
+    )
     # Outermost, so that they see every request: first the requests in flight, then the
     # header clock.
     app.middlewares.insert(0, deadlines.middleware)
@@ -85,6 +87,7 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
         shutdown_timeout=CANCEL_GRACE_S,
+        keepalive_timeout=config.keepalive_timeout,  # aiohttp's own: an hour by default
     )
     await runner.setup()
     assert runner.server is not None  # setup made it

@@ -91,6 +91,13 @@ class TokenStore:
                 found = entry
         return Caller(found.user, found.role) if found else None
 
+    def role_of(self, user: str) -> str | None:
+        """The role of ``user``'s token; None for a name with no token (revoked, or never
+        given one). Re-reads the file if it changed."""
+        self.refresh()
+        roles = {entry.role for entry in self._by_hash.values() if entry.user == user}
+        return "admin" if "admin" in roles else roles.pop() if roles else None
+
     def refresh(self) -> None:
         """Read the file again if it changed since the last read."""
         try:

@@ -27,6 +27,7 @@ from deepdockd.docker import (
     RegistryNotFound,
     RegistryNotReached,
     RegistryUnauthorized,
+    StorageLimitRefused,
     SubnetTaken,
     VolumeMount,
     create_config,
@@ -56,6 +57,9 @@ ENGINE_ANSWERS = [
     (500, "OCI runtime create failed: container_linux.go:380: starting container process caused: "
           'exec: "/bin/sh": stat /bin/sh: no such file or directory: unknown', DockerFailed),
     (500, "could not select device driver \"nvidia\" with capabilities: [[gpu]]", DockerFailed),
+    # A StorageOpt size on overlay2 that is not over XFS with pquota (Docker 20.10, the rig).
+    (500, "--storage-opt is supported only for overlay over xfs with 'pquota' mount option",
+     StorageLimitRefused),
 ]  # fmt: skip
 
 

@@ -157,15 +157,18 @@ async def test_ten_concurrent_creates_against_a_two_gpu_quota(
         "bob", "POST", "/containers/create", box(unique("bob"), gpu_ids=[refused_gpus[0]])
     )
     assert status == 201, answer
-    # Containers without memory or CPU limits count as the whole host's, each.
-    assert await people.call("alice", "GET", "/quota") == (
+    # The default memory limit counts (a quarter of the host's RAM); no CPU limit counts as
+    # all the host's CPUs. Without a [quotas] key, the default caps (issue 30) hold.
+    status, quota = await people.call("alice", "GET", "/quota")
+    quota["used"].pop("disk_mb")  # as measured: tests/test_disk.py
+    assert (status, quota) == (
         200,
         {
             "user": "alice",
-            "limits": {"max_gpus": 2, "max_containers": None, "max_memory_mb": None,
-                       "max_cpus": None},
-            "used": {"gpus": 2, "containers": 2, "memory_mb": 2 * ram_total_mib(),
-                     "cpus": 2 * (os.cpu_count() or 1)},
+            "limits": {"max_gpus": 2, "max_containers": 20, "max_memory_mb": None,
+                       "max_cpus": None, "max_service_ports": 20, "max_disk_gb": None},
+            "used": {"gpus": 2, "containers": 2, "memory_mb": 2 * (ram_total_mib() // 4),
+                     "cpus": 2 * (os.cpu_count() or 1), "service_ports": 0},
             "caller": {"user": "alice", "role": "user"},
         },
     )  # fmt: skip
@@ -202,11 +205,10 @@ async def test_memory_and_container_quotas_name_what_to_do(fair: MakePeople) -> 
     )
     assert status == 201, answer
 
-    # No limit counts as the whole host: over 512 MiB.
+    # The default memory limit (a quarter of the host's RAM) is over 512 MiB.
     status, answer = await people.call("alice", "POST", "/containers/create", box(unique("m2")))
     assert status == 403, answer
     assert "max_memory_mb is 512" in answer["error"]["message"]
-    assert "a container without a limit counts as the whole host" in answer["error"]["message"]
     status, answer = await people.call(
         "alice", "POST", "/containers/create", box(unique("m3"), memory_mb=256, cpus=0.25)
     )
@@ -226,7 +228,75 @@ async def test_memory_and_container_quotas_name_what_to_do(fair: MakePeople) -> 
     assert answer["error"]["details"]["limit"] == "max_containers"
     assert "remove one (DELETE /containers/NAME)" in answer["error"]["message"]
     status, answer = await people.call("alice", "GET", "/quota")
-    assert answer["used"] == {"gpus": 0, "containers": 2, "memory_mb": 512, "cpus": 1.0}
+    answer["used"].pop("disk_mb")  # as measured: tests/test_disk.py
+    assert answer["used"] == {
+        "gpus": 0, "containers": 2, "memory_mb": 512, "cpus": 1.0, "service_ports": 0,
+    }  # fmt: skip
+
+
+async def test_without_quotas_a_user_is_capped_at_20_containers_and_20_service_ports(
+    fair: MakePeople,
+    rig: Rig,
+    namespace: str,
+    aiohttp_client: ClientFactory,
+    config: Config,
+    ssh_ports: tuple[int, int],
+) -> None:
+    """Defaults that share (issue 30): with no [quotas] table a user may have 20 containers
+    and 20 service ports, not the whole port ranges; the 21st is a 403 naming the cap, and an
+    admin's config (0: none) lifts it."""
+    people = await fair(gpus=0)
+    names = [unique(f"cap{i}") for i in range(20)]
+    first = box(names[0], ports=[8000 + i for i in range(16)])
+    answers = await asyncio.gather(
+        people.call("alice", "POST", "/containers/create", first),
+        *(people.call("alice", "POST", "/containers/create", box(n)) for n in names[1:]),
+    )
+    assert [status for status, _ in answers] == [201] * 20, answers
+
+    status, answer = await people.call("alice", "POST", "/containers/create", box(unique("cap20")))
+    assert status == 403, answer
+    assert answer["error"]["code"] == "quota_exceeded"
+    assert answer["error"]["message"].startswith(
+        "quota exceeded: alice's max_containers is 20; alice holds 20 containers"
+    )
+    assert answer["error"]["details"]["limit"] == "max_containers"
+    status, answer = await people.call("alice", "GET", "/quota")
+    assert (answer["limits"]["max_containers"], answer["limits"]["max_service_ports"]) == (20, 20)
+    assert (answer["used"]["containers"], answer["used"]["service_ports"]) == (20, 16)
+    # Bob is not held back by alice's containers; 5 more ports than alice's 16 are refused.
+    status, answer = await people.call(
+        "bob", "POST", "/containers/create", box(unique("bob"), ports=[9000])
+    )
+    assert status == 201, answer
+    assert (await people.call("alice", "DELETE", f"/containers/{names[1]}?force=true"))[0] == 200
+    status, answer = await people.call(
+        "alice",
+        "POST",
+        "/containers/create",
+        box(unique("ports"), ports=[9001, 9002, 9003, 9004, 9005]),
+    )
+    assert status == 403, answer
+    assert (
+        "alice's max_service_ports is 20; alice holds 16 service ports"
+        in (answer["error"]["message"])
+    )
+    made = names_in(rig, namespace)
+    assert len(made) == 20
+
+    # The admin lifts both caps: [quotas] with 0 for none.
+    # (A second daemon on the same state directory: the same users and tokens.)
+    quotas = parse_quotas({"max_containers": 0, "max_service_ports": 0})
+    lifted_config = replace(config, auth=True, ssh_port_range=ssh_ports, quotas=quotas)
+    lifted = People(await aiohttp_client(create_app(lifted_config)), people.tokens)
+    extra = unique("ports")
+    status, answer = await lifted.call(
+        "alice", "POST", "/containers/create", box(extra, ports=[9001, 9002, 9003, 9004, 9005])
+    )
+    assert status == 201, answer
+    status, answer = await lifted.call("alice", "POST", "/containers/create", box(unique("cap21")))
+    assert status == 201, answer
+    assert len(names_in(rig, namespace)) == 22
 
 
 async def test_a_create_refused_by_quota_leaves_nothing_behind(

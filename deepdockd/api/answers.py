@@ -8,6 +8,7 @@ from typing import Any
 
 from deepdockd.accounting import GpuAccounting
 from deepdockd.clock import iso
+from deepdockd.containers.disk import DiskMeter
 from deepdockd.containers.homes import HomeVolume
 from deepdockd.containers.service import ManagedContainer
 from deepdockd.docker import Image, PullProgress
@@ -22,7 +23,9 @@ def error(exc: ApiError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
 
 
-def container(c: ManagedContainer, accounting: GpuAccounting) -> dict[str, Any]:
+def container(
+    c: ManagedContainer, accounting: GpuAccounting, disk: DiskMeter | None = None
+) -> dict[str, Any]:
     running = c.state == "running"
     # What its processes use on the GPUs; unknown (null) without NVML.
     use = accounting.latest.container_use(c.id) if accounting.available else None
@@ -52,6 +55,8 @@ def container(c: ManagedContainer, accounting: GpuAccounting) -> dict[str, Any]:
         "expires_at": iso(c.expires_at),
         "stopped_reason": c.stopped_reason,
         "idle_reclaim": c.idle_reclaim,
+        # Its writable layer as last measured; null until then (and where disk is not given).
+        "disk_used_mb": disk.container_mb(c.id) if disk is not None else None,
     }
 
 
@@ -76,7 +81,7 @@ def lease(name: str, c: ManagedContainer) -> dict[str, Any]:
     return {"message": f"lease of container '{name}' {what}", "name": name, "expires_at": ends}
 
 
-def volume(home: HomeVolume) -> dict[str, Any]:
+def volume(home: HomeVolume, disk: DiskMeter | None = None) -> dict[str, Any]:
     return {
         "name": home.name,
         "owner": home.owner,
@@ -84,6 +89,7 @@ def volume(home: HomeVolume) -> dict[str, Any]:
         "uid": home.uid,
         "containers": list(home.containers),
         "created": home.created,
+        "disk_used_mb": disk.volume_mb(home.name) if disk is not None else None,
     }
 
 

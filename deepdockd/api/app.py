@@ -23,11 +23,14 @@ from deepdockd.api.keys import (
     METRICS,
     POLICY,
     REAPER,
+    STREAM_CAPS,
     VIEW,
 )
 from deepdockd.api.middlewares import audit_middleware, error_middleware
 from deepdockd.api.routes import setup_routes
+from deepdockd.api.stream_caps import StreamCaps
 from deepdockd.config import Config
+from deepdockd.containers.disk import DiskMeter
 from deepdockd.containers.reaper import Reaper
 from deepdockd.containers.service import ContainerService
 from deepdockd.containers.view import ContainerView
@@ -55,7 +58,8 @@ def create_app(
     gpus = gpus if gpus is not None else _sampler(config)
     view = ContainerView(docker, config.namespace)
     accounting = GpuAccounting(gpus, view, docker)
-    exporter = Exporter(config, gpus, accounting, view)
+    disk = DiskMeter(docker, config.namespace, config.disk_usage_interval)
+    exporter = Exporter(config, gpus, accounting, view, disk=disk)
     app = web.Application(
         middlewares=[
             exporter.requests.middleware(),
@@ -71,6 +75,7 @@ def create_app(
     app[VIEW] = view
     app[ACCOUNTING] = accounting
     app[EXPORTER] = exporter
+    app[STREAM_CAPS] = StreamCaps(config.max_streams_per_user)
     # Docker says whether a state directory without its files is new or lost.
     witness = functools.partial(_namespace_has_containers, docker, config.namespace)
     state = StateDirectory(config.state_dir, witness=witness)
@@ -84,7 +89,8 @@ def create_app(
     app[POLICY] = PolicyHolder(config)
     app[CONTAINERS] = ContainerService(
         app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW],
-        policy=app[POLICY], records=ContainerRecords(state),
+        policy=app[POLICY], records=ContainerRecords(state), disk=disk,
+        is_admin=functools.partial(_is_admin, tokens),
     )  # fmt: skip
     app[REAPER] = Reaper(app[CONTAINERS], app[VIEW], gpus, app[POLICY], docker)
     if tokens is not None:
@@ -96,6 +102,7 @@ def create_app(
     if config.live_view:
         app.cleanup_ctx.append(_container_view)
     app.cleanup_ctx.append(_reaper)
+    app.cleanup_ctx.append(_disk_meter)
     setup_routes(app)
     return app
 
@@ -107,6 +114,11 @@ def _sampler(config: Config) -> GpuSampler:
         retention_s=config.gpu_retention,
         retry_interval_s=config.gpu_retry_interval,
     )
+
+
+def _is_admin(tokens: TokenStore | None, user: str) -> bool:
+    # Auth off: every caller is the anonymous admin.
+    return tokens is None or tokens.role_of(user) == "admin"
 
 
 async def _load_tokens(tokens: TokenStore, app: web.Application) -> None:
@@ -168,3 +180,10 @@ async def _reaper(app: web.Application) -> AsyncIterator[None]:
     await reaper.start()
     yield
     await reaper.stop()
+
+
+async def _disk_meter(app: web.Application) -> AsyncIterator[None]:
+    meter = app[CONTAINERS].disk
+    await meter.start()
+    yield
+    await meter.stop()

@@ -4,6 +4,7 @@ that any part of the HTTP layer can import them without import cycles."""
 from aiohttp import web
 
 from deepdockd.accounting import GpuAccounting
+from deepdockd.api.stream_caps import StreamCaps
 from deepdockd.config import Config
 from deepdockd.containers.reaper import Reaper
 from deepdockd.containers.service import ContainerService
@@ -28,6 +29,7 @@ ACCOUNTING = web.AppKey("accounting", GpuAccounting)
 EXPORTER = web.AppKey("exporter", Exporter)
 POLICY = web.AppKey("policy", PolicyHolder)
 REAPER = web.AppKey("reaper", Reaper)
+STREAM_CAPS = web.AppKey("stream_caps", StreamCaps)
 
 # A request's state.
 # Where authentication puts the Caller.

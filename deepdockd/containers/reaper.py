@@ -1,7 +1,8 @@
 """The reaper: a task that stops containers whose lease ended or whose GPUs stayed idle, and
 warns their users first; a second task feeds the idle clock from the sampler. It never removes
 a container or a volume: a stopped container keeps its home and its files, and starts again
-(within its quota, with a lease that has not ended).
+(within its quota, with a lease that has not ended). It also tells the terminals of a user
+whose measured disk use reached max_disk_gb (containers/disk.py), once; it stops nothing then.
 
 Every second it looks at the running containers (from the live view) and the idle clock.
 When one is due, the stop is decided again by :meth:`ContainerService.reclaim` under the
@@ -67,6 +68,7 @@ class Reaper:
         self.idle = IdleClock()
         self._running_since: dict[str, float] = {}  # container id -> when first seen running
         self._idle_warned: set[str] = set()  # warned of an idle stop, in this idle run
+        self._disk_warned: set[str] = set()  # warned that its owner is over max_disk_gb
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
 
@@ -119,11 +121,14 @@ class Reaper:
         for gone in set(self._running_since) - ids:
             del self._running_since[gone]
         self._idle_warned &= ids
+        self._disk_warned &= ids
         for container in running:
             self._running_since.setdefault(container.id, now)
         policy = self._policy.current
         for container in running:
             await self._consider(container, policy)
+        for container in running:
+            await self._warn_if_over_disk(container, ids)
 
     # --- one container ---
 
@@ -234,6 +239,26 @@ class Reaper:
                 f"deepdockd: this container's GPUs have been idle for {_duration(idle_s)}; "
                 f"it stops in {left} unless they are used",
             )
+
+    async def _warn_if_over_disk(self, container: ManagedContainer, ids: set[str]) -> None:
+        """Once while its owner stays over max_disk_gb (as last measured): nothing is stopped
+        or deleted, but no container of theirs is created or started until they free some."""
+        over = self._containers.over_disk_quota(container.owner, ids)
+        if over is None:
+            self._disk_warned.discard(container.id)  # under again: the next time is warned
+            return
+        if container.id in self._disk_warned:
+            return
+        self._disk_warned.add(container.id)
+        used_mb, allowed_gb = over
+        await self._tell(
+            container,
+            f"{container.owner}'s disk use is over max_disk_gb",
+            f"deepdockd: {container.owner}'s disk use ({used_mb / 1024:.2f} GiB: containers' "
+            f"writable layers and home volumes) is over the disk quota (max_disk_gb "
+            f"{allowed_gb:g} GiB); free some disk: until then no container of "
+            f"{container.owner}'s can be created or started (nothing is deleted)",
+        )
 
     async def _tell(self, container: ManagedContainer, why: str, message: str) -> None:
         try:

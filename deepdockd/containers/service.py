@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from deepdockd import labels
 from deepdockd.clock import iso, now_utc
@@ -27,6 +28,7 @@ from deepdockd.containers.allocation import (
     choose_ssh_port,
 )
 from deepdockd.containers.bootstrap import bootstrap_tar
+from deepdockd.containers.disk import DiskMeter
 from deepdockd.containers.homes import HomeVolumes
 from deepdockd.containers.model import CreateRequest, ManagedContainer
 from deepdockd.containers.networks import OwnerNetworks
@@ -34,11 +36,17 @@ from deepdockd.containers.resources import resources_for
 from deepdockd.containers.spec import Setup, container_spec
 from deepdockd.containers.sshd_wait import wait_for_sshd
 from deepdockd.containers.view import ContainerView
-from deepdockd.docker import ContainerSummary, Docker, DockerConflict, PortTaken
+from deepdockd.docker import (
+    ContainerSummary,
+    Docker,
+    DockerConflict,
+    PortTaken,
+    StorageLimitRefused,
+)
 from deepdockd.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
 from deepdockd.fairshare.leases import LeaseExpired, lease_from, lease_hours_for
 from deepdockd.fairshare.policy import PolicyHolder
-from deepdockd.fairshare.quotas import Ask, Usage, check_quota, usage_of
+from deepdockd.fairshare.quotas import Ask, Usage, check_disk, check_quota, usage_of
 from deepdockd.fairshare.records import ContainerRecords, RecordsUnreadable
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
@@ -62,6 +70,8 @@ class ContainerService:
         *,
         policy: PolicyHolder | None = None,
         records: ContainerRecords | None = None,
+        disk: DiskMeter | None = None,
+        is_admin: Callable[[str], bool] = lambda user: False,
     ) -> None:
         self._docker = docker
         self._view = view
@@ -69,6 +79,11 @@ class ContainerService:
         self._gpus = gpus
         self._config = config
         self.homes = HomeVolumes(docker, config)
+        # Disk use, measured on a slow cadence (containers/disk.py); the app runs its task.
+        self.disk = disk or DiskMeter(docker, config.namespace, config.disk_usage_interval)
+        # Whether a user is an admin, by their token (auth off: everyone is): the reaper's disk
+        # warnings judge an owner by the quota that applies to them.
+        self._is_admin = is_admin
         self.policy = policy if policy is not None else PolicyHolder(config)
         self.records = records if records is not None else ContainerRecords(config.state_dir)
         # Containers the reaper is stopping: a start or restart meanwhile is refused.
@@ -112,14 +127,27 @@ class ContainerService:
     def describe(self, summary: ContainerSummary) -> ManagedContainer:
         return ManagedContainer.from_summary(summary, self.records.get(summary.id))
 
-    async def quota(self, user: str, caller: Caller) -> tuple[QuotaLimits, Usage]:
-        """``user``'s limits and use (from the live view and the operations in flight)."""
+    async def quota(self, user: str, caller: Caller) -> tuple[QuotaLimits, Usage, float | None]:
+        """``user``'s limits and use (from the live view and the operations in flight), and
+        their disk use in MiB as last measured (None before the first measurement)."""
         if user != caller.user and not caller.is_admin:
             raise Forbidden("only an admin may read another user's quota", details={"user": user})
         is_admin = caller.is_admin if user == caller.user else False
         limits = self.policy.current.quotas.limits_for(user, is_admin=is_admin)
-        ours = await self._view.summaries() + self._reservations.holders()
-        return limits, usage_of(user, ours)
+        summaries = await self._view.summaries()
+        ours = summaries + self._reservations.holders()
+        disk_mb = self.disk.owner_mb(user, {s.id for s in summaries})
+        return limits, usage_of(user, ours), disk_mb
+
+    def over_disk_quota(self, owner: str, container_ids: set[str]) -> tuple[float, float] | None:
+        """(MiB used, GiB allowed) where ``owner``'s measured disk use has reached their
+        max_disk_gb (``container_ids``: the containers that still exist); else None."""
+        is_admin = self._is_admin(owner)
+        limits = self.policy.current.quotas.limits_for(owner, is_admin=is_admin)
+        used_mb = self.disk.owner_mb(owner, container_ids)
+        if not limits.max_disk_gb or used_mb is None or used_mb < limits.max_disk_gb * 1024:
+            return None
+        return used_mb, limits.max_disk_gb
 
     # --- create ---
 
@@ -156,7 +184,9 @@ class ContainerService:
             everyone = await self._holders()
             _check_name_free(request.name, everyone)
             self._check_quota(
-                caller, everyone, Ask(len(gpus), 1, resources.memory_mb, resources.cpus)
+                caller,
+                everyone,
+                Ask(len(gpus), 1, resources.memory_mb, resources.cpus, len(request.ports)),
             )
             if not self._config.gpu_sharing:
                 check_gpus_free(gpus, everyone, viewer=_viewer(caller))
@@ -241,10 +271,24 @@ class ContainerService:
     async def _make(self, request: CreateRequest, setup: Setup) -> str:
         network = self._networks.name(request.owner)  # the owner's own (network_isolation)
         spec = container_spec(request, setup, self._config, network=network)
+        limit_gb = self._config.container_disk_limit_gb
+        if limit_gb:
+            spec = replace(spec, storage_size_gb=limit_gb)
         try:
             return await self._docker.create_container(spec)
         except DockerConflict:
             raise _name_taken(request.name) from None
+        except StorageLimitRefused as exc:
+            # Docker applies a size only on overlay2 over XFS mounted with pquota (and a few
+            # other drivers); anywhere else it refuses every create: the admin's setting.
+            raise DiskLimitUnsupported(
+                f"container_disk_limit_gb is {limit_gb:g} in deepdockd's config, and Docker "
+                f"refused that limit on this host's storage: {exc.docker_message}. It needs "
+                "Docker's overlay2 on an XFS file system mounted with pquota "
+                "(docs/fair-share.md#disk); an admin sets container_disk_limit_gb = 0 "
+                "otherwise",
+                details={"setting": "container_disk_limit_gb", "value": limit_gb},
+            ) from None
 
     async def _start(
         self, container_id: str, port: int | None, ports: Mapping[int, int] | None = None
@@ -395,6 +439,8 @@ class ContainerService:
         limits = self.policy.current.quotas.limits_for(caller.user, is_admin=caller.is_admin)
         use = usage_of(caller.user, ours, exclude_name=exclude_name)
         check_quota(caller.user, limits, use, ask)
+        disk_mb = self.disk.owner_mb(caller.user, {c.id for c in ours})
+        check_disk(caller.user, limits, disk_mb, use.all)
 
     def _check_may_run(self, container: ManagedContainer) -> None:
         if container.id in self._reclaiming:
@@ -449,6 +495,13 @@ class ContainerService:
             self._reclaiming.discard(container_id)
             await self._view.refresh(container_id)
         return container
+
+
+class DiskLimitUnsupported(ApiError):
+    """The admin's container_disk_limit_gb, which this host's Docker storage cannot apply."""
+
+    status = 503
+    code = "disk_limit_unsupported"
 
 
 def _name_taken(name: str) -> Conflict:

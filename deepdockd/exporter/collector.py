@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from deepdockd import labels
 from deepdockd.accounting import Attribution
 from deepdockd.containers.allocation import held_ports
+from deepdockd.containers.disk import DiskMeasurement
 from deepdockd.docker import ContainerSummary
 from deepdockd.gpu.nvml import GpuReading
 from deepdockd.gpu.sampler import GpuStatus
@@ -49,6 +50,7 @@ class ScrapeData:
     port_ranges: dict[str, tuple[int, int]]  # "ssh", "service" -> the configured range
     sampler_ticks: int
     sampler_tick_seconds: float
+    disk: DiskMeasurement | None = None  # None: not measured yet
 
 
 class ScrapeCollector(Collector):
@@ -65,6 +67,7 @@ class ScrapeCollector(Collector):
         yield from _gpu_gauges(data)
         yield from _process_gauges(data)
         yield from _container_gauges(data)
+        yield from _disk_gauges(data)
         yield from _daemon_metrics(data)
 
 
@@ -168,6 +171,37 @@ def _container_gauges(data: ScrapeData) -> Iterator[Metric]:
     yield by_state
     yield held
     yield free
+
+
+def _disk_gauges(data: ScrapeData) -> Iterator[Metric]:
+    """The last measurement of Docker's system/df (its age: the timestamp gauge)."""
+    disk = data.disk
+    if disk is None:  # not measured yet: no figure rather than a wrong one
+        return
+    containers = GaugeMetricFamily(
+        "deepdockd_container_disk_used_bytes",
+        "Size of a container's writable layer (Docker's SizeRw), as last measured.",
+        labels=("container", "owner"),
+    )
+    for entry in sorted(disk.containers.values(), key=lambda e: e.name):
+        containers.add_metric((entry.name, entry.labels.get(labels.OWNER, "")), entry.size_bytes)
+    volumes = GaugeMetricFamily(
+        "deepdockd_volume_disk_used_bytes",
+        "Size of a volume (a home: Docker's UsageData.Size), as last measured.",
+        labels=("volume", "owner", "user_name"),
+    )
+    for entry in sorted(disk.volumes.values(), key=lambda e: e.name):
+        owner = entry.labels.get(labels.OWNER, "")
+        volumes.add_metric(
+            (entry.name, owner, entry.labels.get(labels.SSH_USER, "")), entry.size_bytes
+        )
+    yield containers
+    yield volumes
+    yield GaugeMetricFamily(
+        "deepdockd_disk_measured_timestamp_seconds",
+        "When the disk use above was measured (Unix time).",
+        value=disk.measured_at.timestamp(),
+    )
 
 
 def _daemon_metrics(data: ScrapeData) -> Iterator[Metric]:

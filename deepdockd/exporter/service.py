@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from deepdockd.accounting import GpuAccounting
 from deepdockd.config import Config
+from deepdockd.containers.disk import DiskMeter
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import ContainerSummary, DockerUnavailable
 from deepdockd.exporter.collector import ScrapeCollector, ScrapeData
@@ -21,8 +22,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class Exporter:
     def __init__(
-        self, config: Config, sampler: GpuSampler, accounting: GpuAccounting, view: ContainerView
+        self,
+        config: Config,
+        sampler: GpuSampler,
+        accounting: GpuAccounting,
+        view: ContainerView,
+        *,
+        disk: DiskMeter | None = None,
     ) -> None:
+        self._disk = disk
         self._config = config
         self._sampler = sampler
         self._accounting = accounting
@@ -54,6 +62,7 @@ class Exporter:
             },
             sampler_ticks=self._sampler.ticks,
             sampler_tick_seconds=self._sampler.tick_seconds,
+            disk=self._disk.latest if self._disk is not None else None,
         )
         try:
             return generate_latest(self.registry)

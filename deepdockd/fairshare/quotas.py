@@ -1,8 +1,11 @@
-"""Per-user quotas: how many GPUs, containers, MiB of memory and CPUs a user may hold.
+"""Per-user quotas: how many GPUs, containers, MiB of memory, CPUs and service ports a user
+may hold, and
+how much disk (``max_disk_gb``: measured, so a soft limit: checked at create and start).
 
 The config's ``[quotas]`` table gives every user's limits; a ``[quotas.users.NAME]`` table
-changes some of them for one user. An admin is not limited unless a table of their own names
-limits (then only those). A limit of 0 means none.
+changes some of them for one user. Without a table every user still has the caps of
+``DEFAULT_LIMITS`` (containers, service ports). An admin is not limited unless a table of their
+own names limits (then only those). A limit of 0 means none.
 
 Use is counted from Docker's labels of the namespace's containers and the reservations of the
 operations in flight, under the allocation lock, so that concurrent creates cannot together
@@ -35,6 +38,7 @@ class Usage:
     containers: int
     memory_mb: int
     cpus: float
+    service_ports: int  # host ports of their containers' "ports", running or not
     running: tuple[str, ...]  # the names of the containers that hold resources
     all: tuple[str, ...]  # the names of all their containers
 
@@ -44,6 +48,7 @@ class Usage:
             "containers": self.containers,
             "memory_mb": self.memory_mb,
             "cpus": round(self.cpus, 3),
+            "service_ports": self.service_ports,
         }
 
 
@@ -55,6 +60,7 @@ class Ask:
     containers: int
     memory_mb: int | None  # None: no limit, which counts as the whole host's
     cpus: float | None
+    service_ports: int = 0  # host ports for its "ports"
 
 
 def usage_of(
@@ -76,6 +82,7 @@ def usage_of(
         containers=len(by_name),
         memory_mb=sum(_memory_mb(c.labels.get(labels.MEMORY_MB, "")) for c in running),
         cpus=sum(_cpus(c.labels.get(labels.CPUS, "")) for c in running),
+        service_ports=sum(len(labels.ports(c.labels)) for c in by_name.values()),
         running=tuple(sorted(c.name for c in running)),
         all=tuple(sorted(by_name)),
     )
@@ -92,6 +99,16 @@ def check_quota(user: str, limits: QuotaLimits, use: Usage, ask: Ask) -> None:
         raise _exceeded(
             user, "max_containers", limits.max_containers, use.containers, ask.containers,
             "containers", use.all, "remove one (DELETE /containers/NAME)",
+        )  # fmt: skip
+    if (
+        ask.service_ports
+        and limits.max_service_ports
+        and use.service_ports + ask.service_ports > limits.max_service_ports
+    ):
+        raise _exceeded(
+            user, "max_service_ports", limits.max_service_ports, use.service_ports,
+            ask.service_ports, "service ports", use.all,
+            "remove a container that holds some (DELETE /containers/NAME), or ask for fewer ports",
         )  # fmt: skip
     if limits.max_gpus and use.gpus + ask.gpus > limits.max_gpus:
         raise _exceeded(
@@ -112,6 +129,29 @@ def check_quota(user: str, limits: QuotaLimits, use: Usage, ask: Ask) -> None:
             "stop one (POST /containers/NAME/stop), or ask for fewer cpus",
             unlimited=ask.cpus is None,
         )  # fmt: skip
+
+
+def check_disk(
+    user: str, limits: QuotaLimits, used_mb: float | None, containers: tuple[str, ...]
+) -> None:
+    """A 403 ``quota_exceeded`` naming disk when ``user``'s disk use (as last measured:
+    ``used_mb``, None before the first measurement) has reached ``max_disk_gb``."""
+    if not limits.max_disk_gb or used_mb is None or used_mb < limits.max_disk_gb * 1024:
+        return
+    raise QuotaExceeded(
+        f"quota exceeded: {user}'s disk quota (max_disk_gb) is {limits.max_disk_gb:g} GiB and "
+        f"{user}'s disk use (their containers' writable layers and home volumes, as last "
+        f"measured) is {used_mb / 1024:.3f} GiB: free some disk (delete files in a home or a "
+        "container, remove a container or a volume), or ask an admin to raise it; no new "
+        "container is created or started until then",
+        details={
+            "limit": "max_disk_gb",
+            "allowed": limits.max_disk_gb,
+            "used": round(used_mb / 1024, 3),
+            "requested": 0,
+            "containers": list(containers),
+        },
+    )
 
 
 def _exceeded(

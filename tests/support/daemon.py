@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -91,8 +92,14 @@ class Daemon:
     things than auth need no token)."""
 
     def __init__(
-        self, *args: str, env: Mapping[str, str] | None = None, log: Path, auth: bool = False
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        log: Path,
+        auth: bool = False,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
+        """``nofile``: the process's (soft, hard) RLIMIT_NOFILE, as ``prlimit --nofile``."""
         lanes.require("process", "starts deepdockd as a serving process")
         self.log = log
         self._log_file = log.open("w")
@@ -102,6 +109,9 @@ class Daemon:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile))
+            if nofile
+            else None,
         )
 
     def wait_until_serving(self, url: str, timeout_s: float = 20) -> None:

@@ -14,14 +14,18 @@ from deepdockd.containers.service import CreateRequest
 
 
 async def list_containers(request: web.Request) -> web.Response:
-    containers = await request.app[CONTAINERS].list_all(caller_of(request))
+    service = request.app[CONTAINERS]
+    containers = await service.list_all(caller_of(request))
     accounting = request.app[ACCOUNTING]
-    return web.json_response({"containers": [answers.container(c, accounting) for c in containers]})
+    return web.json_response(
+        {"containers": [answers.container(c, accounting, service.disk) for c in containers]}
+    )
 
 
 async def get_container(request: web.Request) -> web.Response:
-    container = await request.app[CONTAINERS].get(request.match_info["name"], caller_of(request))
-    return web.json_response(answers.container(container, request.app[ACCOUNTING]))
+    service = request.app[CONTAINERS]
+    container = await service.get(request.match_info["name"], caller_of(request))
+    return web.json_response(answers.container(container, request.app[ACCOUNTING], service.disk))
 
 
 async def create_container(request: web.Request) -> web.Response:
@@ -67,8 +71,9 @@ async def delete_container(request: web.Request) -> web.Response:
 
 
 async def list_volumes(request: web.Request) -> web.Response:
-    homes = await request.app[CONTAINERS].homes.list_all(caller_of(request))
-    return web.json_response({"volumes": [answers.volume(h) for h in homes]})
+    service = request.app[CONTAINERS]
+    homes = await service.homes.list_all(caller_of(request))
+    return web.json_response({"volumes": [answers.volume(h, service.disk) for h in homes]})
 
 
 async def delete_volume(request: web.Request) -> web.Response:
@@ -81,12 +86,13 @@ async def delete_volume(request: web.Request) -> web.Response:
 async def get_quota(request: web.Request) -> web.Response:
     caller = caller_of(request)
     user = user_query(request, "user", default=caller.user)
-    limits, use = await request.app[CONTAINERS].quota(user, caller)
+    limits, use, disk_mb = await request.app[CONTAINERS].quota(user, caller)
     return web.json_response(
         {
             "user": user,
             "limits": limits.as_answer(),
-            "used": use.as_answer(),
+            # disk_mb: as last measured (null until then), every disk_usage_interval.
+            "used": {**use.as_answer(), "disk_mb": disk_mb},
             "caller": {"user": caller.user, "role": caller.role},
         }
     )

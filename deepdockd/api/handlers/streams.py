@@ -17,12 +17,13 @@ from aiohttp import web
 
 from deepdockd.api import answers
 from deepdockd.api.auth import caller_of
-from deepdockd.api.keys import ACCOUNTING, CONFIG, CONTAINERS, DOCKER, VIEW
+from deepdockd.api.keys import ACCOUNTING, CONFIG, CONTAINERS, DOCKER, STREAM_CAPS, VIEW
 from deepdockd.api.query import bool_query, int_query, last_event_id
 from deepdockd.containers.view import Change, Subscription
 from deepdockd.docker import PullProgress
 from deepdockd.errors import ApiError, ServiceUnavailable
 from deepdockd.images.service import PullResult
+from deepdockd.tokens import Caller
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,23 @@ CLIENT_CHECK_S = 2.0
 
 async def container_logs(request: web.Request) -> web.StreamResponse:
     """The container's output as text; with ``follow``, streamed until the client leaves or
-    the container stops."""
+    the container stops, as one of the caller's streams (429 at their cap)."""
     tail = int_query(request, "tail")
     follow = bool_query(request, "follow")
     timestamps = bool_query(request, "timestamps")
-    container = await request.app[CONTAINERS].get(request.match_info["name"], caller_of(request))
-    chunks = request.app[DOCKER].container_output(
-        container.id, follow=follow, tail=tail, timestamps=timestamps
-    )
+    caller = caller_of(request)
+    slot = request.app[STREAM_CAPS].hold(caller) if follow else contextlib.nullcontext()
+    with slot:
+        container = await request.app[CONTAINERS].get(request.match_info["name"], caller)
+        chunks = request.app[DOCKER].container_output(
+            container.id, follow=follow, tail=tail, timestamps=timestamps
+        )
+        return await _serve_output(request, chunks, follow=follow)
+
+
+async def _serve_output(
+    request: web.Request, chunks: AsyncGenerator[bytes], *, follow: bool
+) -> web.StreamResponse:
     async with contextlib.aclosing(chunks):
         # Without follow, the first chunk before answering: a Docker failure is then an
         # ordinary error answer. With follow, the answer starts at once (a quiet container
@@ -101,13 +111,19 @@ async def _relay(
 async def container_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each change of a container the caller may see, as it happens,
     with a heartbeat comment every HEARTBEAT_S; ``Last-Event-ID`` resumes where the view still
-    holds the changes after it. A client that leaves CLIENT_BACKLOG changes unread is let go."""
+    holds the changes after it. A client that leaves CLIENT_BACKLOG changes unread is let go.
+    One of the caller's streams (429 at their cap)."""
     if not request.app[CONFIG].live_view:
         raise ServiceUnavailable(
             "GET /events needs the live view, and this daemon runs with live_view = false",
             details={"setting": "live_view"},
         )
     caller = caller_of(request)
+    with request.app[STREAM_CAPS].hold(caller):
+        return await _events_for(request, caller)
+
+
+async def _events_for(request: web.Request, caller: Caller) -> web.StreamResponse:
     after = last_event_id(request)
     # Like Kubernetes' watch timeoutSeconds: the stream ends then, and the client comes back
     # with Last-Event-ID.
