@@ -55,6 +55,8 @@ install: ssh-server
 	ln -sf $(PREFIX)/bin/deepdock /usr/local/bin/deepdock
 	install -D -m 0644 systemd/deepdockd.service /etc/systemd/system/deepdockd.service
 	install -d -m 0755 /etc/deepdockd
+	@# The host group whose members are admins on the local socket (admin_group).
+	getent group deepdock-admin >/dev/null || groupadd --system deepdock-admin
 	@if [ -e /etc/deepdockd/deepdockd.toml ]; then \
 		echo "kept the existing /etc/deepdockd/deepdockd.toml"; \
 	else \

@@ -24,6 +24,7 @@ from deepdockd.config import (
 )
 from deepdockd.connections import fit_file_limit
 from deepdockd.containers.ssh_server import bundled_server
+from deepdockd.local_socket import SocketError
 from deepdockd.logs import setup_logging
 from deepdockd.server import serve
 from deepdockd.tokens import TokenError, TokenStore
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit_file_limit(config.max_connections)
     try:
         asyncio.run(serve(config, reload=lambda: load_config(flags, os.environ)))
+    except SocketError as exc:
+        log.error("%s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

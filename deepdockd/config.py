@@ -64,6 +64,12 @@ class Config:
     # /64); one more is closed at once. The file limit must fit them (connections.py).
     max_connections: int = 4096
     max_connections_per_client: int = 256
+    # The local socket (docs/security.md#host-users): the same API, each caller the host user
+    # the kernel says they are; root and admin_group's members are admins. host_users false:
+    # no socket.
+    socket: Path = Path("/run/deepdockd/api.sock")
+    host_users: bool = True
+    admin_group: str = "deepdock-admin"
     # GPU metrics: sample every interval, average each bucket into one point, keep retention.
     gpu_sample_interval: float = 1.0
     gpu_bucket: float = 10.0
@@ -175,6 +181,20 @@ def _parse_state_dir(raw: object) -> Path:
     if not isinstance(raw, str) or not raw.startswith("/"):
         raise ValueError("must be an absolute directory path")
     return Path(raw)
+
+
+def _parse_socket(raw: object) -> Path:
+    if not isinstance(raw, str) or not raw.startswith("/") or raw.endswith("/"):
+        raise ValueError("must be the absolute path of the socket file")
+    if len(raw.encode()) > 107:  # sun_path holds 108 bytes with the final NUL
+        raise ValueError("is longer than the 107 bytes a Unix socket's path may have")
+    return Path(raw)
+
+
+def _parse_group(raw: object) -> str:
+    if not isinstance(raw, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", raw):
+        raise ValueError("must be a host group's name (as groupadd takes it)")
+    return raw
 
 
 def _parse_namespace(raw: object) -> str:
@@ -392,6 +412,9 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "keepalive_timeout": _parse_seconds,
     "max_connections": _parse_connections,
     "max_connections_per_client": _parse_connections,
+    "socket": _parse_socket,
+    "host_users": _parse_bool,
+    "admin_group": _parse_group,
     "allowed_registries": _parse_registries,
     "network_isolation": _parse_bool,
     "network_pool": _parse_network_pool,

@@ -32,11 +32,14 @@ import asyncio
 import ipaddress
 import logging
 import resource
+import socket
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from deepdockd.host_users import peer_uid
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        client = client_of(transport.get_extra_info("peername"))
+        client = client_of(transport.get_extra_info("peername")) or local_client_of(transport)
         if not self._deadlines.admit(client):
             self._refused = True
             transport.abort()
@@ -195,6 +198,18 @@ class Connections:
         finally:
             if connection is not None:
                 connection.request_ended()
+
+
+def local_client_of(transport: asyncio.BaseTransport) -> str | None:
+    """On the local socket, the caps count a connection under its caller's uid, so that one
+    host user cannot hold every connection either."""
+    connection = transport.get_extra_info("socket")
+    if connection is None or connection.family != socket.AF_UNIX:
+        return None
+    try:
+        return f"uid {peer_uid(connection)}"
+    except OSError:
+        return None
 
 
 def client_of(peername: object) -> str | None:

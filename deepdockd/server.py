@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from deepdockd import __version__, connections, systemd
+from deepdockd import __version__, connections, local_socket, systemd
 from deepdockd.api.access_log import ACCESS_LOGGER, AccessLogger
 from deepdockd.api.app import create_app
 from deepdockd.api.keys import CONFIG, POLICY, VIEW
@@ -91,26 +91,37 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -
     )
     await runner.setup()
     assert runner.server is not None  # setup made it
-    listener: asyncio.Server | None = None
+    listeners: list[asyncio.Server] = []
     try:
-        listener = await asyncio.get_running_loop().create_server(
-            deadlines.protocol_factory(runner.server), config.host, config.port
+        listeners.append(
+            await asyncio.get_running_loop().create_server(
+                deadlines.protocol_factory(runner.server), config.host, config.port
+            )
         )
+        if config.host_users:
+            listeners.append(
+                await local_socket.listen(config.socket, deadlines.protocol_factory(runner.server))
+            )
         log.info(
-            "deepdockd %s listening on http://%s:%d, Docker at %s, namespace %r",
-            __version__, config.host, config.port, config.docker_host, config.namespace,
+            "deepdockd %s listening on http://%s:%d%s, Docker at %s, namespace %r",
+            __version__, config.host, config.port,
+            f" and {config.socket} (host users)" if config.host_users else "",
+            config.docker_host, config.namespace,
         )  # fmt: skip
         systemd.notify(f"READY=1\nSTATUS=serving on {config.host}:{config.port}")
         await _until_stopped(lambda: reload_config(app, reload) if reload else None)
         log.info("stopping: finishing the requests in flight (up to %g s)", config.shutdown_timeout)
         systemd.notify("STOPPING=1")
-        listener.close()  # no new connections
+        for listener in listeners:
+            listener.close()  # no new connections
         runner.server.pre_shutdown()  # idle keep-alive connections close; no new requests
         app[VIEW].end_streams()  # event streams end now; they never would by themselves
         await in_flight.finish(config.shutdown_timeout)
     finally:
-        if listener is not None:
+        for listener in listeners:
             listener.close()
+        if len(listeners) > 1:
+            local_socket.remove(config.socket)
         await runner.cleanup()
     log.info("stopped")
 

@@ -60,7 +60,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="give the name even though it still owns containers, volumes or private images "
         "(the new token's holder gets them)",
     )
-    commands.add_parser("list", help="list the users that have a token")
+    commands.add_parser(
+        "list", help="list the users that have a token, then the tokens host users made (id, name)"
+    )
     revoke = commands.add_parser(
         "revoke", help="revoke a user's token, at once, and say what is left in the name"
     )
@@ -124,6 +126,9 @@ def _token_command(args: argparse.Namespace, config: Config, store: TokenStore) 
     if args.command == "list":
         for entry in sorted(store.entries(), key=lambda e: e.user):
             print(f"{entry.user}\t{entry.role}\t{entry.created}")
+        # The tokens host users made for themselves (deepdock token create), by id and name.
+        for token in sorted(store.host_tokens(), key=lambda t: (t.user, t.created)):
+            print(f"{token.user}\t{token.role}\t{token.created}\t{token.id}\t{token.name}")
         return 0
     store.revoke(args.user)
     print(f"revoked the token of {args.user}", flush=True)

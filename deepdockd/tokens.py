@@ -8,6 +8,11 @@ lock everyone out: the daemon keeps the last token set it could read and logs an
 the file is mended.
 At first start an admin token is made and written, once, to ``STATE_DIR/admin.token``
 (mode 0600) for the operator to pick up.
+
+Two kinds of token share the file: one per user, made by an admin (``deepdockd token add``,
+under ``users``), and any number a host user makes for themself over the local socket
+(``POST /tokens``, under ``tokens``: each with an id and a name, such as "laptop"). A token of
+the second kind is good only while its user's host account exists.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import stat
@@ -25,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from deepdockd.private_files import write_private
 
@@ -36,6 +43,9 @@ TOKEN_PREFIX = "ddk_"
 # The user names tokens may carry (they become container owner labels and log fields),
 # matched whole (fullmatch).
 USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
+# A self-made token's name ("laptop", "ci-runner"), matched whole.
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TOKEN_ID_PREFIX = "tok_"
 
 
 class TokenError(Exception):
@@ -60,6 +70,18 @@ class TokenEntry:
     token_hash: str
 
 
+@dataclass(frozen=True)
+class HostToken:
+    """A token a host user made for themself over the local socket."""
+
+    id: str
+    name: str
+    user: str
+    role: str
+    created: str
+    token_hash: str
+
+
 def check_user_name(user: str) -> None:
     if not USER_NAME.fullmatch(user):
         raise TokenError(
@@ -76,7 +98,7 @@ class TokenStore:
         self.path = state_dir / "tokens.json"
         self.admin_token_path = state_dir / "admin.token"
         self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
-        self._by_hash: dict[str, TokenEntry] = {}
+        self._by_hash: dict[str, TokenEntry | HostToken] = {}
 
     # --- the daemon ---
 
@@ -84,11 +106,13 @@ class TokenStore:
         """The caller a token belongs to, or None. Re-reads the file if it changed."""
         self.refresh()
         presented = hash_token(token)
-        found = None
+        found: TokenEntry | HostToken | None = None
         for token_hash, entry in self._by_hash.items():
             # Compare with every entry, in constant time each: no early exit to time.
             if hmac.compare_digest(token_hash, presented):
                 found = entry
+        if isinstance(found, HostToken) and not host_account_exists(found.user):
+            return None  # its user's host account is gone, and the token with it
         return Caller(found.user, found.role) if found else None
 
     def role_of(self, user: str) -> str | None:
@@ -110,7 +134,7 @@ class TokenStore:
             return
         self._seen = seen  # a broken version is reported once, not re-read on every request
         try:
-            entries = self.entries()
+            entries: list[TokenEntry | HostToken] = [*self.entries(), *self.host_tokens()]
         except TokenError as exc:
             log.error(
                 "%s; still accepting the %d token(s) read before: mend the file, or remove it "
@@ -153,13 +177,20 @@ class TokenStore:
 
     # --- the `deepdockd token` command ---
 
-    def entries(self) -> list[TokenEntry]:
+    def _document(self) -> dict[str, Any]:
         try:
             document = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return []
+            return {}
         except (OSError, ValueError) as exc:
             raise TokenError(f"cannot read {self.path}: {exc}") from None
+        if not isinstance(document, dict):
+            raise TokenError(f"cannot read {self.path}: not a token file (not an object)")
+        return document
+
+    def entries(self) -> list[TokenEntry]:
+        """The tokens admins made, one per user."""
+        document = self._document()
         try:
             return [
                 TokenEntry(user, e["role"], e["created"], e["hash"])
@@ -171,8 +202,52 @@ class TokenStore:
                 f'{{"users": {{USER: {{"role", "created", "hash"}}}}}}; missing or wrong: {exc})'
             ) from None
 
+    def host_tokens(self, user: str | None = None) -> list[HostToken]:
+        """The tokens host users made for themselves (``user``'s only, where given)."""
+        document = self._document()
+        try:
+            tokens = [
+                HostToken(t["id"], t["name"], t["user"], t["role"], t["created"], t["hash"])
+                for t in document.get("tokens", [])
+            ]
+        except (KeyError, TypeError) as exc:
+            raise TokenError(
+                f"cannot read {self.path}: not a token file (each of tokens needs id, name, "
+                f"user, role, created and hash; missing or wrong: {exc})"
+            ) from None
+        return [t for t in tokens if user is None or t.user == user]
+
+    def mint(self, user: str, role: str, name: str) -> tuple[HostToken, str]:
+        """A new token for host user ``user``, named ``name`` (unique among theirs): its
+        entry and the token itself, which is never stored."""
+        check_user_name(user)
+        if not TOKEN_NAME.fullmatch(name):
+            raise TokenError(
+                f"{name!r} is not a valid token name (letters, digits, '_', '.', '-'; at "
+                "most 64, the first a letter or digit)"
+            )
+        tokens = self.host_tokens()
+        if any(t.user == user and t.name == name for t in tokens):
+            raise TokenError(f"you have a token named {name!r} already; revoke it first")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        entry = HostToken(
+            TOKEN_ID_PREFIX + secrets.token_hex(6), name, user, role, created, hash_token(token)
+        )
+        self._save(self.entries(), [*tokens, entry])
+        return entry, token
+
+    def revoke_host_token(self, token_id: str) -> HostToken | None:
+        """Revoke the self-made token with this id; the entry revoked, or None."""
+        tokens = self.host_tokens()
+        gone = next((t for t in tokens if t.id == token_id), None)
+        if gone is not None:
+            self._save(self.entries(), [t for t in tokens if t.id != token_id])
+        return gone
+
     def has(self, user: str) -> bool:
-        return any(e.user == user for e in self.entries())
+        """Whether ``user`` has a token of either kind."""
+        return any(e.user == user for e in self.entries()) or bool(self.host_tokens(user))
 
     def check_new(self, user: str, role: str) -> None:
         """Refuse, as :meth:`add` would, a name or role that is not valid, or a name that has
@@ -180,7 +255,7 @@ class TokenStore:
         check_user_name(user)
         if role not in ROLES:
             raise TokenError(f"role must be one of {', '.join(ROLES)}")
-        if self.has(user):
+        if any(e.user == user for e in self.entries()):
             raise TokenError(f"{user!r} has a token already; revoke it first")
 
     def add(self, user: str, role: str) -> str:
@@ -192,21 +267,39 @@ class TokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         created = datetime.now(UTC).isoformat(timespec="seconds")
         entries[user] = TokenEntry(user, role, created, hash_token(token))
-        self._save(entries.values())
+        self._save(entries.values(), self.host_tokens())
         return token
 
     def revoke(self, user: str) -> None:
+        """Revoke every token of ``user``'s: the one an admin made and those they made."""
         entries = {e.user: e for e in self.entries()}
-        if user not in entries:
+        tokens = self.host_tokens()
+        if user not in entries and not any(t.user == user for t in tokens):
             raise TokenError(f"{user!r} has no token")
-        del entries[user]
-        self._save(entries.values())
+        entries.pop(user, None)
+        self._save(entries.values(), [t for t in tokens if t.user != user])
         if user == ADMIN_USER:
             with contextlib.suppress(FileNotFoundError):
                 self.admin_token_path.unlink()
 
-    def _save(self, entries: Iterable[TokenEntry]) -> None:
+    def _save(self, entries: Iterable[TokenEntry], tokens: Iterable[HostToken]) -> None:
         users = {
             e.user: {"role": e.role, "created": e.created, "hash": e.token_hash} for e in entries
         }
-        write_private(self.path, json.dumps({"users": users}, indent=2) + "\n")
+        document: dict[str, Any] = {"users": users}
+        host_tokens = [
+            {"id": t.id, "name": t.name, "user": t.user, "role": t.role,
+             "created": t.created, "hash": t.token_hash}
+            for t in tokens
+        ]  # fmt: skip
+        if host_tokens:
+            document["tokens"] = host_tokens
+        write_private(self.path, json.dumps(document, indent=2) + "\n")
+
+
+def host_account_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True

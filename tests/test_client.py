@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from deepdock import ssh as client_ssh
 from deepdock.settings import Server as ClientServer
-from deepdock.settings import Settings
+from deepdock.settings import Settings, SettingsError
 from deepdock.units import hours, mebibytes
 from deepdockd.api import schemas
 from deepdockd.tokens import TokenStore
@@ -296,6 +297,7 @@ def test_help_explains_each_command_with_an_example() -> None:
     for command in (
         "", "login", "images", "pull", "rmi", "create", "ls", "start", "stop", "restart", "rm",
         "logs", "extend", "quota", "volumes", "rmvol", "ssh", "ssh-config", "gpus",
+        "token", "token create", "token ls", "token revoke",
     ):  # fmt: skip
         shown = subprocess.run(
             [str(DEEPDOCK), *command.split(), "--help"], capture_output=True, text=True,
@@ -366,6 +368,27 @@ def test_deepdock_token_never_goes_to_a_server_named_by_server(
     monkeypatch.setenv("DEEPDOCK_URL", "http://c:8000")
     assert (settings.choose(None).url, settings.choose(None).token) == ("http://c:8000", "ddk_env")
     assert settings.choose("a").token == "ddk_a"
+
+
+def test_on_the_server_with_nothing_configured_the_local_socket_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "api.sock"
+    monkeypatch.delenv("DEEPDOCK_URL", raising=False)
+    monkeypatch.delenv("DEEPDOCK_TOKEN", raising=False)
+    monkeypatch.setenv("DEEPDOCK_SOCKET", str(path))
+    with pytest.raises(SettingsError, match=f"the daemon's socket {path} is used, but it is not"):
+        Settings({}, None).choose(None)
+
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        local = Settings({}, None).choose(None)
+        assert (local.socket, local.host, local.token) == (str(path), "127.0.0.1", None)
+        # A configured server, or DEEPDOCK_URL, is chosen over it.
+        configured = Settings({"a": ClientServer("a", "http://a:8000", "ddk_a")}, None)
+        assert configured.choose(None).url == "http://a:8000"
+        monkeypatch.setenv("DEEPDOCK_URL", "http://c:8000")
+        assert Settings({}, None).choose(None).socket is None
 
 
 # --- a server that lies (issue 29, item 4) ---

@@ -85,6 +85,11 @@ async def test_every_route_for_every_caller(
         # It names every user's containers: for admins (and their Prometheus) only.
         row("GET", "/metrics/prometheus", None, 401, 403, 403, 200),
         row("GET", "/gpus", None, 401, 200, 200, 200),
+        # Each sees their own self-made tokens (none here); making one takes the local
+        # socket's word of who calls, never a token (tests/test_host_users.py: the socket).
+        row("GET", "/tokens", None, 401, 200, 200, 200),
+        row("POST", "/tokens", {"name": "laptop"}, 401, 403, 403, 403),
+        row("DELETE", "/tokens/tok_000000000000", None, 401, 404, 404, 404),
         row("GET", "/images", None, 401, 200, 200, 200),
         row("POST", "/images", {"repo_tag": reference}, 401, 200, 200, 200),
         row("GET", "/containers", None, 401, 200, 200, 200),

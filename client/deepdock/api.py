@@ -37,8 +37,12 @@ class Api:
                 f"the token for {server.url} has characters no token has: log in again"
             )
         headers = {"Authorization": f"Bearer {server.token}"} if server.token else {}
+        # On the server itself: the daemon's local socket, where it knows who is calling.
+        transport = httpx.HTTPTransport(uds=server.socket) if server.socket else None
         try:
-            self._client = httpx.Client(base_url=server.url, headers=headers, timeout=timeout)
+            self._client = httpx.Client(
+                base_url=server.url, headers=headers, timeout=timeout, transport=transport
+            )
         except httpx.InvalidURL as exc:
             raise ApiFailure(f"{server.url!r} is not a URL deepdock can use: {exc}") from None
 
@@ -103,6 +107,8 @@ class Api:
             ) from None
 
     def _where(self) -> str:
+        if self.server.socket is not None:
+            return f"deepdockd at {self.server.socket}"
         name = "" if self.server.name == "env" else f"{self.server.name} "
         return f"deepdockd {name}at {self.server.url}"
 

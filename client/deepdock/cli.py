@@ -64,7 +64,8 @@ def cli(context: click.Context, server_name: str | None) -> None:
     """deepdock: GPU containers with SSH logins on deepdockd servers, from a terminal.
 
     Servers and tokens come from `deepdock login` (~/.config/deepdock/config.toml), or from
-    DEEPDOCK_URL and DEEPDOCK_TOKEN. Read commands take --json for scripts.
+    DEEPDOCK_URL and DEEPDOCK_TOKEN. On the server itself, with neither, deepdock uses the
+    daemon's local socket and needs no token. Read commands take --json for scripts.
     """
     context.obj = Session(server_name)
 
@@ -147,6 +148,58 @@ def login(session: Session, url: str, name: str | None) -> None:
     settings.default = settings.default if settings.default in settings.servers else name
     path = settings.save()
     click.echo(f"logged in to {name} ({url}) as {quota['user']}; saved in {path}")
+
+
+# --- tokens for elsewhere ---
+
+
+@cli.group(epilog="Example, on the server: deepdock token create laptop")
+def token() -> None:
+    """Tokens of your own, for your laptop or a script: made on the server (over the
+    daemon's local socket), used anywhere with deepdock login."""
+
+
+@token.command("create", epilog="Example: deepdock token create laptop")
+@click.argument("name")
+@json_option
+@pass_session
+def token_create(session: Session, name: str, as_json: bool) -> None:
+    """Make a token named NAME and print it, this once."""
+    with session.api() as api:
+        answer = api.post("/tokens", {"name": name})
+    if as_json:
+        return _print_json(answer)
+    click.echo(answer["token"])
+    click.echo(
+        f"token '{answer['name']}' ({answer['id']}) for {answer['user']}: shown this once; "
+        "use it with deepdock login URL",
+        err=True,
+    )
+
+
+@token.command("ls", epilog="Example: deepdock token ls")
+@json_option
+@pass_session
+def token_list(session: Session, as_json: bool) -> None:
+    """List your tokens (an admin: everyone's)."""
+    with session.api() as api:
+        answer = api.get("/tokens")
+    if as_json:
+        return _print_json(answer)
+    from deepdock.render import table
+
+    rows = [[t["id"], t["name"], t["user"], t["role"], t["created"]] for t in answer["tokens"]]
+    table(["ID", "NAME", "USER", "ROLE", "CREATED"], rows)
+
+
+@token.command("revoke", epilog="Example: deepdock token revoke tok_3f9a0c1b2d4e")
+@click.argument("token_id", metavar="ID")
+@pass_session
+def token_revoke(session: Session, token_id: str) -> None:
+    """Revoke a token, at once (its ID from deepdock token ls)."""
+    with session.api() as api:
+        answer = api.delete(f"/tokens/{_q(token_id)}")
+    click.echo(answer["message"])
 
 
 # --- images ---

@@ -7,7 +7,10 @@
     url = "http://gpu1.lab:8000"
     token = "ddk_…"
 
-``DEEPDOCK_URL`` and ``DEEPDOCK_TOKEN`` override the file; ``--server NAME`` picks one.
+``DEEPDOCK_URL`` and ``DEEPDOCK_TOKEN`` override the file; ``--server NAME`` picks one. On the
+server itself, with no URL set and no server configured, the client talks to the daemon's
+local socket (``DEEPDOCK_SOCKET``, else ``/run/deepdockd/api.sock``), where the daemon knows
+the caller from their host account and no token is needed.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+DEFAULT_SOCKET = "/run/deepdockd/api.sock"
 
 
 class SettingsError(Exception):
@@ -32,10 +37,13 @@ class Server:
     name: str
     url: str
     token: str | None
+    socket: str | None = None  # the daemon's local socket, when it is this host's
 
     @property
     def host(self) -> str:
         """The host of the URL: where the containers' SSH ports are published."""
+        if self.socket is not None:
+            return "127.0.0.1"  # the daemon's own host: its ports are published here
         rest = self.url.split("://", 1)[-1].split("/", 1)[0]
         host = rest.rsplit("@", 1)[-1]
         if host.startswith("["):
@@ -106,10 +114,13 @@ class Settings:
             chosen = self.servers[self.default or ""]
         elif len(self.servers) == 1:
             chosen = next(iter(self.servers.values()))
+        elif not self.servers and local_socket() is not None:
+            return Server("local", "http://localhost", token, socket=local_socket())
         else:
             raise SettingsError(
                 "no server configured: run deepdock login URL (or set DEEPDOCK_URL and "
-                "DEEPDOCK_TOKEN)"
+                f"DEEPDOCK_TOKEN); on the server itself, the daemon's socket "
+                f"{socket_path()} is used, but it is not there"
             )
         return Server(chosen.name, chosen.url, token or chosen.token)
 
@@ -118,6 +129,19 @@ class Settings:
         if self.servers:
             return list(self.servers.values())
         return [self.choose(None)]
+
+
+def socket_path() -> str:
+    return os.environ.get("DEEPDOCK_SOCKET") or DEFAULT_SOCKET
+
+
+def local_socket() -> str | None:
+    """The daemon's local socket, when this host has one."""
+    path = socket_path()
+    try:
+        return path if stat.S_ISSOCK(os.stat(path).st_mode) else None
+    except OSError:
+        return None
 
 
 def _quoted(text: str | None) -> str:

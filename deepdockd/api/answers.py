@@ -15,6 +15,7 @@ from deepdockd.docker import Image, PullProgress
 from deepdockd.errors import ApiError
 from deepdockd.images.service import PullResult
 from deepdockd.metrics import GpuEntry, VisibleProcess
+from deepdockd.tokens import HostToken
 
 MIB = 1024 * 1024
 
@@ -158,3 +159,14 @@ def gpu_process(process: VisibleProcess) -> dict[str, Any]:
 
 def _mib(size_bytes: int) -> float:
     return round(size_bytes / MIB, 2)
+
+
+def host_token(entry: HostToken) -> dict[str, Any]:
+    """A self-made token as listed: never the token itself."""
+    return {
+        "id": entry.id,
+        "name": entry.name,
+        "user": entry.user,
+        "role": entry.role,
+        "created": entry.created,
+    }

@@ -24,6 +24,7 @@ from deepdockd.api.keys import (
     POLICY,
     REAPER,
     STREAM_CAPS,
+    TOKENS,
     VIEW,
 )
 from deepdockd.api.middlewares import audit_middleware, error_middleware
@@ -40,6 +41,7 @@ from deepdockd.exporter.service import Exporter
 from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.fairshare.records import ContainerRecords
 from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.host_users import account_is_admin
 from deepdockd.images.records import ImageRecords
 from deepdockd.images.registries import RegistryReach
 from deepdockd.images.service import ImageService
@@ -65,7 +67,7 @@ def create_app(
             exporter.requests.middleware(),
             audit_middleware,
             error_middleware,
-            auth_middleware(tokens),
+            auth_middleware(tokens, config.admin_group if config.host_users else None),
         ],
         client_max_size=config.max_body_size,
     )
@@ -90,10 +92,11 @@ def create_app(
     app[CONTAINERS] = ContainerService(
         app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW],
         policy=app[POLICY], records=ContainerRecords(state), disk=disk,
-        is_admin=functools.partial(_is_admin, tokens),
+        is_admin=functools.partial(_is_admin, tokens, config),
     )  # fmt: skip
     app[REAPER] = Reaper(app[CONTAINERS], app[VIEW], gpus, app[POLICY], docker)
     if tokens is not None:
+        app[TOKENS] = tokens
         app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
     app.cleanup_ctx.append(functools.partial(_state_directory, state))
@@ -116,9 +119,12 @@ def _sampler(config: Config) -> GpuSampler:
     )
 
 
-def _is_admin(tokens: TokenStore | None, user: str) -> bool:
-    # Auth off: every caller is the anonymous admin.
-    return tokens is None or tokens.role_of(user) == "admin"
+def _is_admin(tokens: TokenStore | None, config: Config, user: str) -> bool:
+    # Auth off: every caller is the anonymous admin. Else an admin's token, or on a host
+    # with host users an admin's host account.
+    if tokens is None or tokens.role_of(user) == "admin":
+        return True
+    return config.host_users and account_is_admin(user, config.admin_group)
 
 
 async def _load_tokens(tokens: TokenStore, app: web.Application) -> None:

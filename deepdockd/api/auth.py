@@ -1,12 +1,17 @@
-"""Who is calling: bearer tokens checked on every route but the public ones."""
+"""Who is calling: a bearer token, or on the local socket the host user the kernel names
+(``host_users.py``), checked on every route but the public ones. A token wins over the
+socket's peer: an admin may act as a service account there."""
 
 from __future__ import annotations
+
+import socket
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from deepdockd.api.keys import REQUEST_CALLER, REQUEST_USER
+from deepdockd.api.keys import REQUEST_BY_PEER, REQUEST_CALLER, REQUEST_USER
 from deepdockd.errors import Unauthorized
+from deepdockd.host_users import caller_of_uid, peer_uid
 from deepdockd.tokens import Caller, TokenStore
 
 # Health, documentation and the dashboard's files need no token (the dashboard's calls do).
@@ -22,15 +27,16 @@ def caller_of(request: web.Request) -> Caller:
     return request[REQUEST_CALLER]
 
 
-def auth_middleware(tokens: TokenStore | None) -> Middleware:
-    """``tokens`` None: auth is off."""
+def auth_middleware(tokens: TokenStore | None, admin_group: str | None) -> Middleware:
+    """``tokens`` None: auth is off. ``admin_group`` None: socket callers are not host users
+    (``host_users`` off), so they need a token like anyone."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if tokens is None:
             request[REQUEST_CALLER] = ANONYMOUS
         elif not _public(request.path):
-            request[REQUEST_CALLER] = _check(request, tokens)
+            request[REQUEST_CALLER] = _check(request, tokens, admin_group)
         if REQUEST_CALLER in request:
             request[REQUEST_USER] = request[REQUEST_CALLER].user
         return await handler(request)
@@ -42,8 +48,17 @@ def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def _check(request: web.Request, tokens: TokenStore) -> Caller:
+def on_local_socket(request: web.Request) -> bool:
+    connection = request.transport.get_extra_info("socket") if request.transport else None
+    return connection is not None and connection.family == socket.AF_UNIX
+
+
+def _check(request: web.Request, tokens: TokenStore, admin_group: str | None) -> Caller:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if not scheme and admin_group is not None and on_local_socket(request):
+        connection = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        request[REQUEST_BY_PEER] = True
+        return caller_of_uid(peer_uid(connection), admin_group)
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
             "this route needs a token: send the header Authorization: Bearer TOKEN",

@@ -15,7 +15,7 @@ from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
-from deepdockd.tokens import Caller
+from deepdockd.tokens import Caller, TokenStore
 
 # The application's state.
 CONFIG = web.AppKey("config", Config)
@@ -30,10 +30,14 @@ EXPORTER = web.AppKey("exporter", Exporter)
 POLICY = web.AppKey("policy", PolicyHolder)
 REAPER = web.AppKey("reaper", Reaper)
 STREAM_CAPS = web.AppKey("stream_caps", StreamCaps)
+# Only where auth is on.
+TOKENS = web.AppKey("tokens", TokenStore)
 
 # A request's state.
 # Where authentication puts the Caller.
 REQUEST_CALLER = web.RequestKey("caller", Caller)
+# True where the kernel named the caller (the local socket, no token), not a token.
+REQUEST_BY_PEER = web.RequestKey("by_peer", bool)
 # Where authentication puts the user's name, for the access log.
 REQUEST_USER = web.RequestKey("user", str)
 # Where a handler names what a request acted on, where the path does not say it.

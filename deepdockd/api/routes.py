@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from deepdockd.api.handlers import containers, gpus, health, images, static, streams
+from deepdockd.api.handlers import containers, gpus, health, images, static, streams, tokens
 
 ROUTES = [
     web.get("/images", images.list_images, allow_head=False),
@@ -28,6 +28,9 @@ ROUTES = [
     web.get("/metrics/gpus", gpus.gpu_metrics, allow_head=False),
     web.get("/metrics/prometheus", gpus.prometheus_metrics, allow_head=False),
     web.get("/gpus", gpus.list_gpus, allow_head=False),
+    web.get("/tokens", tokens.list_tokens, allow_head=False),
+    web.post("/tokens", tokens.mint_token),
+    web.delete("/tokens/{token_id}", tokens.revoke_token),
     web.get("/healthz", health.healthz, allow_head=False),
     web.get("/openapi.yaml", static.openapi_yaml, allow_head=False),
     web.get("/openapi.json", static.openapi_json, allow_head=False),

@@ -239,6 +239,16 @@ class ExtendLeaseSchema(StrictSchema):
     )
 
 
+class MintTokenSchema(StrictSchema):
+    name = fields.String(
+        required=True,
+        validate=FullMatch(
+            r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+            error="must be 1-64 letters, digits, '_', '.' or '-', the first a letter or digit",
+        ),
+    )
+
+
 async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
     """The request's JSON body, checked by ``schema``; 400 for a body that is not JSON (or
     nests deeper than MAX_BODY_DEPTH, or holds a number no one means), 422 naming every field

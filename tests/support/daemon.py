@@ -23,6 +23,8 @@ from tests.support.spec import answer_problem
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test's environment without any DEEPDOCKD_ setting the caller may have set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPDOCKD_")}
+    # No local socket unless the test asks for one: daemons of one run would share its path.
+    env["DEEPDOCKD_HOST_USERS"] = "false"
     env.update(extra or {})
     return env
 
