@@ -318,3 +318,29 @@ async def test_an_image_without_a_shell_is_refused_and_leaves_nothing(
     }
     namespace = f"label=deepdockd.namespace={config.namespace}"
     assert rig.docker("ps", "-a", "-q", "--filter", namespace).split() == []
+
+
+async def logs(client: Client, name: str) -> str:
+    """The container's log, as its owner reads it (stdout and stderr)."""
+    response = await client.get(f"/containers/{name}/logs")
+    assert response.status == 200, await response.text()
+    return await response.text()
+
+
+async def test_the_images_command_starts_only_after_the_bootstraps_last_write(
+    make_client: Any, user_key: Path
+) -> None:
+    """A child that ends sends the bootstrap's shell SIGCHLD, which fails the shell's own
+    write with EINTR while overlayfs copies a file of the image up: busybox's bare shell as
+    the image's command used to make one create in ten or so fail "adding u1 to /etc/passwd".
+    So the image's command starts after every write: here, after /etc/shells and the server."""
+    client = await make_client()
+    await create(client, "ordered", BUSYBOX_IMAGE, user_key)
+    deadline = time.monotonic() + 30
+    while "the image's command exited" not in (logged := await logs(client, "ordered")):
+        assert time.monotonic() < deadline, logged
+        await asyncio.sleep(0.2)
+    lines = [line for line in logged.splitlines() if line.startswith("deepdockd-bootstrap:")]
+    server = next(i for i, line in enumerate(lines) if "starting the bundled" in line)
+    command = next(i for i, line in enumerate(lines) if "starting the image's command" in line)
+    assert server < command, lines

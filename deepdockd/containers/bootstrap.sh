@@ -149,9 +149,6 @@ run_as=${1-}
 [ $# -gt 0 ] && shift
 [ "${1-}" = -- ] && shift
 write_command_environment || fail "writing the image's environment for its command failed"
-if [ $# -gt 0 ]; then
-    run_command "$run_as" "$@" < /dev/null &
-fi
 user_name=
 home_uid=
 password_login=yes
@@ -540,5 +537,13 @@ stop_everything() {
 }
 trap stop_everything TERM INT
 if [ "$server" = openssh ]; then start_openssh; else start_dropbear; fi
+# The image's command starts last, once this shell has written every file it writes. A child
+# that ends sends this shell SIGCHLD, and a signal that lands while the shell's own ">>"
+# waits for overlayfs to copy a file of the image up (its first write to /etc/passwd,
+# /etc/group, /etc/shells) fails that open with EINTR: an image whose command exits at
+# once (a bare shell) made the setup fail now and then. The server's start is the last write.
+if [ $# -gt 0 ]; then
+    run_command "$run_as" "$@" < /dev/null &
+fi
 wait "$server_pid"
 fail "the SSH server exited with status $?; the container stops, and Docker starts it again"
