@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from deepdockd import labels
+from deepdockd.background import cancel_and_wait
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import ContainerSummary, Docker, DockerUnavailable
 from deepdockd.errors import ApiError
@@ -163,11 +164,8 @@ class GpuAccounting:
         self._task = asyncio.create_task(self._follow(), name="gpu-accounting")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _follow(self) -> None:
         number = 0

@@ -16,6 +16,7 @@ import os
 import pwd
 import socket
 import struct
+import time
 
 from deepdockd.errors import Forbidden
 from deepdockd.tokens import USER_NAME, Caller
@@ -48,6 +49,25 @@ def caller_of_uid(uid: int, admin_group: str) -> Caller:
             "case letters, digits, '_', '.', '-', at most 64): call with a token instead"
         )
     return Caller(user=name, role="admin" if _is_admin(account, admin_group) else "user")
+
+
+class AdminAccounts:
+    """Whether a container owner's host account is an admin's, for the fair-share rules that
+    ask about owners (not callers) on the event loop: each name's answer is kept for
+    ``ttl_s``, so the host's account lookups (which may go to LDAP) stay off the hot path."""
+
+    def __init__(self, admin_group: str, *, ttl_s: float = 30.0) -> None:
+        self.admin_group = admin_group
+        self.ttl_s = ttl_s
+        self._known: dict[str, tuple[float, bool]] = {}  # name -> (when asked, answer)
+
+    def is_admin(self, name: str) -> bool:
+        now = time.monotonic()
+        asked = self._known.get(name)
+        if asked is None or now - asked[0] > self.ttl_s:
+            asked = (now, account_is_admin(name, self.admin_group))
+            self._known[name] = asked
+        return asked[1]
 
 
 def account_is_admin(name: str, admin_group: str) -> bool:

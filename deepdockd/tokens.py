@@ -103,7 +103,16 @@ class TokenStore:
     # --- the daemon ---
 
     def authenticate(self, token: str) -> Caller | None:
-        """The caller a token belongs to, or None. Re-reads the file if it changed."""
+        """The caller a token belongs to, or None. Re-reads the file if it changed. It asks
+        the host's accounts about a self-made token: on the event loop, use :meth:`find`."""
+        found = self.find(token)
+        if isinstance(found, HostToken) and not host_account_exists(found.user):
+            return None  # its user's host account is gone, and the token with it
+        return Caller(found.user, found.role) if found else None
+
+    def find(self, token: str) -> TokenEntry | HostToken | None:
+        """The entry a token belongs to, or None, without asking the host's accounts
+        (whether a self-made token's account still exists is the caller's question)."""
         self.refresh()
         presented = hash_token(token)
         found: TokenEntry | HostToken | None = None
@@ -111,9 +120,7 @@ class TokenStore:
             # Compare with every entry, in constant time each: no early exit to time.
             if hmac.compare_digest(token_hash, presented):
                 found = entry
-        if isinstance(found, HostToken) and not host_account_exists(found.user):
-            return None  # its user's host account is gone, and the token with it
-        return Caller(found.user, found.role) if found else None
+        return found
 
     def role_of(self, user: str) -> str | None:
         """The role of ``user``'s token; None for a name with no token (revoked, or never

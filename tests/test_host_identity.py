@@ -13,7 +13,7 @@ import pytest
 
 from deepdockd.config import ConfigError, load_config
 from deepdockd.errors import Forbidden
-from deepdockd.host_users import caller_of_uid
+from deepdockd.host_users import AdminAccounts, caller_of_uid
 from deepdockd.tokens import Caller, TokenError, TokenStore
 
 from tests.support.daemon import run_deepdockd
@@ -99,3 +99,12 @@ def test_deepdockd_token_list_shows_the_self_made_tokens_too(tmp_path: Path) -> 
     rows = [line.split("\t") for line in listed.stdout.splitlines()]
     assert [row[0:2] for row in rows] == [["alice", "user"], ["root", "admin"]]
     assert rows[1][3:] == [entry.id, "laptop"]
+
+
+def test_an_owners_admin_answer_is_asked_once_a_while() -> None:
+    accounts = AdminAccounts("no-such-group", ttl_s=3600)
+    assert (accounts.is_admin("root"), accounts.is_admin("nobody")) == (True, False)
+    assert accounts.is_admin("no-such-account-here") is False
+    accounts.admin_group = "root"  # root's group: its members would now be admins
+    assert accounts.is_admin("nobody") is False  # the kept answer, until ttl_s has passed
+    assert AdminAccounts("root", ttl_s=0).is_admin("nobody") is False  # nobody is not in it

@@ -41,7 +41,7 @@ from deepdockd.exporter.service import Exporter
 from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.fairshare.records import ContainerRecords
 from deepdockd.gpu.sampler import GpuSampler
-from deepdockd.host_users import account_is_admin
+from deepdockd.host_users import AdminAccounts
 from deepdockd.images.records import ImageRecords
 from deepdockd.images.registries import RegistryReach
 from deepdockd.images.service import ImageService
@@ -92,7 +92,9 @@ def create_app(
     app[CONTAINERS] = ContainerService(
         app[DOCKER], app[IMAGES], app[GPUS], config, app[VIEW],
         policy=app[POLICY], records=ContainerRecords(state), disk=disk,
-        is_admin=functools.partial(_is_admin, tokens, config),
+        is_admin=functools.partial(
+            _is_admin, tokens, AdminAccounts(config.admin_group) if config.host_users else None
+        ),
     )  # fmt: skip
     app[REAPER] = Reaper(app[CONTAINERS], app[VIEW], gpus, app[POLICY], docker)
     if tokens is not None:
@@ -119,12 +121,12 @@ def _sampler(config: Config) -> GpuSampler:
     )
 
 
-def _is_admin(tokens: TokenStore | None, config: Config, user: str) -> bool:
+def _is_admin(tokens: TokenStore | None, accounts: AdminAccounts | None, user: str) -> bool:
     # Auth off: every caller is the anonymous admin. Else an admin's token, or on a host
     # with host users an admin's host account.
     if tokens is None or tokens.role_of(user) == "admin":
         return True
-    return config.host_users and account_is_admin(user, config.admin_group)
+    return accounts is not None and accounts.is_admin(user)
 
 
 async def _load_tokens(tokens: TokenStore, app: web.Application) -> None:

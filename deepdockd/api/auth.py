@@ -4,6 +4,7 @@ socket's peer: an admin may act as a service account there."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from aiohttp.typedefs import Handler, Middleware
 from deepdockd.api.keys import REQUEST_BY_PEER, REQUEST_CALLER, REQUEST_USER
 from deepdockd.errors import Unauthorized
 from deepdockd.host_users import caller_of_uid, peer_uid
-from deepdockd.tokens import Caller, TokenStore
+from deepdockd.tokens import Caller, HostToken, TokenStore, host_account_exists
 
 # Health, documentation and the dashboard's files need no token (the dashboard's calls do).
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.yaml", "/openapi.json", "/docs", "/ui"})
@@ -36,7 +37,7 @@ def auth_middleware(tokens: TokenStore | None, admin_group: str | None) -> Middl
         if tokens is None:
             request[REQUEST_CALLER] = ANONYMOUS
         elif not _public(request.path):
-            request[REQUEST_CALLER] = _check(request, tokens, admin_group)
+            request[REQUEST_CALLER] = await _check(request, tokens, admin_group)
         if REQUEST_CALLER in request:
             request[REQUEST_USER] = request[REQUEST_CALLER].user
         return await handler(request)
@@ -53,21 +54,27 @@ def on_local_socket(request: web.Request) -> bool:
     return connection is not None and connection.family == socket.AF_UNIX
 
 
-def _check(request: web.Request, tokens: TokenStore, admin_group: str | None) -> Caller:
+async def _check(request: web.Request, tokens: TokenStore, admin_group: str | None) -> Caller:
+    # The host's account lookups (NSS: files, or LDAP and sssd on a lab's hosts) may block,
+    # so they run in a thread, never on the event loop.
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if not scheme and admin_group is not None and on_local_socket(request):
         connection = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
         request[REQUEST_BY_PEER] = True
-        return caller_of_uid(peer_uid(connection), admin_group)
+        return await asyncio.to_thread(caller_of_uid, peer_uid(connection), admin_group)
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
             "this route needs a token: send the header Authorization: Bearer TOKEN",
             headers={"WWW-Authenticate": _CHALLENGE},
         )
-    caller = tokens.authenticate(token.strip())
-    if caller is None:
+    entry = tokens.find(token.strip())
+    if isinstance(entry, HostToken) and not await asyncio.to_thread(
+        host_account_exists, entry.user
+    ):
+        entry = None  # its user's host account is gone, and the token with it
+    if entry is None:
         raise Unauthorized(
             "the token is not valid: it was mistyped or revoked",
             headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
         )
-    return caller
+    return Caller(entry.user, entry.role)

@@ -12,7 +12,6 @@ volumes. Nothing here removes or limits anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from deepdockd import labels
+from deepdockd.background import cancel_and_wait
 from deepdockd.clock import now_utc
 from deepdockd.docker import DiskEntry, Docker
 from deepdockd.errors import ApiError
@@ -75,11 +75,8 @@ class DiskMeter:
         self._task = asyncio.create_task(self._run(), name="disk-meter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         deadline = self._clock()

@@ -19,12 +19,12 @@ is never stopped early.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from deepdockd.background import cancel_and_wait
 from deepdockd.clock import iso, now_utc
 from deepdockd.containers.service import ContainerService, ManagedContainer
 from deepdockd.containers.view import ContainerView
@@ -79,11 +79,7 @@ class Reaper:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     # --- the loops ---

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from deepdockd import labels
+from deepdockd.background import cancel_and_wait
 from deepdockd.docker import ContainerEvent, ContainerSummary, Docker
 from deepdockd.errors import ApiError
 
@@ -165,10 +166,7 @@ class ContainerView:
         self._task = asyncio.create_task(self._follow(), name="container-view")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self.end_streams()
 
     def end_streams(self) -> None:

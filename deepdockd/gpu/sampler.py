@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from deepdockd.background import cancel_and_wait
 from deepdockd.gpu import nvml, procfs
 from deepdockd.gpu.nvml import GpuInfo, GpuProcess, GpuReading, NvmlInventory, NvmlUnavailable
 from deepdockd.gpu.procfs import ProcessOrigin
@@ -182,11 +183,8 @@ class GpuSampler:
         self._task = asyncio.create_task(self._run(), name="gpu-sampler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._executor is not None:
             if self._inventory is not None:
                 await self._in_worker(nvml.stop)
