@@ -50,6 +50,7 @@ from tests.support.rig import (
     REGISTRY_ADDR,
     Rig,
 )
+from tests.support.silent_registry import silent_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_LIBRARY = ROOT / "build" / "nvml-sim" / "libnvidia-ml.so.1"
@@ -940,8 +941,8 @@ class Bench:
         noisy = {"Authorization": f"Bearer {tokens.add('noisy', 'user')}"}
         quiet = {"Authorization": f"Bearer {tokens.add('quiet', 'user')}"}
         cap = Config().max_streams_per_user
-        async with silent_server() as registry:
-            settings = {"allowed_registries": f"{REGISTRY_ADDR},{registry}"}
+        async with silent_registry() as registry:
+            settings = {"allowed_registries": f"{REGISTRY_ADDR},{registry.address}"}
             if "max_connections_per_client" in Config.__dataclass_fields__:
                 # As shipped, 256 from one address: raised so that all the idle ones stay open.
                 settings["max_connections_per_client"] = str(4 * IDLE_CONNECTIONS)
@@ -959,7 +960,7 @@ class Bench:
                     calm = await self.quiet_user(http, base, quiet, "calm")
                     calm["fds"], calm["rss_mib"] = open_files(pid), rss_mib(pid)
                     async with (
-                        streams_held(http, base, noisy, cap, registry),
+                        streams_held(http, base, noisy, cap, registry.address),
                         idle_connections(base, IDLE_CONNECTIONS),
                     ):
                         loaded = await self.quiet_user(http, base, quiet, "loaded")
@@ -1052,47 +1053,6 @@ class Bench:
 
 def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@contextlib.asynccontextmanager
-async def silent_server() -> AsyncIterator[str]:
-    """A registry on loopback that never answers a pull; its address. It answers Docker's
-    ping (``GET /v2/``), so that Docker asks it for the image, and never answers that (Docker
-    gives up by itself on a server that answers nothing, in 25 s: its ping has a limit, the
-    pull none); it speaks no TLS, so Docker falls back to HTTP at once. Closing it ends the
-    connections it holds (and the pulls waiting on them)."""
-    held: list[asyncio.StreamWriter] = []
-    serving: set[asyncio.Task[Any]] = set()
-    pong = (
-        b"HTTP/1.1 200 OK\r\nDocker-Distribution-Api-Version: registry/2.0\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    )
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        serving.add(task)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while (start := await reader.readexactly(4)) in (b"GET ", b"HEAD"):
-                request = start + await reader.readuntil(b"\r\n\r\n")
-                if not request.startswith(b"GET /v2/ HTTP/1.1"):
-                    await reader.read()  # never answered
-                    break
-                writer.write(pong)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        for writer in held:
-            writer.close()
-        if serving:  # each ends once its connection is closed
-            await asyncio.wait(serving, timeout=5)
-        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from deepdockd.config import Config
 
 from tests.support import lanes
 from tests.support.api import Client, ClientFactory
-from tests.support.daemon import Daemon, RunningDaemon
+from tests.support.daemon import Daemon, RunningDaemon, Started
 from tests.support.docker_state import clear_namespace
 from tests.support.gpus import NVML_SIM_LIBRARY
 from tests.support.images import derived_image, random_layer_tar
@@ -138,6 +138,29 @@ def rig_daemon(rig: Rig, tmp_path: Path, free_port: int) -> Iterator[Callable[..
     for daemon in started:
         if daemon.process.poll() is None:
             daemon.stop()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, free_port: int) -> Iterator[Callable[..., Started]]:
+    """Factory: deepdockd as a process (auth off, text log, no Docker: its socket does not
+    exist), once it serves; ``nofile`` is its (soft, hard) RLIMIT_NOFILE, the rest its
+    environment."""
+    started: list[Daemon] = []
+
+    def start(nofile: tuple[int, int] | None = None, **env: str) -> Started:
+        daemon = Daemon(
+            "--port", str(free_port), "--docker-host", f"unix://{tmp_path / 'no-docker.sock'}",
+            "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
+            nofile=nofile,
+        )  # fmt: skip
+        started.append(daemon)
+        base = f"http://127.0.0.1:{free_port}"
+        daemon.wait_until_serving(f"{base}/healthz")
+        return Started(daemon, base, free_port)
+
+    yield start
+    for daemon in started:
+        daemon.stop()
 
 
 @pytest.fixture

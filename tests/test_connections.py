@@ -11,49 +11,17 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.support.daemon import Daemon, http_request
+from tests.support.daemon import Started, http_request
 
 pytestmark = pytest.mark.process
 
-NO_DOCKER = "no-docker.sock"
 ASK = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 # How late after a deadline a connection may still be closed (a loaded 2-core machine).
 MARGIN_S = 3.0
-
-
-@dataclass
-class Started:
-    daemon: Daemon
-    base: str
-    port: int
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path, free_port: int) -> Iterator[Callable[..., Started]]:
-    """Factory: deepdockd as a process (auth off, text log, no Docker), once it serves;
-    ``nofile`` is its (soft, hard) RLIMIT_NOFILE, the rest its environment."""
-    started: list[Daemon] = []
-
-    def start(nofile: tuple[int, int] | None = None, **env: str) -> Started:
-        daemon = Daemon(
-            "--port", str(free_port), "--docker-host", f"unix://{tmp_path / NO_DOCKER}",
-            "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
-            nofile=nofile,
-        )  # fmt: skip
-        started.append(daemon)
-        base = f"http://127.0.0.1:{free_port}"
-        daemon.wait_until_serving(f"{base}/healthz")
-        return Started(daemon, base, free_port)
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 def idle_connection(port: int, source: str, timeout_s: float = 5) -> socket.socket:

@@ -10,8 +10,7 @@ import re
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from deepdockd.api.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
 
 from tests.support.api import Client, ClientFactory
-from tests.support.daemon import Daemon, http_request, run_deepdockd
+from tests.support.daemon import Started, http_request, run_deepdockd
 
 # Where no Docker answers: none of these tests needs one, and none may reach one.
 NO_DOCKER = "no-docker.sock"
@@ -238,33 +237,6 @@ async def test_a_5000_digit_query_number_is_422_without_a_traceback(
 
 
 # --- deepdockd as a process: its log and its connections ---
-
-
-@dataclass
-class Started:
-    daemon: Daemon
-    base: str
-    port: int
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path, free_port: int) -> Iterator[Callable[..., Started]]:
-    """Factory: deepdockd as a process (auth off, text log, no Docker), once it serves."""
-    started: list[Daemon] = []
-
-    def start(**env: str) -> Started:
-        daemon = Daemon(
-            "--port", str(free_port), "--docker-host", f"unix://{tmp_path / NO_DOCKER}",
-            "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
-        )  # fmt: skip
-        started.append(daemon)
-        base = f"http://127.0.0.1:{free_port}"
-        daemon.wait_until_serving(f"{base}/healthz")
-        return Started(daemon, base, free_port)
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 LOG_LINE = re.compile(

@@ -156,3 +156,12 @@ class RunningDaemon:
 
     def stop(self) -> tuple[int, str]:
         return self.daemon.stop()
+
+
+@dataclass
+class Started:
+    """A deepdockd process with no Docker behind it (``start_daemon`` in conftest.py)."""
+
+    daemon: Daemon
+    base: str
+    port: int
