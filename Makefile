@@ -13,7 +13,7 @@ SSH_SERVER := deepdockd/containers/ssh-server/VERSION
 # that setup.cfg allows (make test-floor).
 VENV_FLOOR ?= .venv-floor
 
-.PHONY: help venv install run run-sim nvml-sim ssh-server test test-fast test-floor bench lint format clean rig-start rig-stop
+.PHONY: help venv install uninstall run run-sim nvml-sim ssh-server test test-fast test-floor bench lint format clean rig-start rig-stop
 
 help:
 	@echo "make run      serve the API on 127.0.0.1:8000 against the host's Docker (ARGS=... for flags)"
@@ -25,6 +25,7 @@ help:
 	@echo "make ssh-server  the static SSH server bundled into containers (from Debian's sources)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, import-linter's layer contracts"
 	@echo "make install  deepdockd into $(PREFIX), its systemd unit, /etc/deepdockd/deepdockd.toml"
+	@echo "make uninstall  stop it, take its egress rules out of the firewall, remove what install put"
 	@echo "make clean    remove the virtual environments and caches"
 
 # The client (client/) and the daemon in one pip call, so that the daemon's deepdock==VERSION
@@ -65,6 +66,16 @@ install: ssh-server
 	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed /usr/local/bin/deepdockd and deepdock, the unit and /etc/deepdockd/deepdockd.toml."
 	@echo "next: systemctl enable --now deepdockd"
+
+# What install put, and the egress rules the daemon leaves in the firewall on purpose (a
+# stopped daemon must not open the boundary). The config, the state directory, Docker's
+# containers and volumes stay.
+uninstall:
+	@if [ -d /run/systemd/system ]; then systemctl disable --now deepdockd || true; fi
+	if [ -x $(PREFIX)/bin/deepdockd ]; then $(PREFIX)/bin/deepdockd firewall remove; fi
+	rm -f /etc/systemd/system/deepdockd.service /usr/local/bin/deepdockd /usr/local/bin/deepdock
+	case "$(PREFIX)" in /?*/?*) rm -rf "$(PREFIX)";; *) echo "left $(PREFIX) in place";; esac
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 run: venv ssh-server
 	scripts/ensure-docker.sh

@@ -47,7 +47,9 @@ from tests.support.rig import (
     BUSYBOX_IMAGE,
     DEBIAN_NOSSH_IMAGE,
     DEBIAN_SSH_IMAGE,
+    DEBIAN_WEBAPP_IMAGE,
     REGISTRY_ADDR,
+    WEBAPP_PORT,
     Rig,
 )
 from tests.support.silent_registry import silent_registry
@@ -259,6 +261,8 @@ class Bench:
             "NVML_SIM_CONFIG": str(gpu_config or ""),
             "DEEPDOCKD_NAMESPACE": self.namespace,
             "DEEPDOCKD_SSH_PORT_RANGE": PORTS,
+            # Each run's namespace is new: rules of its own would stay behind on the host.
+            "DEEPDOCKD_EGRESS_POLICY": "false",
             **{f"DEEPDOCKD_{k.upper()}": v for k, v in settings.items()},
         }
         state = self.workdir / f"state-{name}"
@@ -488,6 +492,7 @@ class Bench:
             gpu_sample_interval=bucket,
             gpu_bucket=bucket,
             gpu_retention=bucket * FULL_RETENTION_POINTS,
+            egress_policy=False,  # the bench leaves the host's firewall as it found it
         )
         app = create_app(config)
         runner, port = await serve(app)
@@ -932,6 +937,91 @@ class Bench:
             )
         )
 
+    async def proxy(self, rounds: int = 15) -> None:
+        """A service in a container (tests/support/web_app.py) through deepdockd's proxy,
+        against the same service at its published port directly (both through Docker's port
+        publisher): a 1 MiB download, and a WebSocket message's round trip on an open socket,
+        interleaved."""
+        daemon, base, auth = self.start_daemon("proxy", gpu_config=None)
+        name = f"{self.namespace}-web"
+        try:
+            async with aiohttp.ClientSession(headers=auth) as http:
+                body = {
+                    "name": name, "image": DEBIAN_WEBAPP_IMAGE, "user_name": "u1",
+                    "password": "pw1", "ports": [WEBAPP_PORT],
+                }  # fmt: skip
+                async with http.post(f"{base}/containers/create", json=body) as r:
+                    created = await r.json()
+                    assert r.status == 201, created
+                direct = f"http://127.0.0.1:{created['ports'][str(WEBAPP_PORT)]}/"
+                proxied = f"{base}/containers/{name}/proxy/{WEBAPP_PORT}/"
+                for _ in range(100):  # until the app listens
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(proxied) as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+
+                def download(url: str) -> Callable[[], Awaitable[None]]:
+                    async def get() -> None:
+                        async with http.get(f"{url}download?size={1024 * 1024}") as r:
+                            assert len(await r.read()) == 1024 * 1024
+
+                    return get
+
+                through, straight = await interleaved(
+                    download(proxied), download(direct), rounds=rounds
+                )
+                async with (
+                    http.ws_connect(f"{proxied}ws") as proxied_ws,
+                    http.ws_connect(f"{direct}ws") as direct_ws,
+                ):
+
+                    def round_trip(
+                        ws: aiohttp.ClientWebSocketResponse,
+                    ) -> Callable[[], Awaitable[None]]:
+                        async def echo() -> None:
+                            await ws.send_str("ping")
+                            assert await ws.receive_str() == "ping"
+
+                        return echo
+
+                    ws_through, ws_straight = await interleaved(
+                        round_trip(proxied_ws), round_trip(direct_ws), rounds=rounds, per_round=20
+                    )
+        finally:
+            daemon.stop()
+        for what, ours, theirs in (
+            ("a 1 MiB download", through, straight),
+            ("a WebSocket message's round trip", ws_through, ws_straight),
+        ):
+            value, baseline = median_ms(ours), median_ms(theirs)
+            self.add(
+                Figure(
+                    f"{what} through the proxy, median",
+                    value,
+                    "ms",
+                    against="the published port directly",
+                    baseline=baseline,
+                    ratio=value / baseline,
+                    target="≤ 1.3×",
+                    met=value / baseline <= 1.3,
+                    detail=f"{len(ours)} each, interleaved; p90 {percentile_ms(ours, 0.9):.2f} "
+                    f"vs {percentile_ms(theirs, 0.9):.2f} ms",
+                )
+            )
+        mib_s = 1000 / median_ms(through)
+        self.add(
+            Figure(
+                "the proxy's throughput, 1 MiB downloads one at a time",
+                mib_s,
+                "MiB/s",
+                against="the published port directly",
+                baseline=1000 / median_ms(straight),
+                ratio=mib_s / (1000 / median_ms(straight)),
+            )
+        )
+
     async def noisy_neighbour(self) -> None:
         """Another user's GET /containers (p99) and create → first SSH login while one user
         holds the stream cap and IDLE_CONNECTIONS idle connections are open, against the same
@@ -1302,6 +1392,7 @@ async def main() -> int:
             "rps": bench.metrics_throughput,
             "client": bench.client_startup,
             "noisy": bench.noisy_neighbour,
+            "proxy": bench.proxy,
         }
         chosen = sys.argv[1:] or list(steps)
         unknown = set(chosen) - set(steps)

@@ -24,6 +24,8 @@ from deepdockd.config import (
 )
 from deepdockd.connections import fit_file_limit
 from deepdockd.containers.ssh_server import bundled_server
+from deepdockd.firewall import cli as firewall_cli
+from deepdockd.firewall.keeper import FirewallUnavailable
 from deepdockd.local_socket import SocketError
 from deepdockd.logs import setup_logging
 from deepdockd.server import serve
@@ -58,8 +60,8 @@ def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
         parser.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=help_text)
     parser.add_argument("--version", action="version", version=_version())
     parser.epilog = (parser.epilog or "") + (
-        " Tokens: deepdockd token add|list|revoke; a user's end of life: deepdockd user remove"
-        " (see --help)."
+        " Tokens: deepdockd token add|list|revoke; a user's end of life: deepdockd user remove;"
+        " the egress rules out of the firewall: deepdockd firewall remove (see --help)."
     )
     return vars(parser.parse_args(argv))
 
@@ -85,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_cli.main(arguments[1:])
     if arguments[:1] == ["user"]:
         return token_cli.user_main(arguments[1:])
+    if arguments[:1] == ["firewall"]:
+        return firewall_cli.main(arguments[1:])
     flags = parse_args(arguments)
     try:
         config = load_config(flags, os.environ)
@@ -108,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SocketError as exc:
         log.error("%s", exc)
         return 1
+    except FirewallUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_CONFIG
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

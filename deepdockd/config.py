@@ -93,6 +93,11 @@ class Config:
     # Each owner's containers on a bridge network of the owner's own, a /24 of this pool.
     network_isolation: bool = True
     network_pool: ipaddress.IPv4Network = DEFAULT_NETWORK_POOL
+    # What containers may reach (docs/security.md#egress): the internet, not link-local, the
+    # private ranges or the host's own addresses, unless egress_allow opens a network (and
+    # port, TCP and UDP). egress_policy false: deepdockd never touches the firewall.
+    egress_policy: bool = True
+    egress_allow: tuple[tuple[ipaddress.IPv4Network, int | None], ...] = ()
     # Docker's json-file log of each container: rotated at this size, this many files kept.
     log_max_size: str = "50m"
     log_max_file: int = 3
@@ -109,6 +114,9 @@ class Config:
     pids_limit: int = 16384
     # Host ports for the container ports a create asks to publish ("ports").
     service_port_range: tuple[int, int] = (23000, 23999)
+    # ... published on this address: loopback, so that only their owner reaches them, through
+    # the proxy or an SSH forward (docs/security.md#services).
+    service_bind_address: str = "127.0.0.1"
     # Host directories every container gets: "HOST_PATH:CONTAINER_PATH[:ro|rw]" (ro when
     # left out). Users never name a host path.
     shared_mounts: tuple[SharedMount, ...] = ()
@@ -276,6 +284,29 @@ def _parse_network_pool(raw: object) -> ipaddress.IPv4Network:
     return pool
 
 
+def _parse_egress_allow(raw: object) -> tuple[tuple[ipaddress.IPv4Network, int | None], ...]:
+    # A TOML array in the file; one string, comma-separated, in the environment.
+    items = raw
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")] if raw else []
+    if not isinstance(items, list):
+        items = [None]
+    allowed = []
+    for item in items:
+        address, colon, port = item.partition(":") if isinstance(item, str) else ("", "", "")
+        try:
+            network = ipaddress.IPv4Network(address)
+        except ValueError:
+            network = None
+        if network is None or (colon and not (port.isdecimal() and 1 <= int(port) <= 65535)):
+            raise ValueError(
+                'must be IPv4 networks or addresses with an optional port, "CIDR[:PORT]", as '
+                'in ["10.1.2.0/24:443", "192.168.5.7"] (comma-separated in the environment)'
+            )
+        allowed.append((network, int(port) if port else None))
+    return tuple(allowed)
+
+
 def _parse_log_size(raw: object) -> str:
     text = raw.lower() if isinstance(raw, str) else ""
     if not re.fullmatch(r"[1-9][0-9]{0,5}[kmg]", text):
@@ -418,6 +449,8 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "allowed_registries": _parse_registries,
     "network_isolation": _parse_bool,
     "network_pool": _parse_network_pool,
+    "egress_policy": _parse_bool,
+    "egress_allow": _parse_egress_allow,
     "log_max_size": _parse_log_size,
     "log_max_file": _parse_log_files,
     "default_shm_size_mb": _parse_mebibytes,
@@ -427,6 +460,7 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "max_cpus": _parse_cpus,
     "pids_limit": _parse_pids_limit,
     "service_port_range": _parse_port_range,
+    "service_bind_address": _parse_ip_address,
     "shared_mounts": _parse_shared_mounts,
     "live_view": _parse_bool,
     "max_streams_per_user": _parse_streams,

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiodocker
 import aiohttp
@@ -105,11 +106,16 @@ class RegistryFailed(DockerFailed):
     """A pull, or a question to a registry through Docker, that failed; the subclass says how.
     ``reason`` is the detail in our own words ("" where there is none). Show a client that,
     never Docker's message: it can carry what a registry, or whatever else listens where a
-    reference points, sent back (a web server's whole 404 page, an SSH banner)."""
+    reference points, sent back (a web server's whole 404 page, an SSH banner).
+
+    ``failed_at`` is the ``host[:port]`` whose request failed, where Docker's message proves
+    it (see :func:`failed_at`), else None: a registry can send a pull elsewhere (a redirect,
+    a token realm), and the kind says what failed, not where."""
 
     def __init__(self, docker_status: int, docker_message: str, reason: str = "") -> None:
         super().__init__(docker_status, docker_message)
         self.reason = reason
+        self.failed_at = failed_at(docker_message)
 
 
 class RegistryBadAnswer(RegistryFailed):
@@ -183,6 +189,7 @@ class ContainerSummary:
     labels: Mapping[str, str]
     published: Mapping[int, int]  # container TCP port -> host port, while running
     volumes: tuple[str, ...] = ()  # the named volumes it mounts
+    addresses: tuple[str, ...] = ()  # its IPv4 addresses on its networks, while running
 
 
 @dataclass(frozen=True)
@@ -293,8 +300,8 @@ class ContainerSpec:
     env: tuple[str, ...]  # "NAME=value"
     hostname: str
     labels: Mapping[str, str]
-    published_ports: Mapping[int, int]  # container TCP port -> host port
-    publish_address: str  # the host address those ports are published on
+    # container TCP port -> (host address, host port) it is published on
+    published_ports: Mapping[int, tuple[str, int]]
     mounts: tuple[BindMount | VolumeMount, ...]
     limits: Limits
     capabilities: tuple[str, ...]  # root's only capabilities in it: every other one is dropped
@@ -542,6 +549,7 @@ class Docker:
                 for m in data.get("Mounts") or []
                 if m.get("Type") == "volume" and m.get("Name")
             ),
+            addresses=_addresses(data.get("NetworkSettings")),
         )
 
     async def container_logs(self, container_id: str, *, tail: int = 40) -> str:
@@ -833,6 +841,35 @@ def docker_error(status: int, message: str, *, registry: bool = False) -> Docker
     return DockerFailed(status, message)
 
 
+# Where a registry's failure happened, when Docker's message proves it. Go's HTTP client writes
+# a failed request as `Op "URL": error` (net/url's Error: the URL is the last one asked, after
+# any redirect; Go quotes it with %q, so it holds no bare '"'); Docker chains one for each
+# request inside another (`Head "REGISTRY/…": Get "REALM/token?…": dial tcp …` for a token
+# realm). Only a chain that starts the message counts, and only when what follows its last
+# link is Go's or Docker's own words about that request (it never reached an answer, or the
+# answer was not HTTP): those name no other place. An answer's text (a registry's error, a web
+# page) can follow a link of a request that did not fail there itself (a token realm's answer
+# follows the registry's link), so it proves nothing.
+_REQUEST_LINK = re.compile(r'(?:Get|Head|Post|Put|Patch|Delete) "([^"\\]+)": ')
+_OWN_WORDS = re.compile(
+    r"dial tcp|read tcp|write tcp|x509: |tls: |remote error: tls: |net/http: "
+    r"|http: server gave HTTP response to HTTPS client$|malformed HTTP |(unexpected )?EOF$"
+    r"|context deadline exceeded$|no basic auth credentials$"
+)
+
+
+def failed_at(message: str) -> str | None:
+    """The ``host[:port]`` of the request whose failure Docker's ``message`` reports, as the
+    URL names it (``127.0.0.1:5000``, ``registry.lab``), or None where the message does not
+    prove one (see ``_REQUEST_LINK``)."""
+    url, end = None, 0
+    while link := _REQUEST_LINK.match(message, end):
+        url, end = link.group(1), link.end()
+    if url is None or not _OWN_WORDS.match(message, end):
+        return None
+    return urlsplit(url).netloc.rpartition("@")[2] or None
+
+
 def _registry_error(status: int, message: str) -> RegistryFailed:
     said = message.lower()
     for pattern, phrase in _BAD_ANSWERS:
@@ -860,12 +897,11 @@ MIB = 1024 * 1024
 
 def create_config(spec: ContainerSpec) -> dict[str, Any]:
     """Docker's JSON for ``spec``: the body of ``POST /containers/create``."""
-    ports = {f"{inside}/tcp": outside for inside, outside in spec.published_ports.items()}
     host_config: dict[str, Any] = {
         "Init": spec.init,
         "PortBindings": {
-            port: [{"HostIp": spec.publish_address, "HostPort": str(outside)}]
-            for port, outside in ports.items()
+            f"{inside}/tcp": [{"HostIp": address, "HostPort": str(outside)}]
+            for inside, (address, outside) in spec.published_ports.items()
         },
         "Mounts": [_mount(mount) for mount in spec.mounts],
         **_limits(spec.limits),
@@ -896,7 +932,7 @@ def create_config(spec: ContainerSpec) -> dict[str, Any]:
         "User": spec.user,
         "Env": list(spec.env),
         "Hostname": spec.hostname,
-        "ExposedPorts": {port: {} for port in ports},
+        "ExposedPorts": {f"{inside}/tcp": {} for inside in spec.published_ports},
         "Labels": dict(spec.labels),
         "HostConfig": host_config,
     }
@@ -1008,7 +1044,18 @@ def _container_summary(container: aiodocker.containers.DockerContainer) -> Conta
             for mount in _mounts(container)
             if mount.get("Type") == "volume" and mount.get("Name")
         ),
+        addresses=_addresses(_field(container, "NetworkSettings")),
     )
+
+
+def _field(container: aiodocker.containers.DockerContainer, key: str) -> Any:
+    # A DockerContainer is indexed like a dict, but has no get().
+    return container[key] if key in container else None  # noqa: SIM401
+
+
+def _addresses(settings: Mapping[str, Any] | None) -> tuple[str, ...]:
+    networks = (settings or {}).get("Networks") or {}
+    return tuple(str(n["IPAddress"]) for n in networks.values() if n and n.get("IPAddress"))
 
 
 def _mounts(container: aiodocker.containers.DockerContainer) -> list[Mapping[str, Any]]:

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from deepdockd.api import app as app_module
 from deepdockd.api.app import create_app
 from deepdockd.config import Config
+from deepdockd.firewall.keeper import EgressFirewall
 
 from tests.support import lanes
 from tests.support.api import Client, ClientFactory
@@ -82,13 +84,15 @@ def namespace() -> str:
 @pytest.fixture
 def config(rig: Rig, tmp_path: Path, namespace: str) -> Config:
     """The daemon's config for a test: the rig's Docker and registries, a namespace of its own,
-    and auth off (tests of auth turn it on)."""
+    auth off (tests of auth turn it on) and no egress rules in the host's firewall (the tests
+    of egress turn them on)."""
     return Config(
         docker_host=rig.docker_host,
         state_dir=tmp_path / "state",
         namespace=namespace,
         auth=False,
         allowed_registries=RIG_REGISTRIES,
+        egress_policy=False,
     )
 
 
@@ -210,6 +214,21 @@ def nvml_sim_library() -> None:
     if not NVML_SIM_LIBRARY.exists():
         pytest.fail(f"{NVML_SIM_LIBRARY} is missing: `make test` and `make test-fast` build it")
     ctypes.CDLL(str(NVML_SIM_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+
+
+@pytest.fixture(autouse=True)
+def no_egress_rules_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process apps leave the host's firewall alone whatever their Config says (a bare
+    ``Config()`` has egress_policy on, as a real daemon has): each test's namespace would leave
+    rules behind, and a test without root could not start its app. The egress tests put the
+    real keeper back."""
+    monkeypatch.setattr(app_module, "EgressFirewall", _NoEgressRules)
+
+
+class _NoEgressRules(EgressFirewall):
+    @property
+    def enabled(self) -> bool:
+        return False
 
 
 @pytest.fixture(autouse=True)

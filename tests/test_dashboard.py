@@ -28,7 +28,7 @@ from deepdockd.tokens import TokenStore
 
 from tests.support.daemon import RunningDaemon, http_json, http_request
 from tests.support.gpus import NVML_SIM_LIBRARY
-from tests.support.rig import DEBIAN_SSH_IMAGE, Rig
+from tests.support.rig import DEBIAN_SSH_IMAGE, DEBIAN_WEBAPP_IMAGE, WEBAPP_PORT, Rig
 
 DEMO_GPUS = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
 SCREENSHOTS = Path(__file__).parents[1] / "build" / "dashboard"
@@ -69,7 +69,8 @@ def hostile_process() -> Iterator[int]:
 @pytest.fixture
 def server(
     rig_daemon: Callable[..., RunningDaemon], namespace: str, ssh_ports: tuple[int, int],
-    gpu_stem: str, tmp_path: Path, hostile_process: int, cleanup: None,
+    service_ports: tuple[int, int], gpu_stem: str, tmp_path: Path, hostile_process: int,
+    cleanup: None,
 ) -> Server:  # fmt: skip
     """deepdockd with auth on and the four demo GPUs, under UUIDs of this test's own (so no
     container another test left behind holds them)."""
@@ -86,6 +87,7 @@ def server(
     env = {
         "DEEPDOCKD_NAMESPACE": namespace,
         "DEEPDOCKD_SSH_PORT_RANGE": f"{ssh_ports[0]}-{ssh_ports[1]}",
+        "DEEPDOCKD_SERVICE_PORT_RANGE": f"{service_ports[0]}-{service_ports[1]}",
         "LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent),
         "NVML_SIM_CONFIG": str(gpus),
         "DEEPDOCKD_GPU_BUCKET": "2",  # points from the first seconds on, and often
@@ -492,6 +494,42 @@ def test_a_users_page_shows_only_their_own_containers(browser: Browser, server: 
     assert admin.page.evaluate("window.owned") is None
     assert alice.foreign_requests(server.base) == []
     assert admin.foreign_requests(server.base) == []
+
+
+def test_a_services_link_opens_it_through_the_proxy_with_its_websocket(
+    browser: Browser, server: Server
+) -> None:
+    """The page of a service in alice's container (tests/support/web_app.py) opens from the
+    dashboard's link in a tab of its own, and its script's WebSocket echoes through the
+    proxy; the tab holds neither the token nor a cookie its scripts can read."""
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    status, answer = server.api(
+        "POST", "/containers/create", "alice",
+        {"name": name, "image": DEBIAN_WEBAPP_IMAGE, "user_name": "alice", "password": "pw-123456",
+         "ports": [WEBAPP_PORT]},
+    )  # fmt: skip
+    assert status == 201, answer
+
+    alice = signed_in(browser, server, "alice")
+    alice.view("Containers")
+    link = alice.page.get_by_role("link", name=f"Open port {WEBAPP_PORT} of {name}")
+    assert link.get_attribute("href") == f"/containers/{name}/proxy/{WEBAPP_PORT}/"
+    with alice.page.context.expect_page() as opened:
+        link.click()
+    service = opened.value
+    expect(service.locator("#title")).to_have_text("test service", timeout=30_000)
+    expect(service.locator("#echo")).to_have_text("echo: hello through the proxy")
+    assert service.url == f"{server.base}/containers/{name}/proxy/{WEBAPP_PORT}/"
+    assert service.evaluate("document.cookie") == ""  # HttpOnly: no script of the page reads it
+    assert service.evaluate("sessionStorage.getItem('deepdockd.token')") is None
+    assert service.evaluate("window.opener") is None
+    assert alice.foreign_requests(server.base) == []
+
+    # The token never went into a URL; without the session the same address is refused.
+    assert all(server.tokens["alice"] not in url for url in alice.requests)
+    stranger = browser.new_page()
+    stranger.goto(service.url)
+    assert json.loads(stranger.inner_text("body"))["error"]["code"] == "unauthorized"
 
 
 def test_a_token_in_the_fragment_signs_in_and_leaves_the_address_bar(

@@ -170,8 +170,7 @@ def test_create_config() -> None:
         env=("NVIDIA_VISIBLE_DEVICES=void",),
         hostname="web",
         labels={"deepdockd.namespace": "lab"},
-        published_ports={22: 22000, 8888: 23000},
-        publish_address="127.0.0.1",
+        published_ports={22: ("0.0.0.0", 22000), 8888: ("127.0.0.1", 23000)},
         mounts=(
             BindMount(source="/srv/data", target="/data", read_only=True),
             VolumeMount(
@@ -202,7 +201,7 @@ def test_create_config() -> None:
         "HostConfig": {
             "Init": True,
             "PortBindings": {
-                "22/tcp": [{"HostIp": "127.0.0.1", "HostPort": "22000"}],
+                "22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "22000"}],
                 "8888/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23000"}],
             },
             "Mounts": [
@@ -235,7 +234,7 @@ def test_create_config_without_limits_gpus_or_network() -> None:
     """What is not asked for is not sent: no limit keys, no DeviceRequests, no NetworkMode."""
     spec = ContainerSpec(
         name="web", image_id="sha256:" + "b" * 64, entrypoint=(), cmd=(), user="0", env=(),
-        hostname="web", labels={}, published_ports={22: 22000}, publish_address="0.0.0.0",
+        hostname="web", labels={}, published_ports={22: ("0.0.0.0", 22000)},
         mounts=(), limits=Limits(shm_size_mib=64, memory_mib=None, cpus=None, pids=None),
         capabilities=(), log_rotation=LogRotation(max_size="50m", max_files=3), network=None,
         gpu_device_ids=(), init=True, restart_unless_stopped=True,

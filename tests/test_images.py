@@ -44,6 +44,13 @@ SEED_PULL = {
     "size_mb": 1135.24,
 }
 
+# Docker words a missing tag as it words another registry's answer behind a redirect, so a
+# registry's "not found" is the one answer of a failed pull (but on Docker Hub).
+PULL_FAILED = (
+    "the pull of {ref} from registry {registry} failed (no such repository or tag, credentials "
+    "refused, or another failure); the daemon's log has Docker's reason"
+)
+
 
 def assert_seed_shape(
     answer: dict[str, Any], seed: dict[str, Any], *, nullable: tuple[str, ...] = ()
@@ -354,22 +361,16 @@ def wants_credentials(reference: str) -> dict[str, Any]:
 
 
 def credentials_refused(reference: str) -> dict[str, Any]:
+    # Docker words a refusal exactly as it words a 401 from wherever a hostile registry sends
+    # the pull: the one answer of a failed pull (docs/security.md#pulls-that-are-sent-elsewhere).
     return pull_error(
-        "registry_auth_failed",
-        f"registry {PRIVATE_REGISTRY_ADDR} refused the credentials for {reference}",
-        reference,
+        "pull_failed", PULL_FAILED.format(ref=reference, registry=PRIVATE_REGISTRY_ADDR), reference
     )
 
 
-@pytest.mark.parametrize(
-    ("fault", "why"),
-    [
-        ("missing", "a layer is missing from the registry"),
-        ("corrupt", "a layer's content does not match its digest"),
-    ],
-)
-async def test_a_layer_the_registry_cannot_serve_fails_the_pull_saying_why(
-    client: Client, rig: Rig, registry_image: MakeImage, fault: str, why: str
+@pytest.mark.parametrize("fault", ["missing", "corrupt"])
+async def test_a_layer_the_registry_cannot_serve_fails_the_pull(
+    client: Client, rig: Rig, registry_image: MakeImage, fault: str
 ) -> None:
     # The registry serves the manifest, then a layer is gone from its storage, or its bytes no
     # longer match its digest: the registry answered, so this is no "registry_unreachable".
@@ -379,10 +380,9 @@ async def test_a_layer_the_registry_cannot_serve_fails_the_pull_saying_why(
         layer.unlink()
     else:
         layer.write_bytes(os.urandom(layer.stat().st_size))
+    # The one answer of a failed pull: a layer's failure reads like one behind a redirect.
     expected = pull_error(
-        "pull_failed",
-        f"the pull of {reference} from registry {REGISTRY_ADDR} failed: {why}",
-        reference,
+        "pull_failed", PULL_FAILED.format(ref=reference, registry=REGISTRY_ADDR), reference
     )
 
     streamed = await pull_streamed(client, reference)
@@ -537,14 +537,11 @@ async def test_bad_force_value_is_422(client: Client) -> None:
     assert (await response.json())["error"]["message"] == "force: must be true or false"
 
 
-NOT_FOUND = "{ref} was not found in registry {registry}: no such repository or tag"
-
-
 @pytest.mark.parametrize(
     ("repo_tag", "status", "code", "says"),
     [
-        (f"{REGISTRY_ADDR}/deepdockd-test/no-such-repo:v1", 404, "not_found", NOT_FOUND),
-        (f"{REGISTRY_ADDR}/deepdockd-test/busybox:no-such-tag", 404, "not_found", NOT_FOUND),
+        (f"{REGISTRY_ADDR}/deepdockd-test/no-such-repo:v1", 502, "pull_failed", PULL_FAILED),
+        (f"{REGISTRY_ADDR}/deepdockd-test/busybox:no-such-tag", 502, "pull_failed", PULL_FAILED),
         # Nothing listens on port 1 (which this test's daemon allows); a loopback registry is
         # insecure, so Docker tries http.
         ("127.0.0.1:1/x:1", 502, "registry_unreachable",

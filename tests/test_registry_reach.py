@@ -1,15 +1,18 @@
 """Registry reach: a pull goes only to a public registry or to one the admin listed in
 ``allowed_registries``, so a reference cannot make the host's Docker knock on the host's own
 ports and private networks; and a pull's error is told in our words, never in what the
-registry (or whatever else answered) sent back."""
+registry (or whatever else answered) sent back, nor by kind where the registry may have sent
+the pull elsewhere (a redirect, a token realm): what answered there is never told apart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,12 +23,14 @@ import pytest
 
 from deepdockd.api.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
+from deepdockd.docker import RegistryFailed, RegistryNotReached, docker_error, failed_at
+from deepdockd.images.pull_errors import logged_pull_error
 from deepdockd.images.registries import RULE, RegistryNotAllowed, RegistryReach
 from deepdockd.references import parse_reference
 
 from tests.support.api import Client, ClientFactory
 from tests.support.daemon import RunningDaemon, http_json
-from tests.support.rig import REGISTRY_ADDR, Rig
+from tests.support.rig import PRIVATE_REGISTRY_ADDR, REGISTRY_ADDR, Rig
 
 MakeImage = Callable[..., str]
 ClientAllowing = Callable[..., Awaitable[Client]]
@@ -222,36 +227,28 @@ def registry_error(request: bytes) -> bytes:
     return http("404 Not Found", json.dumps(errors), "application/json")
 
 
+# The one answer for a pull that failed anywhere but at the registry's own request.
+PULL_FAILED = (
+    "the pull of {ref} from registry {registry} failed (no such repository or tag, credentials "
+    "refused, or another failure); the daemon's log has Docker's reason"
+)
+
 BAD_ANSWERS = {
-    # A web server's error page, with the marker as its reason phrase too.
-    "500 page": (
-        lambda request: http(f"500 {MARKER}", PAGE),
-        502, "pull_failed",
-        "registry {registry} gave a bad answer to the pull of {ref}: unexpected HTTP status 500",
-    ),
-    "404 page": (
-        lambda request: http("404 Not Found", PAGE),
-        502, "pull_failed",
-        "registry {registry} gave a bad answer to the pull of {ref}: HTTP status 404 with a "
-        "body that is not a registry's",
-    ),
-    "200 page": (
-        lambda request: http("200 OK", PAGE),
-        502, "pull_failed",
-        "registry {registry} gave a bad answer to the pull of {ref}: content that is not an "
-        "image manifest",
-    ),
-    # An SSH server's greeting.
+    # A web server's error page, with the marker as its reason phrase too. Docker names no URL
+    # for these, so they could have come from wherever the registry sent the pull (see the
+    # redirect tests below): they are the one answer, not "gave a bad answer".
+    "500 page": (lambda request: http(f"500 {MARKER}", PAGE), 502, "pull_failed", PULL_FAILED),
+    "404 page": (lambda request: http("404 Not Found", PAGE), 502, "pull_failed", PULL_FAILED),
+    "200 page": (lambda request: http("200 OK", PAGE), 502, "pull_failed", PULL_FAILED),
+    # An SSH server's greeting: Go names the registry's own request, which got no HTTP.
     "not HTTP": (
         lambda request: f"SSH-2.0-OpenSSH_9.2p1 {MARKER}\r\n".encode(),
         502, "pull_failed",
         "registry {registry} gave a bad answer to the pull of {ref}: an answer that is not HTTP",
     ),
-    "registry error": (
-        registry_error,
-        404, "not_found",
-        "{ref} was not found in registry {registry}: no such repository or tag",
-    ),
+    # "manifest unknown" reads the same from the registry and from another registry that it
+    # redirected the manifest to: the one answer too.
+    "registry error": (registry_error, 502, "pull_failed", PULL_FAILED),
 }  # fmt: skip
 
 
@@ -285,6 +282,283 @@ async def test_what_an_allowed_registry_answered_is_never_shown(
         assert not rig.image_exists(reference)
     # What Docker said stays in the daemon's log, for the admin.
     assert f"pull of {reference} failed: {expected['error']['message']}" in caplog.text
+
+
+# --- what a registry sends a pull to is never told apart ---
+
+# The redirecting registry's image: a config and one layer (not a tar: no pull of it succeeds).
+CONFIG = json.dumps(
+    {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+).encode()
+LAYER = b"not a tar"
+
+
+def digest(content: bytes) -> str:
+    return f"sha256:{hashlib.sha256(content).hexdigest()}"
+
+
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": len(CONFIG),
+            "digest": digest(CONFIG),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "size": len(LAYER),
+                "digest": digest(LAYER),
+            }
+        ],
+    }
+)
+# Where each hop is sent: a path of the rig's registry that it does not have (the same path
+# for every target, as an attacker who does not know what listens there would send).
+HOPS = {
+    "ping": "/v2/",
+    "manifest": "/v2/deepdockd-test/no-such-repo/manifests/v1",
+    "token realm": "/token",
+    "config blob": f"/v2/deepdockd-test/no-such-repo/blobs/{digest(CONFIG)}",
+}
+
+
+def answer(status: str, body: str = "", **headers: str) -> bytes:
+    data = body.encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n"
+    head += "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
+    return (head + "\r\n").encode() + data
+
+
+def redirecting(hop: str, to: list[str]) -> Callable[[bytes], bytes]:
+    """A registry that serves its image, but sends one ``hop`` of the pull to ``to[0]``
+    (``host:port``): a 307 for the ping, the manifest or the config blob, or the realm of the
+    Bearer challenge of its ping."""
+
+    def reply(request: bytes) -> bytes:
+        method, _, rest = request.decode(errors="replace").partition(" ")
+        path = rest.partition(" ")[0]
+        elsewhere = f"http://{to[0]}{HOPS[hop]}"
+        redirect = answer("307 Temporary Redirect", Location=elsewhere)
+        v2 = {"Docker_Distribution_API_Version": "registry/2.0"}
+        if path == "/v2/":
+            if hop == "token realm":
+                challenge = f'Bearer realm="{elsewhere}",service="deepdockd-test"'
+                return answer("401 Unauthorized", "{}", **v2, WWW_Authenticate=challenge)
+            return redirect if hop == "ping" else answer("200 OK", "{}", **v2)
+        if "/manifests/" in path:
+            if hop == "manifest":
+                return redirect
+            media_type = "application/vnd.docker.distribution.manifest.v2+json"
+            return answer("200 OK", MANIFEST if method == "GET" else "", Content_Type=media_type)
+        if path.endswith(digest(CONFIG)):
+            return redirect if hop == "config blob" else answer("200 OK", CONFIG.decode())
+        if path.endswith(digest(LAYER)):
+            return answer("200 OK", LAYER.decode())
+        return answer("400 Bad Request")  # Docker's first try, TLS, before plain HTTP
+
+    return reply
+
+
+def closed_port() -> str:
+    """A loopback port that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def wants_basic_auth(request: bytes) -> bytes:
+    return answer("401 Unauthorized", PAGE, WWW_Authenticate='Basic realm="x"')
+
+
+@pytest.mark.parametrize("hop", HOPS)
+async def test_what_a_registry_sends_a_pull_to_is_never_told_apart(
+    client_allowing: ClientAllowing, rig: Rig, caplog: pytest.LogCaptureFixture, hop: str
+) -> None:
+    # An allowed registry sends one hop of the pull to a port of the host: Docker follows,
+    # and what answered there (nothing, a web page, a 401, another registry) must not show.
+    caplog.set_level(logging.INFO)
+    to: list[str] = []
+    async with (
+        listener(lambda request: http("404 Not Found", PAGE)) as web_page,
+        listener(wants_basic_auth) as basic_auth,
+        listener(redirecting(hop, to)) as registry,
+    ):
+        client = await client_allowing(registry.address)
+        reference = f"{registry.address}/deepdockd-test/x:1"
+        targets = {
+            "nothing": closed_port(),
+            "a web page": web_page.address,
+            "a 401": basic_auth.address,
+            "a registry without it": REGISTRY_ADDR,
+            "a registry that wants credentials": PRIVATE_REGISTRY_ADDR,
+        }
+        answers = {}
+        for name, target in targets.items():
+            to[:] = [target]
+            response = await client.post("/images", json={"repo_tag": reference})
+            answers[name] = (response.status, await response.read())
+            assert not rig.image_exists(reference)
+
+    expected = {
+        "error": {
+            "code": "pull_failed",
+            "message": PULL_FAILED.format(ref=reference, registry=registry.address),
+            "details": {"reference": reference, "registry": registry.address},
+        }
+    }
+    assert {name: (status, json.loads(raw)) for name, (status, raw) in answers.items()} == {
+        name: (502, expected) for name in targets
+    }
+    assert not any(MARKER in raw.decode() for _, raw in answers.values())
+    # Docker's own words, which tell them apart, are in the daemon's log for the admin.
+    assert f"dial tcp {targets['nothing']}: connect: connection refused" in caplog.text
+
+
+async def test_the_registrys_own_failures_keep_their_kind(
+    client_allowing: ClientAllowing, rig: Rig
+) -> None:
+    # Docker names the registry's own request as the one that failed: nothing listens there,
+    # or it wants credentials (its ping's challenge) and none were sent.
+    nothing = closed_port()
+    async with listener(wants_basic_auth) as basic_auth:
+        client = await client_allowing(nothing, basic_auth.address)
+        refused = await client.post("/images", json={"repo_tag": f"{nothing}/x:1"})
+        wants = await client.post("/images", json={"repo_tag": f"{basic_auth.address}/x:1"})
+
+        assert (refused.status, await refused.json()) == (
+            502,
+            {
+                "error": {
+                    "code": "registry_unreachable",
+                    "message": f"cannot reach registry {nothing} to pull {nothing}/x:1: "
+                    "connection refused",
+                    "details": {"reference": f"{nothing}/x:1", "registry": nothing},
+                }
+            },
+        )
+        assert (wants.status, await wants.json()) == (
+            502,
+            {
+                "error": {
+                    "code": "registry_auth_failed",
+                    "message": f"registry {basic_auth.address} wants credentials for "
+                    f'{basic_auth.address}/x:1 (send "auth")',
+                    "details": {
+                        "reference": f"{basic_auth.address}/x:1",
+                        "registry": basic_auth.address,
+                    },
+                }
+            },
+        )
+
+
+# --- which failures are the registry's own, from Docker's words (no dockerd) ---
+
+# Docker 20.10's words, as the rig's dockerd sent them (ports shortened to 5000, 5001 and
+# 40000 for the registry, the rig's private registry and another port), and words a hostile
+# registry or what it redirects to could make Docker write.
+FAILED_AT = [
+    # The registry's own requests.
+    ('Get "http://127.0.0.1:5000/v2/": dial tcp 127.0.0.1:5000: connect: connection refused',
+     "127.0.0.1:5000"),
+    ('Get "https://no-such-host.invalid/v2/": dial tcp: lookup no-such-host.invalid on '
+     "10.255.255.53:53: no such host", "no-such-host.invalid"),
+    ('Head "http://127.0.0.1:5001/v2/deepdockd-test/x/manifests/v1": no basic auth credentials',
+     "127.0.0.1:5001"),
+    ('Get "http://127.0.0.1:5000/v2/": malformed HTTP response "SSH-2.0-OpenSSH_9.2p1"',
+     "127.0.0.1:5000"),
+    ('Get "http://[::1]:5000/v2/": dial tcp [::1]:5000: connect: connection refused',
+     "[::1]:5000"),
+    # A redirect: Go names the URL it was sent to.
+    ('Head "http://127.0.0.1:40000/v2/x/manifests/1": dial tcp 127.0.0.1:40000: connect: '
+     "connection refused", "127.0.0.1:40000"),
+    # A token realm elsewhere: the last link is the realm's.
+    ('Head "http://127.0.0.1:5000/v2/x/manifests/1": Get "http://127.0.0.1:40000/token?'
+     'scope=repository%3Ax%3Apull&service=s": dial tcp 127.0.0.1:40000: connect: connection '
+     "refused", "127.0.0.1:40000"),
+    # An answer's words after the registry's link: the realm's 401, or its web page.
+    ('Head "http://127.0.0.1:5000/v2/x/manifests/1": unauthorized: authentication required',
+     None),
+    ('Head "http://127.0.0.1:5000/v2/x/manifests/1": error parsing HTTP 404 response body: '
+     "invalid character '<' looking for beginning of value: \"<html>Get \\\"http://127.0.0.1:"
+     '5000/v2/\\": dial tcp 127.0.0.1:5000: connect: connection refused</html>"', None),
+    # A blob redirected elsewhere: no URL at all.
+    ("error pulling image configuration: download failed after attempts=6: dial tcp "
+     "127.0.0.1:40000: connect: connection refused", None),
+    # Words that name the registry, inside a reason phrase the answer chose.
+    ('received unexpected HTTP status: 500 Get "http://127.0.0.1:5000/v2/": dial tcp '
+     "127.0.0.1:5000: connect: connection refused", None),
+    ("manifest for 127.0.0.1:5000/x:1 not found: manifest unknown: manifest unknown", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("message", "where"), FAILED_AT)
+def test_the_place_that_failed_is_read_only_from_gos_own_words(
+    message: str, where: str | None
+) -> None:
+    error = docker_error(500, message, registry=True)
+
+    assert failed_at(message) == where
+    assert isinstance(error, RegistryFailed)
+    assert error.failed_at == where
+
+
+# (reference, Docker's status and words, credentials sent) -> (code, message)
+KINDS = [
+    # Docker Hub sends pulls only to its own servers: every kind is told.
+    (("nosuchrepo:1", 404, "pull access denied for nosuchrepo, repository does not exist or may "
+      "require 'docker login': denied: requested access to the resource is denied", False),
+     ("not_found", 'nosuchrepo:1 was not found in registry docker.io, or it is private (send '
+      '"auth" with credentials for it)')),
+    (("docker.io/library/busybox:1", 500, 'Get "https://registry-1.docker.io/v2/": dial tcp: '
+      "lookup registry-1.docker.io on 10.0.0.1:53: no such host", False),
+     ("registry_unreachable", "cannot reach registry docker.io to pull "
+      "docker.io/library/busybox:1: no such host")),
+    # Another registry's own request, in any spelling of its name.
+    (("Registry.Lab/x:1", 500, 'Get "https://registry.lab/v2/": x509: certificate signed by '
+      "unknown authority", False),
+     ("registry_unreachable", "cannot reach registry Registry.Lab to pull Registry.Lab/x:1: its "
+      "TLS certificate is not trusted")),
+    # The same words about another port, or none at all: the one answer.
+    (("registry.lab/x:1", 500, 'Get "https://registry.lab:8443/v2/": x509: certificate signed by '
+      "unknown authority", False), ("pull_failed", PULL_FAILED)),
+    (("registry.lab/x:1", 404, "manifest for registry.lab/x:1 not found: manifest unknown: "
+      "manifest unknown", False), ("pull_failed", PULL_FAILED)),
+    (("registry.lab/x:1", 500, "unauthorized: authentication required", True),
+     ("pull_failed", PULL_FAILED)),
+]  # fmt: skip
+
+
+def test_a_pull_that_stalls_is_the_one_answer_too() -> None:
+    # deepdockd's own limit (no progress for 5 minutes) names no place: a registry could send
+    # the pull to a port that accepts and never answers as well as stall itself.
+    reference = parse_reference("registry.lab/x:1")
+    why = "no progress for 300 s"
+
+    error = logged_pull_error(reference, RegistryNotReached(0, why, why), with_credentials=False)
+
+    assert (error.code, error.message) == (
+        "pull_failed",
+        PULL_FAILED.format(ref="registry.lab/x:1", registry="registry.lab"),
+    )
+
+
+@pytest.mark.parametrize(("failure", "told"), KINDS)
+def test_only_the_registrys_own_failures_are_told_by_kind(
+    failure: tuple[str, int, str, bool], told: tuple[str, str]
+) -> None:
+    repo_tag, status, words, with_credentials = failure
+    reference = parse_reference(repo_tag)
+    error = logged_pull_error(
+        reference, docker_error(status, words, registry=True), with_credentials=with_credentials
+    )
+    registry = reference.domain or "docker.io"
+    code, message = told
+    assert (error.code, error.message) == (code, message.format(ref=repo_tag, registry=registry))
+    assert error.details == {"reference": repo_tag, "registry": registry}
 
 
 # --- the rule, for names and spellings (a resolver of the test's own) ---

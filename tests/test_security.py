@@ -37,11 +37,19 @@ async def people(
     sim_gpus: Callable[..., Path],
     rig: Rig,
     ssh_ports: tuple[int, int],
+    service_ports: tuple[int, int],
     gpu_stem: str,
 ) -> Any:
     """A daemon with auth on, an admin and two users, alice and bob."""
     sim_gpus(sim_gpu(0, stem=gpu_stem), sim_gpu(1, stem=gpu_stem))
-    secured = Config(**{**config.__dict__, "auth": True, "ssh_port_range": ssh_ports})
+    secured = Config(
+        **{
+            **config.__dict__,
+            "auth": True,
+            "ssh_port_range": ssh_ports,
+            "service_port_range": service_ports,
+        }
+    )
     tokens = users_tokens(TokenStore(secured.state_dir))
     yield People(await aiohttp_client(create_app(secured)), tokens)
     clear_namespace(rig, config.namespace)
@@ -60,8 +68,9 @@ async def test_every_route_for_every_caller(
     reference = registry_image()
     alice_box = f"alice-{uuid.uuid4().hex[:6]}"
     alice_home = f"{namespace}-home-alice.u1"  # the home volume of alice's box
+    # Port 8080 published, with nothing listening on it (the proxy's 502 past the checks).
     status, created = await people.call(
-        "alice", "POST", "/containers/create", box(alice_box, gpu_ids=[0])
+        "alice", "POST", "/containers/create", box(alice_box, gpu_ids=[0], ports=[8080])
     )
     assert status == 201, created
 
@@ -99,6 +108,11 @@ async def test_every_route_for_every_caller(
         row("POST", f"/containers/{alice_box}/restart", None, 401, 200, 404, 200),
         row("POST", f"/containers/{alice_box}/extend", {"lease_hours": 2}, 401, 200, 404, 200),
         row("GET", f"/containers/{alice_box}/logs?tail=5", None, 401, 200, 404, 200),
+        # The proxy: the owner's and the admins' (tests/test_proxy.py: a real service).
+        row("GET", f"/containers/{alice_box}/proxy/8080/", None, 401, 502, 404, 502),
+        row("POST", f"/containers/{alice_box}/proxy/8080/api", {}, 401, 502, 404, 502),
+        row("GET", f"/containers/{alice_box}/proxy/9999/", None, 401, 404, 404, 404),
+        row("POST", f"/containers/{alice_box}/proxy-session", None, 401, 201, 404, 201),
         row("GET", "/events?timeout=1", None, 401, 200, 200, 200),
         row("GET", "/volumes", None, 401, 200, 200, 200),
         row("GET", "/quota", None, 401, 200, 200, 200),

@@ -491,6 +491,44 @@ def ssh_command(session: Session, name: str, command: tuple[str, ...]) -> None:
     key pinned (no prompt, no warning when a port was someone else's before)."""
     from deepdock import ssh
 
+    server, container = _ssh_target(session, name)
+    ssh.pin({ssh.alias(server, name): container.get("ssh_host_keys") or []})
+    try:
+        ssh.exec_ssh(ssh.ssh_argv(server, container, list(command)))
+    except FileNotFoundError:
+        raise Failed("no ssh here: install OpenSSH's client (openssh-client)") from None
+
+
+@cli.command(
+    epilog="Examples: deepdock forward notebook 8888; deepdock forward board 6006 16006",
+)
+@click.argument("name")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("local_port", type=click.IntRange(1, 65535), required=False)
+@pass_session
+def forward(session: Session, name: str, port: int, local_port: int | None) -> None:
+    """Reach a service of a container (Jupyter, TensorBoard) on this machine: an ssh -L
+    through the container's own login, its host key pinned, until Ctrl-C. LOCAL_PORT is
+    PORT when that is free here, else any free one; the URL is printed."""
+    from deepdock import ssh
+
+    server, container = _ssh_target(session, name)
+    local = local_port if local_port is not None else ssh.free_local_port(port)
+    ssh.pin({ssh.alias(server, name): container.get("ssh_host_keys") or []})
+    click.echo(
+        f"forwarding http://127.0.0.1:{local}/ to port {port} of {name}; Ctrl-C stops it",
+        err=True,
+    )
+    try:
+        ssh.exec_ssh(ssh.forward_argv(server, container, local, port))
+    except FileNotFoundError:
+        raise Failed("no ssh here: install OpenSSH's client (openssh-client)") from None
+
+
+def _ssh_target(session: Session, name: str) -> tuple[Server, dict[str, Any]]:
+    """The server and the container's answer, checked fit for ssh's arguments."""
+    from deepdock import ssh
+
     server = session.server()
     with session.api(server) as api:
         container = api.get(f"/containers/{_q(name)}")
@@ -503,11 +541,7 @@ def ssh_command(session: Session, name: str, command: tuple[str, ...]) -> None:
     )
     if why:
         raise Failed(f"the server's answer for container {name!r} cannot go to ssh: {why}")
-    ssh.pin({ssh.alias(server, name): container.get("ssh_host_keys") or []})
-    try:
-        ssh.exec_ssh(ssh.ssh_argv(server, container, list(command)))
-    except FileNotFoundError:
-        raise Failed("no ssh here: install OpenSSH's client (openssh-client)") from None
+    return server, container
 
 
 @cli.command(

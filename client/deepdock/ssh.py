@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,31 @@ def ssh_argv(server: Server, container: dict[str, Any], command: list[str]) -> l
     for keyword, value in options(server, container).items():
         argv += ["-o", f"{keyword}={value}"]
     return [*argv, "--", server.host, *command]
+
+
+def forward_argv(
+    server: Server, container: dict[str, Any], local_port: int, remote_port: int
+) -> list[str]:
+    """ssh forwarding 127.0.0.1:``local_port`` here to the container's own
+    127.0.0.1:``remote_port``, with no command and no terminal, failing at once when the
+    local port cannot be bound."""
+    argv = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes"]
+    for keyword, value in options(server, container).items():
+        argv += ["-o", f"{keyword}={value}"]
+    argv += ["-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}"]
+    return [*argv, "--", server.host]
+
+
+def free_local_port(preferred: int) -> int:
+    """``preferred`` when it is free on this machine's loopback, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
 
 
 def exec_ssh(argv: list[str]) -> None:

@@ -22,7 +22,9 @@ from deepdockd.api.keys import (
     IMAGES,
     METRICS,
     POLICY,
+    PROXY_SESSIONS,
     REAPER,
+    RELAY,
     STREAM_CAPS,
     TOKENS,
     VIEW,
@@ -40,12 +42,15 @@ from deepdockd.errors import ApiError
 from deepdockd.exporter.service import Exporter
 from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.fairshare.records import ContainerRecords
+from deepdockd.firewall.keeper import EgressFirewall
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.host_users import AdminAccounts
 from deepdockd.images.records import ImageRecords
 from deepdockd.images.registries import RegistryReach
 from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
+from deepdockd.proxy.relay import Relay
+from deepdockd.proxy.sessions import ProxySessions
 from deepdockd.state_files import StateDirectory
 from deepdockd.tokens import TokenStore
 
@@ -62,12 +67,13 @@ def create_app(
     accounting = GpuAccounting(gpus, view, docker)
     disk = DiskMeter(docker, config.namespace, config.disk_usage_interval)
     exporter = Exporter(config, gpus, accounting, view, disk=disk)
+    sessions = ProxySessions(config.namespace)
     app = web.Application(
         middlewares=[
             exporter.requests.middleware(),
             audit_middleware,
             error_middleware,
-            auth_middleware(tokens, config.admin_group if config.host_users else None),
+            auth_middleware(tokens, config.admin_group if config.host_users else None, sessions),
         ],
         client_max_size=config.max_body_size,
     )
@@ -78,6 +84,8 @@ def create_app(
     app[ACCOUNTING] = accounting
     app[EXPORTER] = exporter
     app[STREAM_CAPS] = StreamCaps(config.max_streams_per_user)
+    app[PROXY_SESSIONS] = sessions
+    app[RELAY] = Relay(sessions.cookie_name)
     # Docker says whether a state directory without its files is new or lost.
     witness = functools.partial(_namespace_has_containers, docker, config.namespace)
     state = StateDirectory(config.state_dir, witness=witness)
@@ -101,6 +109,8 @@ def create_app(
         app[TOKENS] = tokens
         app.on_startup.append(functools.partial(_load_tokens, tokens))
     app.cleanup_ctx.append(_docker_client)
+    app.cleanup_ctx.append(_firewall)  # before anything else acts on containers
+    app.cleanup_ctx.append(_relay)
     app.cleanup_ctx.append(functools.partial(_state_directory, state))
     app.cleanup_ctx.append(_gpu_sampler)
     app.cleanup_ctx.append(_gpu_accounting)
@@ -140,6 +150,12 @@ async def _docker_client(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[IMAGES].close()
     await docker.close()
+
+
+async def _relay(app: web.Application) -> AsyncIterator[None]:
+    await app[RELAY].open()
+    yield
+    await app[RELAY].close()
 
 
 async def _namespace_has_containers(docker: Docker, namespace: str) -> bool:
@@ -195,3 +211,18 @@ async def _disk_meter(app: web.Application) -> AsyncIterator[None]:
     await meter.start()
     yield
     await meter.stop()
+
+
+async def _firewall(app: web.Application) -> AsyncIterator[None]:
+    # The egress policy (docs/security.md#egress): in place before the first request, kept
+    # while the daemon runs, and left in place when it stops.
+    docker = app[DOCKER]
+
+    async def default_bridge() -> list[str]:
+        networks = await docker.list_networks(filters={"name": ["bridge"]})
+        return [subnet for n in networks if n.name == "bridge" for subnet in n.subnets]
+
+    firewall = EgressFirewall(app[CONFIG], default_bridge=default_bridge)
+    await firewall.start()
+    yield
+    await firewall.stop()

@@ -15,6 +15,8 @@ from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
+from deepdockd.proxy.relay import Relay
+from deepdockd.proxy.sessions import ProxySessions
 from deepdockd.tokens import Caller, TokenStore
 
 # The application's state.
@@ -30,6 +32,8 @@ EXPORTER = web.AppKey("exporter", Exporter)
 POLICY = web.AppKey("policy", PolicyHolder)
 REAPER = web.AppKey("reaper", Reaper)
 STREAM_CAPS = web.AppKey("stream_caps", StreamCaps)
+PROXY_SESSIONS = web.AppKey("proxy_sessions", ProxySessions)
+RELAY = web.AppKey("relay", Relay)
 # Only where auth is on.
 TOKENS = web.AppKey("tokens", TokenStore)
 
@@ -38,6 +42,8 @@ TOKENS = web.AppKey("tokens", TokenStore)
 REQUEST_CALLER = web.RequestKey("caller", Caller)
 # True where the kernel named the caller (the local socket, no token), not a token.
 REQUEST_BY_PEER = web.RequestKey("by_peer", bool)
+# True where a proxy session's cookie stood in for the token (handlers/proxy.py).
+REQUEST_BY_COOKIE = web.RequestKey("by_cookie", bool)
 # Where authentication puts the user's name, for the access log.
 REQUEST_USER = web.RequestKey("user", str)
 # Where a handler names what a request acted on, where the path does not say it.

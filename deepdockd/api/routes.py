@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from deepdockd.api.handlers import containers, gpus, health, images, static, streams, tokens
+from deepdockd.api.auth import PROXY_PATH
+from deepdockd.api.handlers import containers, gpus, health, images, proxy, static, streams, tokens
+
+# The proxy's route, with the patterns of its parameters.
+_PROXY = PROXY_PATH.replace("{port}", r"{port:[1-9][0-9]{0,4}}").replace("{path}", "{path:.*}")
+
+# The methods the proxy relays (a WebSocket is a GET).
+PROXY_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 ROUTES = [
     web.get("/images", images.list_images, allow_head=False),
@@ -20,6 +27,9 @@ ROUTES = [
     web.post("/containers/{name}/restart", containers.restart_container),
     web.post("/containers/{name}/extend", containers.extend_lease),
     web.get("/containers/{name}/logs", streams.container_logs, allow_head=False),
+    web.post("/containers/{name}/proxy-session", proxy.open_session),
+    web.get(_PROXY, proxy.relay, allow_head=False),
+    *(web.route(method, _PROXY, proxy.relay) for method in PROXY_METHODS[1:]),
     web.get("/events", streams.container_events, allow_head=False),
     web.get("/volumes", containers.list_volumes, allow_head=False),
     web.delete("/volumes/{name}", containers.delete_volume),

@@ -57,6 +57,7 @@ class ManagedContainer:
     ssh_user: str
     ssh_host_keys: list[PublicHostKey]  # the container's own, as its sshd presents them
     ports: dict[int, int]  # container port -> host port, allocated (running or not)
+    addresses: tuple[str, ...]  # its addresses on its networks, while running
     memory_mb: int | None  # None: no limit
     cpus: float | None  # None: no limit
     shm_size_mb: int | None  # None: made before deepdockd set it (Docker's 64 MiB)
@@ -96,6 +97,7 @@ class ManagedContainer:
                 if (key := PublicHostKey.parse(line)) is not None
             ],
             ports=labels.ports(summary.labels),
+            addresses=summary.addresses,
             memory_mb=_int_label(label(labels.MEMORY_MB, "")),
             cpus=_float_label(label(labels.CPUS, "")),
             shm_size_mb=_int_label(label(labels.SHM_SIZE_MB, "")),

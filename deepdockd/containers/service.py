@@ -200,7 +200,7 @@ class ContainerService:
                 request.ports,
                 everyone,
                 self._config.service_port_range,
-                address=self._config.ssh_bind_address,
+                address=self._config.service_bind_address,
                 released_at=self._port_releases.released_at,
             )
             reservation = self._reservations.add(

@@ -96,8 +96,15 @@ def container_spec(
             labels.LEASE_EXPIRES: iso(setup.lease.expires_at) or "",
             labels.IDLE_RECLAIM: "true" if request.idle_reclaim else "false",
         },
-        published_ports={SSH_CONTAINER_PORT: port, **setup.ports},
-        publish_address=config.ssh_bind_address,
+        # The SSH login is for the LAN; the services are for their owner, through the proxy
+        # or an SSH forward (docs/security.md#services), so loopback unless the admin says.
+        published_ports={
+            SSH_CONTAINER_PORT: (config.ssh_bind_address, port),
+            **{
+                inside: (config.service_bind_address, outside)
+                for inside, outside in setup.ports.items()
+            },
+        },
         mounts=_mounts(request, setup.home, config.shared_mounts),
         limits=Limits(
             shm_size_mib=resources.shm_size_mb,

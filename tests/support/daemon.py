@@ -25,6 +25,9 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPDOCKD_")}
     # No local socket unless the test asks for one: daemons of one run would share its path.
     env["DEEPDOCKD_HOST_USERS"] = "false"
+    # No egress rules unless the test asks for them: they are the host's, and each test's
+    # namespace would leave its own behind (tests/test_egress.py turns them on and removes them).
+    env["DEEPDOCKD_EGRESS_POLICY"] = "false"
     env.update(extra or {})
     return env
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import http.client
 import json
 import os
@@ -43,8 +44,23 @@ DEBIAN_NOSSH_IMAGE = "deepdockd-test/debian-nossh:bookworm"
 # The SSH image with a service of its own: busybox's httpd on port 8080, as the image's USER
 # (nobody), serving /srv/www: index.html says "deepdockd service", /cgi-bin/id runs `id -un`.
 DEBIAN_SERVICE_IMAGE = "deepdockd-test/debian-service:bookworm"
+# The SSH image with a web service for the proxy's tests (tests/support/web_app.py: a page,
+# a WebSocket echo, the request's headers, downloads) on port 8080, run by the host's own
+# Python 3.11 copied in (the image is bookworm, as the host is): no package mirror needed.
+# Tagged by the app's digest, so an edited app is built anew.
+DEBIAN_WEBAPP_IMAGE = (
+    "deepdockd-test/debian-webapp:"
+    + hashlib.sha256((Path(__file__).with_name("web_app.py")).read_bytes()).hexdigest()[:12]
+)
+WEBAPP_PORT = 8080
 
-TEST_IMAGES = (BUSYBOX_IMAGE, DEBIAN_SSH_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SERVICE_IMAGE)
+TEST_IMAGES = (
+    BUSYBOX_IMAGE,
+    DEBIAN_SSH_IMAGE,
+    DEBIAN_NOSSH_IMAGE,
+    DEBIAN_SERVICE_IMAGE,
+    DEBIAN_WEBAPP_IMAGE,
+)
 
 REGISTRY_ADDR = "127.0.0.1:5000"
 # A second registry that wants a user name and password (htpasswd), for private pulls.
@@ -78,6 +94,15 @@ ENV GREETING="hello from the image"
 USER nobody
 WORKDIR /srv/www
 CMD ["/usr/local/bin/busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/srv/www"]
+"""
+
+_WEBAPP_DOCKERFILE = """FROM {base}
+COPY python3.11 /usr/bin/python3.11
+COPY libexpat.so.1 /usr/lib/x86_64-linux-gnu/libexpat.so.1
+COPY lib /usr/lib/python3.11
+COPY web_app.py /opt/web_app.py
+USER nobody
+CMD ["/usr/bin/python3.11", "/opt/web_app.py", "{port}"]
 """
 
 
@@ -438,6 +463,8 @@ class Rig:
             self._import(name, tarballs[name])
         if not self.image_exists(DEBIAN_SERVICE_IMAGE):
             self._build_service_image()
+        if not self.image_exists(DEBIAN_WEBAPP_IMAGE):
+            self._build_webapp_image()
 
     def image_exists(self, name: str) -> bool:
         try:
@@ -480,6 +507,30 @@ class Rig:
             (www / "index.html").chmod(0o644)
             (context / "Dockerfile").write_text(_SERVICE_DOCKERFILE.format(base=DEBIAN_SSH_IMAGE))
             self.docker("build", "--quiet", "--tag", DEBIAN_SERVICE_IMAGE, str(context))
+
+    def _build_webapp_image(self) -> None:
+        """``docker build`` of DEBIAN_WEBAPP_IMAGE from the host's Python (Debian 12's, as
+        the image's libc is) and the test's web app: files copied in, no RUN step."""
+        python = Path("/usr/bin/python3.11")
+        expat = Path("/usr/lib/x86_64-linux-gnu/libexpat.so.1")
+        if not python.exists() or not expat.exists():
+            raise RigError("the web app's image needs the host's /usr/bin/python3.11 (Debian 12)")
+        with tempfile.TemporaryDirectory(dir=self.root / "cache") as tmp:
+            context = Path(tmp)
+            shutil.copy(python, context / "python3.11")
+            shutil.copy(expat.resolve(), context / "libexpat.so.1")
+            shutil.copytree(
+                "/usr/lib/python3.11",
+                context / "lib",
+                symlinks=True,
+                ignore=shutil.ignore_patterns(
+                    "test", "__pycache__", "idlelib", "tkinter", "turtledemo", "ensurepip"
+                ),
+            )
+            shutil.copy(Path(__file__).with_name("web_app.py"), context / "web_app.py")
+            dockerfile = _WEBAPP_DOCKERFILE.format(base=DEBIAN_SSH_IMAGE, port=WEBAPP_PORT)
+            (context / "Dockerfile").write_text(dockerfile)
+            self.docker("build", "--quiet", "--tag", DEBIAN_WEBAPP_IMAGE, str(context))
 
     def _busybox_rootfs(self, tarball: Path) -> None:
         busybox = shutil.which("busybox")

@@ -114,9 +114,15 @@ export class ContainerView {
     const running = c.status === "running";
     const host = location.hostname;
     const ssh = c["ssh-port"] === null ? null : `ssh -p ${c["ssh-port"]} ${c.ssh_user}@${host}`;
-    const ports = Object.entries(c.ports).map(([inside, outside]) =>
-      el("a", { href: `http://${host}:${Number(outside)}/`, target: "_blank", rel: "noopener noreferrer" },
-        `${inside} → ${outside}`));
+    // Each service through deepdockd's proxy (its host port is on the host's loopback only).
+    const ports = Object.keys(c.ports).map((inside) => {
+      const href = `/containers/${encodeURIComponent(c.name)}/proxy/${Number(inside)}/`;
+      return el("a", {
+        href, target: "_blank", rel: "noopener noreferrer",
+        "aria-label": `Open port ${inside} of ${c.name}`,
+        onclick: (event) => this.openService(event, c, href),
+      }, `${inside} ↗`);
+    });
     const action = (label, handler, extra = {}) =>
       el("button", { type: "button", "aria-label": `${label} ${c.name}`, onclick: handler, ...extra }, label);
     return el("tr", { "data-name": c.name },
@@ -141,6 +147,20 @@ export class ContainerView {
           : action("Start", () => this.act(c, "start")),
         action("Restart", () => this.act(c, "restart")),
         action("Delete", () => this.remove(c), { class: "danger" }))));
+  }
+
+  // The token is traded for a cookie scoped to the container's proxy path (HttpOnly, so no
+  // page reads it), and the service opens in a tab of its own with no opener: its pages run
+  // on this origin, and must not reach this tab's sessionStorage, where the token is.
+  async openService(event, c, href) {
+    event.preventDefault();
+    try {
+      await post(`/containers/${encodeURIComponent(c.name)}/proxy-session`);
+      this.banner("");
+      window.open(href, "_blank", "noopener,noreferrer");
+    } catch (error) {
+      this.banner(error.message);
+    }
   }
 
   act(c, verb) {
