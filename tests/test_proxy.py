@@ -28,6 +28,7 @@ from deepdockd.tokens import TokenStore
 from tests.support.api import ClientFactory
 from tests.support.rig import DEBIAN_WEBAPP_IMAGE, WEBAPP_PORT, Rig
 from tests.support.users import People, users_tokens
+from tests.support.web_app import PAGE
 
 DEEPDOCK = Path(sys.executable).parent / "deepdock"
 # A published port of the container where nothing listens.
@@ -283,7 +284,9 @@ async def test_what_the_proxy_answers_itself_names_the_cause(service: Service) -
     assert (stopped[0], json.loads(stopped[1])["error"]["code"]) == (409, "container_not_running")
 
 
-async def test_curl_reaches_the_service_with_the_token_and_not_without(service: Service) -> None:
+async def test_curl_reaches_the_service_with_the_token_and_not_without(
+    service: Service, tmp_path: Path
+) -> None:
     url = str(service.people.client.make_url(service.url()))
     with_token = await _run(
         "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
@@ -291,6 +294,24 @@ async def test_curl_reaches_the_service_with_the_token_and_not_without(service: 
     )  # fmt: skip
     without = await _run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url)
     assert (with_token, without) == ("200", "401")
+
+    # curl's own ways: HEAD, and an upload past 1 MiB, which it sends after
+    # "Expect: 100-continue" (deepdockd answers that; the service never waits for it).
+    head = await _run(
+        "curl", "-sS", "-I", "-H", f"Authorization: Bearer {service.people.tokens['alice']}", url
+    )  # fmt: skip
+    head_lines = head.splitlines()
+    assert head_lines[0].startswith("HTTP/1.1 200"), head
+    assert f"content-length: {len(PAGE.encode())}" in head.lower()  # the service's own length
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(b"y" * 2_000_000)
+    posted = await _run(
+        "curl", "-sS", "-X", "POST", "--data-binary", f"@{upload}",
+        "-H", f"Authorization: Bearer {service.people.tokens['alice']}",
+        str(service.people.client.make_url(service.url(rest="echo"))),
+    )  # fmt: skip
+    echoed = json.loads(posted)
+    assert (echoed["method"], len(echoed["body"])) == ("POST", 2_000_000)
 
 
 async def test_deepdock_forward_reaches_the_service_through_ssh(

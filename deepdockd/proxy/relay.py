@@ -37,6 +37,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# Answered by deepdockd itself (aiohttp sends the 100 Continue before the handler runs), so
+# the body is already on its way and the service must not be asked to wait for it.
+ANSWERED_HERE = frozenset({"expect"})
 # The handshake's own headers, which the relay's WebSocket client writes anew.
 WEBSOCKET_HANDSHAKE = frozenset(
     {
@@ -149,7 +152,7 @@ class Relay:
         named_hops = _connection_tokens(request.headers)
         for name, value in request.headers.items():
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named_hops:
+            if lower in HOP_BY_HOP or lower in named_hops or lower in ANSWERED_HERE:
                 continue
             if lower == "authorization" and not keep_authorization:
                 continue  # deepdockd's token: never the service's to see

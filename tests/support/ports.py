@@ -5,22 +5,22 @@ Allocation reads every namespace's containers, so a container that another test 
 containers takes a block of ports (and a UUID stem, ``gpu_stem``) that no other test uses, so
 its expectations ("the lowest port", "GPU 0 is free") hold whatever the others did. No other
 test uses the pools: the default range is 22000-22999, the fuzz test's 23000-23999 (and its
-service ports 24000-24999), and Linux hands out ephemeral ports from 32768. (The bench,
-24000-24999 and a few from 25000 for its `docker run` baseline, never runs beside the tests:
-both hold the rig's lock.)
+service ports 24000-24999), and Linux hands out ephemeral ports from 32768 to 60999, so the
+pools sit below and above those. (The bench, 24000-24999 and a few from 25000 for its
+`docker run` baseline, never runs beside the tests: both hold the rig's lock.)
 """
 
 from __future__ import annotations
 
 import pytest
 
-SSH_PORT_POOL = (25000, 29999)
+SSH_PORT_POOL = (25000, 32749)
 SSH_PORT_BLOCK = 30
 
 # The host ports of containers' published services ("ports", service_port_range) come from a
-# pool of their own, between the SSH pool and the ephemeral ports, in blocks as large as the
-# most a test publishes at once.
-SERVICE_PORT_POOL = (30000, 32749)
+# pool of their own, above Linux's ephemeral ports, in blocks as large as the most a test
+# publishes at once.
+SERVICE_PORT_POOL = (61000, 65499)
 SERVICE_PORT_BLOCK = 50
 
 

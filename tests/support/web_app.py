@@ -60,7 +60,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 reply = {"method": method, "target": target, "body": body.decode()}
                 answer("200 OK", "application/json", json.dumps(reply).encode(), writer)
             else:
-                answer("200 OK", "text/html; charset=utf-8", PAGE.encode(), writer)
+                page = PAGE.encode()
+                answer("200 OK", "text/html; charset=utf-8", page, writer, head=method == "HEAD")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -69,12 +70,19 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 def answer(
-    status: str, content_type: str, body: bytes, writer: asyncio.StreamWriter, *, extra: str = ""
+    status: str,
+    content_type: str,
+    body: bytes,
+    writer: asyncio.StreamWriter,
+    *,
+    extra: str = "",
+    head: bool = False,
 ) -> None:
+    """The answer; to a HEAD, its header alone (the length of the body it would have)."""
     writer.write(
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
+        + (b"" if head else body)
     )
 
 
