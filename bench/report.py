@@ -31,7 +31,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 def run_line(run: dict[str, Any]) -> str:
-    commit = f"`{run['commit']}`" + (" dirty (uncommitted changes)" if run["dirty"] else "")
+    # The commit in full since it names the code to diff against; 7 digits are enough to read.
+    commit = f"`{run['commit'][:7]}`" + (" dirty (uncommitted changes)" if run["dirty"] else "")
     return (
         f"Run of {run['when']}, commit {commit}, {run['cores']} cores, kernel {run['kernel']}, "
         f"dockerd {run['dockerd']}, Python {run['python']}, {run['seconds']:.0f} s in all, "

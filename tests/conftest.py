@@ -22,7 +22,7 @@ from deepdockd.firewall.keeper import EgressFirewall
 
 from tests.support import lanes
 from tests.support.api import Client, ClientFactory
-from tests.support.daemon import Daemon, RunningDaemon, Started
+from tests.support.daemon import Daemon, RunningDaemon, Started, daemon_port
 from tests.support.docker_state import clear_namespace
 from tests.support.gpus import NVML_SIM_LIBRARY
 from tests.support.images import derived_image, random_layer_tar
@@ -118,10 +118,10 @@ def client_allowing(
 
 
 @pytest.fixture
-def rig_daemon(rig: Rig, tmp_path: Path, free_port: int) -> Iterator[Callable[..., RunningDaemon]]:
-    """Factory: deepdockd as a real process on the rig's Docker and registries and this test's
-    free port, with a state directory of its own, once it serves. Whatever is left running is
-    stopped when the test ends."""
+def rig_daemon(rig: Rig, tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
+    """Factory: deepdockd as a real process on the rig's Docker and registries and a port of
+    its own (each process started gets another), with a state directory of its own, once it
+    serves. Whatever is left running is stopped when the test ends."""
     started: list[Daemon] = []
 
     def start(
@@ -129,12 +129,13 @@ def rig_daemon(rig: Rig, tmp_path: Path, free_port: int) -> Iterator[Callable[..
     ) -> RunningDaemon:
         state_dir = tmp_path / f"state-{name}"
         env = {"DEEPDOCKD_ALLOWED_REGISTRIES": ",".join(RIG_REGISTRIES), **(env or {})}
+        port = daemon_port()
         daemon = Daemon(
-            "--port", str(free_port), "--docker-host", rig.docker_host, "--state-dir", str(state_dir),
+            "--port", str(port), "--docker-host", rig.docker_host, "--state-dir", str(state_dir),
             *args, env=env, log=tmp_path / f"{name}.log", auth=auth,
         )  # fmt: skip
         started.append(daemon)
-        base = f"http://127.0.0.1:{free_port}"
+        base = f"http://127.0.0.1:{port}"
         daemon.wait_until_serving(f"{base}/healthz")
         return RunningDaemon(daemon, base, state_dir)
 
@@ -145,22 +146,23 @@ def rig_daemon(rig: Rig, tmp_path: Path, free_port: int) -> Iterator[Callable[..
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, free_port: int) -> Iterator[Callable[..., Started]]:
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Started]]:
     """Factory: deepdockd as a process (auth off, text log, no Docker: its socket does not
-    exist), once it serves; ``nofile`` is its (soft, hard) RLIMIT_NOFILE, the rest its
-    environment."""
+    exist) on a port of its own, once it serves; ``nofile`` is its (soft, hard)
+    RLIMIT_NOFILE, the rest its environment."""
     started: list[Daemon] = []
 
     def start(nofile: tuple[int, int] | None = None, **env: str) -> Started:
+        port = daemon_port()
         daemon = Daemon(
-            "--port", str(free_port), "--docker-host", f"unix://{tmp_path / 'no-docker.sock'}",
+            "--port", str(port), "--docker-host", f"unix://{tmp_path / 'no-docker.sock'}",
             "--state-dir", str(tmp_path / "state"), env=env, log=tmp_path / "daemon.log",
             nofile=nofile,
         )  # fmt: skip
         started.append(daemon)
-        base = f"http://127.0.0.1:{free_port}"
+        base = f"http://127.0.0.1:{port}"
         daemon.wait_until_serving(f"{base}/healthz")
-        return Started(daemon, base, free_port)
+        return Started(daemon, base, port)
 
     yield start
     for daemon in started:
@@ -269,9 +271,28 @@ def service_ports() -> tuple[int, int]:
 
 @pytest.fixture
 def cleanup(rig: Rig, namespace: str) -> Iterator[None]:
-    """Whatever this test's namespace left in Docker goes when it ends."""
+    """Whatever this test's namespace left in Docker goes when it ends: containers, owner
+    networks, home volumes (``clear_namespace``, which fails if any of them stays)."""
     yield
     clear_namespace(rig, namespace)
+
+
+@pytest.fixture(autouse=True)
+def namespace_left_empty(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test on the rig with a namespace of its own, nothing of that namespace
+    stays in Docker: whatever the test's own fixtures left (many remove its containers
+    behind deepdockd's back, which leaves the owner networks and home volumes deepdockd made)
+    is removed, and the test fails if any of it cannot be. Set up before the test's other
+    fixtures, so torn down after them all: the daemons they ran have stopped."""
+    names = request.fixturenames
+    if "rig" not in names or "namespace" not in names:
+        yield
+        return
+    rig: Rig = request.getfixturevalue("rig")
+    namespace: str = request.getfixturevalue("namespace")
+    yield
+    if rig.held and rig.docker_running():
+        clear_namespace(rig, namespace)
 
 
 @pytest.fixture

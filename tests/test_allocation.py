@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -46,24 +46,8 @@ def slow_stop_image(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def names(rig: Rig, config: Config) -> Iterator[Callable[[], list[str]]]:
-    """The names of this test's containers; all removed when it ends."""
-
-    def listed() -> list[str]:
-        output = rig.docker(
-            "ps", "--all", "--filter", f"label=deepdockd.namespace={config.namespace}",
-            "--format", "{{.Names}}",
-        )  # fmt: skip
-        return sorted(output.split())
-
-    yield listed
-    if listed():
-        rig.docker("rm", "--force", *listed())
-
-
-@pytest.fixture
 async def client(
-    aiohttp_client: ClientFactory, config: Config, ssh_ports: tuple[int, int], names: object
+    aiohttp_client: ClientFactory, config: Config, ssh_ports: tuple[int, int], cleanup: None
 ) -> Client:
     return await aiohttp_client(
         create_app(Config(**{**config.__dict__, "ssh_port_range": ssh_ports}))
@@ -78,19 +62,18 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float) -> No
         time.sleep(0.1)
 
 
-async def timed_create(client: Client, name: str) -> float:
-    started = time.monotonic()
-    await created(client, **body(name))
-    return time.monotonic() - started
+def started_at(rig: Rig, name: str) -> str:
+    """When the container's current run began: a restart gives it a new value."""
+    return rig.docker("inspect", "--format", "{{.State.StartedAt}}", name).strip()
 
 
 async def test_restarts_that_wait_out_the_stop_grace_do_not_hold_up_a_create(
     client: Client, rig: Rig, slow_stop_image: str
 ) -> None:
-    alone_s = await timed_create(client, "alone")
     stubborn = [f"stubborn{i}" for i in range(3)]
     for name in stubborn:
         await created(client, **body(name, image=slow_stop_image, user_name="bob"))
+    first_runs = {name: started_at(rig, name) for name in stubborn}
 
     sent = time.monotonic()
     restarts = [
@@ -106,12 +89,25 @@ async def test_restarts_that_wait_out_the_stop_grace_do_not_hold_up_a_create(
     def all_in_their_grace() -> bool:
         return all(term_seen(name) for name in stubborn)
 
-    await asyncio.to_thread(wait_until, all_in_their_grace, "SIGTERM reached every one", 15)
-    during_s = await timed_create(client, "during")
-    answers = await asyncio.gather(*restarts)
-    restarts_s = time.monotonic() - sent
+    try:
+        # All three in their grace at once: a lock held through a restart would let one
+        # restart stop its container at a time.
+        await asyncio.to_thread(wait_until, all_in_their_grace, "SIGTERM reached every one", 15)
+        await created(client, **body("during"))
+        # The order, not two timings: the create answered while every restart still waited
+        # out its grace (the containers are still in their first run), which a create that
+        # queued behind them could not (Docker ends a grace only by killing the container).
+        restarts_done_when_created = [task.done() for task in restarts]
+        runs_when_created = {name: started_at(rig, name) for name in stubborn}
+        answers = await asyncio.gather(*restarts)
+        restarts_s = time.monotonic() - sent
+    finally:
+        for task in restarts:
+            task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)
 
-    assert during_s < alone_s + 1.0, (alone_s, during_s)
+    assert restarts_done_when_created == [False] * 3
+    assert runs_when_created == first_runs
     assert [answer.status for answer in answers] == [200] * 3
     assert [await answer.json() for answer in answers] == [
         {"message": f"container '{name}' restarted"} for name in stubborn
@@ -119,6 +115,7 @@ async def test_restarts_that_wait_out_the_stop_grace_do_not_hold_up_a_create(
     assert restarts_s >= STOP_GRACE_S  # they really waited out the grace; the create did not
     for name in stubborn:
         assert rig.docker("inspect", "--format", "{{.State.Running}}", name).strip() == "true"
+        assert started_at(rig, name) != first_runs[name]  # restarted: a run of its own
 
 
 async def test_a_freed_port_waits_while_other_ports_are_free(
@@ -141,7 +138,7 @@ async def test_a_freed_port_waits_while_other_ports_are_free(
 
 
 async def test_a_freed_port_is_reused_once_it_is_the_one_freed_longest_ago(
-    aiohttp_client: ClientFactory, config: Config, ssh_ports: tuple[int, int], names: object
+    aiohttp_client: ClientFactory, config: Config, ssh_ports: tuple[int, int], cleanup: None
 ) -> None:
     low = ssh_ports[0]
     narrow = Config(**{**config.__dict__, "ssh_port_range": (low, low + 2)})

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from deepdockd.logfmt import logfmt
 from deepdockd.tokens import TokenStore
 
+from tests.support.checking_relay import exchange_problems
 from tests.support.daemon import RunningDaemon
 
 LOG_LINE = re.compile(
@@ -115,16 +116,19 @@ def raw_request(
     """One request as an attacker sends it by hand (a target no HTTP library would rewrite):
     its status."""
     authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+    sent = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"{authorization}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-            f"{authorization}Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        sock.sendall(sent)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
+    problems = exchange_problems(f"http://127.0.0.1:{port}", sent, answer)
+    assert not problems, "\n".join(problems)  # held to the strict spec
     return int(answer.split()[1])
 
 

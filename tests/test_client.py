@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from deepdock.units import hours, mebibytes
 from deepdockd.api import schemas
 from deepdockd.tokens import TokenStore
 
+from tests.support.checking_relay import checking_relay
 from tests.support.daemon import Daemon, RunningDaemon, http_json
 from tests.support.gpus import NVML_SIM_LIBRARY
 from tests.support.rig import DEBIAN_SSH_IMAGE, RIG_REGISTRIES, Rig
@@ -75,19 +76,18 @@ def terminal(tmp_path: Path) -> Terminal:
 class Server:
     daemon: RunningDaemon
     token: str  # alice's
-
-    @property
-    def url(self) -> str:
-        return self.daemon.base
+    url: str  # the checking relay's, in front of the daemon: what the client is given
 
 
 @pytest.fixture
 def server(
     rig_daemon: Callable[..., RunningDaemon], namespace: str, ssh_ports: tuple[int, int],
     cleanup: None,
-) -> Server:  # fmt: skip
+) -> Iterator[Server]:  # fmt: skip
     """A deepdockd with auth on, the simulated demo GPUs and ONE SSH port: every container
-    gets the port of the one before it."""
+    gets the port of the one before it. The client reaches it through a relay that holds
+    every answer to the strict spec (tests/support/checking_relay.py): one outside it fails
+    the test when it ends."""
     env = {
         "DEEPDOCKD_NAMESPACE": namespace,
         "DEEPDOCKD_SSH_PORT_RANGE": f"{ssh_ports[0]}-{ssh_ports[0]}",
@@ -95,7 +95,8 @@ def server(
         "NVML_SIM_CONFIG": str(DEMO_GPUS),
     }
     daemon = rig_daemon(env=env, auth=True)
-    return Server(daemon, TokenStore(daemon.state_dir).add("alice", "user"))
+    with checking_relay(daemon.base) as relay:
+        yield Server(daemon, TokenStore(daemon.state_dir).add("alice", "user"), relay.url)
 
 
 def login(terminal: Terminal, server: Server, name: str = "gpu1") -> None:

@@ -3,14 +3,19 @@ deepdockd process on the rig with auth on and the four simulated demo GPUs: sign
 GPU cards and their plots against GET /metrics/gpus, a container made through the form and
 logged in to with the SSH command the page shows, a stop seen without a reload, a pull's
 progress bar, and what a user's page does not show. Every request the page makes is
-recorded, and must go to the daemon. Screenshots of each view go to build/dashboard/."""
+recorded, and must go to the daemon; every answer of the daemon's API the page receives is
+checked against the strict spec (tests/support/spec.py). Screenshots of each view go to
+build/dashboard/."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import shlex
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -22,13 +27,21 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Error, Page, Request, expect, sync_playwright
 
 from deepdockd.tokens import TokenStore
 
 from tests.support.daemon import RunningDaemon, http_json, http_request
 from tests.support.gpus import NVML_SIM_LIBRARY
-from tests.support.rig import DEBIAN_SSH_IMAGE, DEBIAN_WEBAPP_IMAGE, WEBAPP_PORT, Rig
+from tests.support.rig import (
+    DEBIAN_SSH_IMAGE,
+    DEBIAN_WEBAPP_IMAGE,
+    REGISTRY_ADDR,
+    RIG_REGISTRIES,
+    WEBAPP_PORT,
+    Rig,
+)
+from tests.support.spec import answer_problem
 
 DEMO_GPUS = Path(__file__).parent / "nvml-sim" / "demo-4gpu.json"
 SCREENSHOTS = Path(__file__).parents[1] / "build" / "dashboard"
@@ -66,11 +79,79 @@ def hostile_process() -> Iterator[int]:
     process.wait()
 
 
+@contextlib.contextmanager
+def slow_link(to: str, *, bytes_per_s: int) -> Iterator[str]:
+    """A TCP relay on a free loopback port to ``to`` (``host:port``) that brings the answers
+    back at about ``bytes_per_s`` (a thread of its own, for these synchronous tests): the
+    rig's registry behind a slow network, so that a pull's download lasts seconds however
+    fast the machine. Yields the relay's ``host:port`` (loopback: Docker pulls without TLS)."""
+    host, port = to.rsplit(":", 1)
+    chunk = max(bytes_per_s // 100, 1)
+    loop = asyncio.new_event_loop()
+    started: list[asyncio.Server] = []
+    connections: set[asyncio.Task[None]] = set()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pace: bool) -> None:
+        try:
+            while data := await reader.read(chunk if pace else 2**16):
+                writer.write(data)
+                await writer.drain()
+                if pace:
+                    await asyncio.sleep(0.01)  # the link's rate: `chunk` bytes each 10 ms
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            await asyncio.gather(
+                relay(reader, upstream_writer, pace=False),
+                relay(upstream_reader, writer, pace=True),
+            )
+        finally:
+            writer.close()
+            connections.discard(task)
+
+    async def start() -> None:
+        started.append(await asyncio.start_server(connect, "127.0.0.1", 0))
+
+    async def stop() -> None:
+        started[0].close()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+
+    # The loop runs in a thread of its own from the start: the test's thread may run one
+    # already (Playwright's sync API does).
+    thread = threading.Thread(target=loop.run_forever, name="slow-link", daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"127.0.0.1:{started[0].sockets[0].getsockname()[1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def slow_registry() -> Iterator[str]:
+    """The rig's open registry behind a 2 MiB/s link (see ``slow_link``)."""
+    with slow_link(REGISTRY_ADDR, bytes_per_s=2 * 2**20) as link:
+        yield link
+
+
 @pytest.fixture
 def server(
     rig_daemon: Callable[..., RunningDaemon], namespace: str, ssh_ports: tuple[int, int],
     service_ports: tuple[int, int], gpu_stem: str, tmp_path: Path, hostile_process: int,
-    cleanup: None,
+    slow_registry: str, cleanup: None,
 ) -> Server:  # fmt: skip
     """deepdockd with auth on and the four demo GPUs, under UUIDs of this test's own (so no
     container another test left behind holds them)."""
@@ -91,6 +172,7 @@ def server(
         "LD_LIBRARY_PATH": str(NVML_SIM_LIBRARY.parent),
         "NVML_SIM_CONFIG": str(gpus),
         "DEEPDOCKD_GPU_BUCKET": "2",  # points from the first seconds on, and often
+        "DEEPDOCKD_ALLOWED_REGISTRIES": ",".join((*RIG_REGISTRIES, slow_registry)),
     }
     daemon = rig_daemon(env=env, auth=True)
     store = TokenStore(daemon.state_dir)
@@ -103,28 +185,76 @@ def server(
     return Server(daemon, tokens, lost_flag)
 
 
+# What the proxy relays from a container's service (whatever it is; the proxy's own answers
+# are held to the spec in-process, tests/test_proxy.py).
+RELAYED = re.compile(r"^/containers/[^/]+/proxy/")
+# The tabs the running test opened: their answers are checked again when the browser closes.
+OPENED: list[Tab] = []
+
+
 @pytest.fixture
 def browser() -> Iterator[Browser]:
+    """Headless Chromium. When the test ends, every answer of the daemon's API its tabs
+    received must hold to the strict spec (as each test's ``foreign_requests`` checks too)."""
+    OPENED.clear()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield launched
+        problems = [problem for tab in OPENED for problem in tab.spec_problems]
+        checked = sum(tab.answers_checked for tab in OPENED)
         launched.close()
+    OPENED.clear()
+    assert not problems, "answers outside openapi.yaml in the browser:\n" + "\n".join(problems)
+    print(f"{checked} API answers the browser received were checked against the strict spec")
 
 
 @dataclass
 class Tab:
-    """A page of the dashboard, with every request it made and every page load."""
+    """A page of the dashboard, with every request it made and every page load, and what
+    was wrong with the answers of the daemon's API it received (``spec_problems``)."""
 
     page: Page
+    base: str
     requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # uncaught in the page's scripts
     loads: int = 0
+    spec_problems: list[str] = field(default_factory=list)
+    answers_checked: int = 0
 
     def foreign_requests(self, base: str) -> list[str]:
         """The requests that went elsewhere than the daemon; checked with the page's errors
-        (there must be none of either)."""
+        and the answers outside the spec (there must be none of any)."""
         assert self.errors == []
+        assert self.spec_problems == []
         return [url for url in self.requests if not url.startswith(base + "/")]
+
+    def check_answer(self, request: Request, *, finished: bool) -> None:
+        """One answer of the daemon's API (not the dashboard's own files) against the strict
+        spec: whole once it finished; an event stream that is still open (or was cut when the
+        page went) by its status and type, and the frames it had, cut or not."""
+        url = request.url
+        if not url.startswith(self.base + "/") or url.startswith(self.base + "/ui"):
+            return
+        if RELAYED.match(url.removeprefix(self.base)):
+            return  # a container's service answered through the proxy: not the API's answer
+        response = request.response()
+        if response is None:
+            return  # no answer at all (the page went before it came)
+        headers = {name.title(): value for name, value in response.headers.items()}
+        streaming = headers.get("Content-Type", "").startswith("text/event-stream")
+        try:
+            body = response.body() if finished else b""
+        except Error:
+            body, finished = b"", False  # its body went with the page that asked for it
+        if not finished and not streaming:
+            return  # a whole answer the page did not wait for: nothing to check it by
+        problem = answer_problem(
+            request.method, url, response.status, headers, body,
+            request_headers=request.headers, complete=finished,
+        )  # fmt: skip
+        self.answers_checked += 1
+        if problem:
+            self.spec_problems.append(f"{request.method} {url} -> {response.status}: {problem}")
 
     def screenshot(self, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -136,8 +266,12 @@ class Tab:
 
 def open_tab(browser: Browser, url: str, viewport: dict[str, int] = DESKTOP) -> Tab:
     page = browser.new_page(viewport=viewport)
-    tab = Tab(page)
+    parts = url.split("/", 3)
+    tab = Tab(page, base="/".join(parts[:3]))
+    OPENED.append(tab)
     page.on("request", lambda request: tab.requests.append(request.url))
+    page.on("requestfinished", lambda request: tab.check_answer(request, finished=True))
+    page.on("requestfailed", lambda request: tab.check_answer(request, finished=False))
     page.on("pageerror", lambda error: tab.errors.append(str(error)))
 
     def loaded(_: Page) -> None:
@@ -420,9 +554,20 @@ def test_delete_of_a_running_container_offers_force(browser: Browser, server: Se
 
 
 def test_a_pull_shows_its_progress_to_the_end(
-    browser: Browser, server: Server, registry_image: Callable[..., str]
-) -> None:
-    reference = registry_image(size_mb=25)
+    browser: Browser, server: Server, registry_image: Callable[..., str], slow_registry: str,
+    rig: Rig,
+) -> None:  # fmt: skip
+    # 8 MiB through a 2 MiB/s link: the layer downloads for seconds, whatever the machine's
+    # load, so the bar has values between empty and full to show.
+    reference = registry_image(size_mb=8).replace(REGISTRY_ADDR, slow_registry, 1)
+    try:
+        pull_in_the_page(browser, server, reference)
+    finally:
+        if rig.image_exists(reference):
+            rig.docker("rmi", "--force", reference)
+
+
+def pull_in_the_page(browser: Browser, server: Server, reference: str) -> None:
     tab = signed_in(browser, server, "alice")
     page = tab.page
     tab.view("New container")

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from deepdockd.api.app import create_app
+from deepdockd.api.keys import ACCOUNTING
 from deepdockd.config import Config
 from deepdockd.gpu.procfs import container_id_of, origin_of
 from deepdockd.tokens import TokenStore
@@ -176,6 +177,19 @@ class Setup:
                 return body
             assert time.monotonic() < deadline, f"{path} never met the condition; last: {body}"
             await asyncio.sleep(0.05)
+
+    async def passes(self, count: int, timeout_s: float = 15) -> None:
+        """Return once the accounting has attributed ``count`` passes of the sampler more:
+        each gives it a new attribution (``latest``), so ``count`` changes seen are at least
+        ``count`` passes done."""
+        accounting = self.client.server.app[ACCOUNTING]
+        seen, changes = accounting.latest, 0
+        deadline = time.monotonic() + timeout_s
+        while changes < count:
+            assert time.monotonic() < deadline, f"{changes} of {count} passes in {timeout_s} s"
+            await asyncio.sleep(0.01)
+            if accounting.latest is not seen:
+                seen, changes = accounting.latest, changes + 1
 
     def container(self, name: str, owner: str, gpus: str) -> int:
         """A running container of this daemon's namespace, labelled as a create labels it
@@ -342,8 +356,8 @@ async def test_host_and_foreign_processes_and_stray_use(
         assert [len(p) for p in processes_of(mine, 0)] == [8, 2]
         assert processes_of(mine, 1) == [{"memory_used_mib": 300.0, "kind": "host"}]
 
-        # Each stray use is logged once, however many passes see it.
-        await asyncio.sleep(0.5)
+        # Each stray use is logged once, however many passes see it: five more, counted.
+        await setup.passes(5)
         strays = [r.getMessage() for r in caplog.records if "stray GPU use" in r.getMessage()]
         assert sorted(strays) == sorted(
             [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -84,7 +85,12 @@ def error(code: str, message: str, **details: Any) -> dict[str, Any]:
 def pull_error(code: str, message: str, reference: str) -> dict[str, Any]:
     """A failed pull's answer: the reference and its registry in ``details``, and nothing of
     what Docker or the registry said."""
-    return error(code, message, reference=reference, registry=reference.split("/", 1)[0])
+    return error(code, message, reference=reference, registry=registry_of(reference))
+
+
+def registry_of(reference: str) -> str:
+    """``127.0.0.1:5001`` of ``127.0.0.1:5001/deepdockd-test/rand-…:v1``."""
+    return reference.split("/", 1)[0]
 
 
 def repository_path(reference: str) -> str:
@@ -157,6 +163,77 @@ async def slow_link(to: str, *, bytes_per_s: int) -> AsyncIterator[str]:
         server.close()
         for task in list(connections):
             task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        await server.wait_closed()
+
+
+@dataclasses.dataclass
+class HeldLink:
+    """A relay to a registry (``held_link``): its ``host:port``; ``holding`` is set once it
+    holds an answer."""
+
+    address: str
+    holding: asyncio.Event
+    released: asyncio.Event
+
+    def release(self) -> None:
+        """Every answer held goes on, and none is held again."""
+        self.released.set()
+
+
+@contextlib.asynccontextmanager
+async def held_link(to: str, *, after_bytes: int) -> AsyncIterator[HeldLink]:
+    """A TCP relay on a free loopback port to ``to`` (``host:port``) that holds each answer
+    once it has brought back ``after_bytes`` bytes, until ``release()``: a registry whose big
+    downloads stall mid-way for as long as a test needs a pull in flight (its small answers,
+    the ping, a 401, a manifest, pass)."""
+    host, port = to.rsplit(":", 1)
+    link = HeldLink(address="", holding=asyncio.Event(), released=asyncio.Event())
+    connections: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool) -> None:
+        brought = 0
+        try:
+            while data := await reader.read(2**16):
+                if hold and brought + len(data) > after_bytes and not link.released.is_set():
+                    link.holding.set()
+                    await link.released.wait()
+                brought += len(data)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        writers.append(writer)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            writers.append(upstream_writer)
+            await asyncio.gather(
+                relay(reader, upstream_writer, hold=False),
+                relay(upstream_reader, writer, hold=True),
+            )
+        finally:
+            writer.close()
+            connections.discard(task)
+
+    server = await asyncio.start_server(connect, "127.0.0.1", 0)
+    link.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield link
+    finally:
+        # The connections end by being closed, not cancelled (asyncio's stream server logs a
+        # cancelled connection's task as an error): each relay then reads its end.
+        link.release()
+        server.close()
+        for writer in writers:
+            writer.close()
         await asyncio.gather(*connections, return_exceptions=True)
         await server.wait_closed()
 
@@ -332,22 +409,42 @@ async def test_private_registry_pull_with_credentials(
 
 
 async def test_pulls_with_credentials_are_never_shared(
-    client: Client, rig: Rig, registry_image: MakeImage
+    client_allowing: ClientAllowing, rig: Rig, registry_image: MakeImage
 ) -> None:
-    # Big enough that the pull with the right credentials still runs when the others come: a
-    # pull shared by reference would hand them its image (or it their refusal).
-    reference = registry_image(registry=PRIVATE_REGISTRY_ADDR, size_mb=16)
+    # The pull with the right credentials comes through a link that holds its layer mid-way
+    # until the others have answered: a pull shared by reference would hand them its image (or
+    # it their refusal), and they would wait for it.
+    in_registry = registry_image(registry=PRIVATE_REGISTRY_ADDR, size_mb=16)
     password = rig.private_registry_password
     right = {"username": PRIVATE_REGISTRY_USER, "password": password}
     wrong = {"username": PRIVATE_REGISTRY_USER, "password": password + "-wrong"}
+    async with held_link(PRIVATE_REGISTRY_ADDR, after_bytes=2 * 2**20) as link:
+        client = await client_allowing(link.address)
+        reference = in_registry.replace(PRIVATE_REGISTRY_ADDR, link.address, 1)
+        first = asyncio.create_task(pull(client, reference, auth=right))
+        others = None
+        try:
+            async with asyncio.timeout(60):
+                await link.holding.wait()  # its layer is coming, and held
+            others = asyncio.gather(pull(client, reference), pull(client, reference, auth=wrong))
+            await asyncio.wait({others}, timeout=30)
+            assert others.done(), "the pulls without the right credentials waited for it"
+            first_in_flight = not first.done()
+            link.release()
+            async with asyncio.timeout(60):
+                with_right = await first
+            without, with_wrong = others.result()
+            in_the_engine = pulled(rig, reference) if rig.image_exists(reference) else None
+        finally:
+            for task in (first, others):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(first, *([others] if others else []), return_exceptions=True)
+            if rig.image_exists(reference):
+                rig.docker("rmi", "--force", reference)
 
-    with_right, without, with_wrong = await asyncio.gather(
-        pull(client, reference, auth=right),
-        pull(client, reference),
-        pull(client, reference, auth=wrong),
-    )
-
-    assert with_right == (200, pulled(rig, reference))
+    assert first_in_flight  # the others came, and answered, while it was still pulling
+    assert with_right == (200, in_the_engine)
     assert without == (502, wants_credentials(reference))
     assert with_wrong == (502, credentials_refused(reference))
 
@@ -355,7 +452,7 @@ async def test_pulls_with_credentials_are_never_shared(
 def wants_credentials(reference: str) -> dict[str, Any]:
     return pull_error(
         "registry_auth_failed",
-        f'registry {PRIVATE_REGISTRY_ADDR} wants credentials for {reference} (send "auth")',
+        f'registry {registry_of(reference)} wants credentials for {reference} (send "auth")',
         reference,
     )
 
@@ -364,7 +461,7 @@ def credentials_refused(reference: str) -> dict[str, Any]:
     # Docker words a refusal exactly as it words a 401 from wherever a hostile registry sends
     # the pull: the one answer of a failed pull (docs/security.md#pulls-that-are-sent-elsewhere).
     return pull_error(
-        "pull_failed", PULL_FAILED.format(ref=reference, registry=PRIVATE_REGISTRY_ADDR), reference
+        "pull_failed", PULL_FAILED.format(ref=reference, registry=registry_of(reference)), reference
     )
 
 

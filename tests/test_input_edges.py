@@ -20,6 +20,7 @@ from deepdockd.api.app import create_app
 from deepdockd.config import Config, ConfigError, load_config
 
 from tests.support.api import Client, ClientFactory
+from tests.support.checking_relay import exchange_problems
 from tests.support.daemon import Started, http_request, run_deepdockd
 
 # Where no Docker answers: none of these tests needs one, and none may reach one.
@@ -252,15 +253,18 @@ FORGED = (
 def raw_request(port: int, method: str, target: str, body: bytes = b"") -> tuple[int, Any]:
     """One request as sent by hand (a target no HTTP library would send as it is): the
     status and the JSON error of the answer."""
+    sent = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
-            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
+        sock.sendall(sent)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
+    problems = exchange_problems(f"http://127.0.0.1:{port}", sent, answer)
+    assert not problems, "\n".join(problems)  # held to the strict spec
     head, _, payload = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(payload)["error"]
 

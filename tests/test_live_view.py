@@ -21,6 +21,7 @@ from deepdockd.config import Config
 from deepdockd.tokens import TokenStore
 
 from tests.support.api import Client, ClientFactory, body, created
+from tests.support.checking_relay import exchange_problems
 from tests.support.daemon import RunningDaemon
 from tests.support.rig import Rig
 from tests.support.users import users_tokens
@@ -308,8 +309,9 @@ def test_a_stop_ends_open_event_streams_at_once(
 ) -> None:
     daemon = rig_daemon()
     host, port = daemon.base.removeprefix("http://").split(":")
+    asked = b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection((host, int(port)), timeout=10) as stream:
-        stream.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        stream.sendall(asked)
         head = stream.recv(4096)
         started = time.monotonic()
         status, log = daemon.stop()
@@ -317,6 +319,8 @@ def test_a_stop_ends_open_event_streams_at_once(
         rest = stream.recv(4096)
 
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    problems = exchange_problems(daemon.base, asked, head + rest)
+    assert not problems, "\n".join(problems)  # held to the strict spec, frames to Event
     assert status == 0, log[-2000:]
     assert took_s < 5, took_s  # not shutdown_timeout (30 s): the stream ended with the stop
     assert rest.endswith(b"0\r\n\r\n")  # the chunked answer ended properly

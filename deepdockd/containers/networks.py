@@ -97,18 +97,23 @@ class OwnerNetworks:
             await self._create(name, owner)
         return name
 
-    async def release(self, owner: str) -> None:
+    async def release(self, owner: str, *, quiet: bool = False) -> bool:
         """Remove the owner's network if the owner has no container left in this namespace
         (in any state: a stopped one starts again on it) and no create in flight; and so any
         other network of this namespace whose owner has none (its containers removed with
-        ``docker rm``, its create killed). Never raises, even when cancelled: a network left
-        behind is reused by its owner's next create, or removed by the next release."""
+        ``docker rm``, its create killed). Whether that was done (``quiet``: a failure is
+        not logged, for a caller that tries again). Never raises, even when cancelled: a
+        network left behind is reused by its owner's next create, or removed by the next
+        release."""
         if not self.enabled:
-            return
+            return True
         try:
             await asyncio.shield(self._release())
         except (ApiError, asyncio.CancelledError) as exc:
-            log.error("could not remove the network of %s: %s", owner, exc)
+            if not quiet:
+                log.error("could not remove the network of %s: %s", owner, exc)
+            return False
+        return True
 
     async def _release(self) -> None:
         async with self._lock:

@@ -108,6 +108,8 @@ class Reaper:
             await asyncio.sleep(REAPER_TICK_S)
 
     async def check_once(self) -> None:
+        # What creates left while Docker was away goes first, once it answers again.
+        await self._containers.undo_failed_creates()
         now = self._clock()
         running = []
         for summary in await self._view.summaries():

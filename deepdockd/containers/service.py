@@ -40,6 +40,7 @@ from deepdockd.docker import (
     ContainerSummary,
     Docker,
     DockerConflict,
+    DockerNotFound,
     PortTaken,
     StorageLimitRefused,
 )
@@ -103,6 +104,12 @@ class ContainerService:
             config,
             in_flight=lambda: [h.labels[labels.OWNER] for h in self._reservations.holders()],
         )
+        # What failed creates could not undo because Docker did not answer (it went away
+        # mid-create): their containers (id -> name), and whether owner networks are owed a
+        # release. Undone once Docker answers again (:meth:`undo_failed_creates`).
+        self._leftovers: dict[str, str] = {}
+        self._networks_owed = False
+        self._undoing = asyncio.Lock()
 
     # --- reading ---
 
@@ -157,7 +164,8 @@ class ContainerService:
         try:
             return await self._create(request, caller)
         except BaseException:
-            await self._networks.release(request.owner)
+            if not await self._networks.release(request.owner):
+                self._networks_owed = True
             raise
 
     async def _create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
@@ -238,8 +246,9 @@ class ContainerService:
         try:
             await self._wait_for_sshd(container_id, port)
         except ApiError as exc:
-            await self._discard(container_id, request.name)
-            raise type(exc)(f"{exc.message}; container removed", details=exc.details) from None
+            if await self._discard(container_id, request.name):
+                raise type(exc)(f"{exc.message}; container removed", details=exc.details) from None
+            raise
         except BaseException:
             await self._discard(container_id, request.name)
             raise
@@ -320,17 +329,46 @@ class ContainerService:
             restarts_before=restarts_before,
         )
 
-    async def _discard(self, container_id: str, name: str) -> None:
-        """Remove a container whose create failed; never raises, even when cancelled."""
+    async def _discard(self, container_id: str, name: str) -> bool:
+        """Remove a container whose create failed; whether it is gone. Never raises, even
+        when cancelled: one that Docker could not remove now is removed once it answers
+        again (:meth:`undo_failed_creates`)."""
         try:
             await asyncio.shield(self._docker.remove_container(container_id, force=True))
+        except DockerNotFound:
+            pass  # gone already
         except (ApiError, asyncio.CancelledError) as exc:
             log.error(
-                "could not remove the failed container %s (%s): %s", name, container_id[:12], exc
-            )
-        else:
-            log.info("removed the failed container %s", name)
-            self._view.forget(container_id)
+                "could not remove the failed container %s (%s) yet: %s", name, container_id[:12],
+                exc.message if isinstance(exc, ApiError) else "cancelled",
+            )  # fmt: skip
+            self._leftovers[container_id] = name
+            return False
+        log.info("removed the failed container %s", name)
+        self._leftovers.pop(container_id, None)
+        self._view.forget(container_id)
+        return True
+
+    async def undo_failed_creates(self) -> None:
+        """Remove the containers, and release the owner networks, that failed creates left
+        because Docker did not answer then; what still fails waits for the next call (the
+        reaper's tick, and every allocation). Never raises."""
+        if not self._leftovers and not self._networks_owed:
+            return
+        async with self._undoing:
+            for container_id, name in list(self._leftovers.items()):
+                try:
+                    await self._docker.remove_container(container_id, force=True)
+                except DockerNotFound:
+                    pass
+                except ApiError:
+                    return  # Docker still away: the next call tries again
+                log.info("removed the failed container %s, now that Docker answers", name)
+                self._leftovers.pop(container_id, None)
+                self._view.forget(container_id)
+                self._networks_owed = True
+            if self._networks_owed and await self._networks.release("", quiet=True):
+                self._networks_owed = False
 
     # --- life cycle ---
 
@@ -408,7 +446,9 @@ class ContainerService:
         await self._networks.release(container.owner)
 
     async def _holders(self) -> list[ContainerSummary]:
-        """Every namespace's containers, and the choices of the operations in flight."""
+        """Every namespace's containers, and the choices of the operations in flight (after
+        what failed creates left while Docker was away is removed: it holds nothing)."""
+        await self.undo_failed_creates()
         everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
         return everyone + self._reservations.holders()
 

@@ -356,11 +356,11 @@ class ImageService:
         registry's word (:meth:`_vouch`). A tag the caller may not move is checked with the
         registry, without pulling: the image it names here is pulled by its digest, which
         leaves the tag as it is; another is refused (TagInUse, naming the rule)."""
-        if caller.is_admin:
-            return reference  # admins may move any tag and use any image
         key = str(reference)
         here = await self._docker.inspect_image(key)
         self._records.check()  # a record that cannot be read refuses before anything moves
+        if caller.is_admin:
+            return reference  # admins may move any tag and use any image
         if here is None:
             return reference  # new on this host: anyone may pull it
         if not self._may_use(here, caller):

@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.support import lanes
 from tests.support.spec import answer_problem
@@ -91,6 +93,73 @@ def http_get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
     return http_request("GET", url, timeout_s=timeout_s)
 
 
+# --- ports: one a daemon process, and which process listens on one ---
+
+_HANDED_OUT: set[int] = set()
+
+
+def daemon_port() -> int:
+    """A loopback port for one deepdockd process: free now (the kernel's choice, as a bind to
+    port 0 makes it, so concurrent runs on one machine do not draw the same numbers) and never
+    handed to another daemon of this run, so that no daemon answers for another."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on ``port`` (TCP, IPv4 and IPv6), from
+    /proc/net/tcp: columns local_address (hex ip:port), st (0A: LISTEN) and inode."""
+    inodes = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets that process ``pid`` holds open (``socket:[INODE]``)."""
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port``."""
+    listening = _listening_inodes(port)
+    return bool(listening) and bool(listening & _socket_inodes(pid))
+
+
+def listening_pids(port: int) -> set[int]:
+    """The processes (of those this user may look into) listening on ``port``."""
+    listening = _listening_inodes(port)
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and listening & _socket_inodes(int(entry.name)):
+            pids.add(int(entry.name))
+    return pids
+
+
 class Daemon:
     """A deepdockd process started in the background; ``stop()`` sends SIGTERM and returns
     its exit status and everything it logged. Auth is off unless ``auth`` (tests of other
@@ -120,16 +189,28 @@ class Daemon:
         )
 
     def wait_until_serving(self, url: str, timeout_s: float = 20) -> None:
+        """Return once this process answers ``url``: an answer counts only while the port's
+        listening socket is this process's own, so a daemon that another test (or an earlier
+        one of this test) left on the port is never taken for this one."""
+        port = urlsplit(url).port
+        assert port is not None, url
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"deepdockd exited early:\n{self.log.read_text()}")
             try:
                 http_get(url, timeout_s=1)
-                return
             except OSError:
                 time.sleep(0.1)
-        raise AssertionError(f"deepdockd did not serve {url} within {timeout_s} s")
+                continue
+            if listens_on(self.process.pid, port):
+                return
+            time.sleep(0.1)  # another process answered: this one will fail to listen, or come
+        listeners = listening_pids(port)
+        raise AssertionError(
+            f"deepdockd (pid {self.process.pid}) did not serve {url} within {timeout_s} s"
+            + (f"; pid {sorted(listeners)} listens there" if listeners else "")
+        )
 
     def wait_for_exit(self, timeout_s: float = 20) -> tuple[int, str]:
         """For a daemon that must stop by itself."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
+from urllib.parse import quote
 
-from tests.support.rig import Rig
+from tests.support.rig import Rig, RigError, unix_http_get
 
 
 def inspect(rig: Rig, name: str) -> dict[str, Any]:
@@ -14,14 +16,46 @@ def inspect(rig: Rig, name: str) -> dict[str, Any]:
     return dict(data)
 
 
-def clear_namespace(rig: Rig, namespace: str) -> None:
-    """Remove whatever a test's namespace left in Docker: containers, networks, volumes."""
-    label = f"label=deepdockd.namespace={namespace}"
-    for kind, removal in (
-        (["ps", "--all", "--quiet"], ["rm", "--force"]),
-        (["network", "ls", "--quiet"], ["network", "rm"]),
-        (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
+def namespace_holdings(rig: Rig, namespace: str) -> dict[str, list[str]]:
+    """What Docker holds of a namespace, by its label: container, network and volume names.
+    Read through the API (three requests on the socket), as cheap as a test's end needs."""
+    filters = quote(json.dumps({"label": [f"deepdockd.namespace={namespace}"]}))
+    found: dict[str, list[str]] = {}
+    for kind, path in (
+        ("containers", f"/containers/json?all=1&filters={filters}"),
+        ("networks", f"/networks?filters={filters}"),
+        ("volumes", f"/volumes?filters={filters}"),
     ):
-        found = rig.docker(*kind, "--filter", label).split()
-        if found:
-            rig.docker(*removal, *found)
+        status, body = unix_http_get(rig.docker_socket, path, timeout_s=10)
+        if status != 200:
+            raise RigError(f"GET {path} on the rig's Docker: {status} {body[:200]!r}")
+        listed = json.loads(body)
+        if kind == "containers":
+            found[kind] = [c["Id"] for c in listed]
+        elif kind == "networks":
+            found[kind] = [n["Id"] for n in listed]
+        else:
+            found[kind] = [v["Name"] for v in listed["Volumes"] or []]
+    return found
+
+
+def clear_namespace(rig: Rig, namespace: str) -> None:
+    """Remove whatever a test's namespace left in Docker: its containers (with their anonymous
+    volumes), then the owner networks and home volumes that deepdockd made for them; and
+    fail if any of them is still there after (a network something still uses, a volume still
+    mounted), rather than leave it to the rig's next start."""
+    held = namespace_holdings(rig, namespace)
+    if not any(held.values()):
+        return
+    for kind, removal in (
+        ("containers", ["rm", "--force", "--volumes"]),
+        ("networks", ["network", "rm"]),
+        ("volumes", ["volume", "rm", "--force"]),
+    ):
+        if held[kind]:
+            # One that went meanwhile (a daemon still stopping removes its networks) is no
+            # failure; one that stays is, below.
+            with contextlib.suppress(RigError):
+                rig.docker(*removal, *held[kind])
+    left = {kind: names for kind, names in namespace_holdings(rig, namespace).items() if names}
+    assert not left, f"namespace {namespace} still holds, after its clean-up: {left}"
