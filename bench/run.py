@@ -731,6 +731,8 @@ class Bench:
             gpu_sample_interval=str(bucket),
             gpu_bucket=str(bucket),
             gpu_retention=str(bucket * FULL_RETENTION_POINTS),
+            # EVENT_CLIENTS dashboards of one admin: more than the per-user stream cap.
+            max_streams_per_user="0",
         )
         try:
             async with aiohttp.ClientSession(headers=auth) as http:
@@ -941,7 +943,10 @@ class Bench:
         """`count` creates at once; then `count` more with `clients` clients of GET /events
         attached, each of which must see every new container created and started, with ids
         that only increase."""
-        daemon, base, auth = self.start_daemon("concurrent", gpu_config=self.h100_gpus)
+        # EVENT_CLIENTS dashboards of one admin: more than the per-user stream cap.
+        daemon, base, auth = self.start_daemon(
+            "concurrent", gpu_config=self.h100_gpus, max_streams_per_user="0"
+        )
         first = [f"{self.namespace}-c{i:02d}" for i in range(count)]
         watched = [f"{self.namespace}-e{i:02d}" for i in range(count)]
         try:
