@@ -9,13 +9,10 @@ build/dashboard/."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import shlex
 import subprocess
-import threading
 import time
 import urllib.request
 import uuid
@@ -33,6 +30,7 @@ from deepdockd.tokens import TokenStore
 
 from tests.support.daemon import RunningDaemon, http_json, http_request
 from tests.support.gpus import NVML_SIM_LIBRARY
+from tests.support.relays import in_thread, slow_link
 from tests.support.rig import (
     DEBIAN_SSH_IMAGE,
     DEBIAN_WEBAPP_IMAGE,
@@ -79,71 +77,10 @@ def hostile_process() -> Iterator[int]:
     process.wait()
 
 
-@contextlib.contextmanager
-def slow_link(to: str, *, bytes_per_s: int) -> Iterator[str]:
-    """A TCP relay on a free loopback port to ``to`` (``host:port``) that brings the answers
-    back at about ``bytes_per_s`` (a thread of its own, for these synchronous tests): the
-    rig's registry behind a slow network, so that a pull's download lasts seconds however
-    fast the machine. Yields the relay's ``host:port`` (loopback: Docker pulls without TLS)."""
-    host, port = to.rsplit(":", 1)
-    chunk = max(bytes_per_s // 100, 1)
-    loop = asyncio.new_event_loop()
-    started: list[asyncio.Server] = []
-    connections: set[asyncio.Task[None]] = set()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pace: bool) -> None:
-        try:
-            while data := await reader.read(chunk if pace else 2**16):
-                writer.write(data)
-                await writer.drain()
-                if pace:
-                    await asyncio.sleep(0.01)  # the link's rate: `chunk` bytes each 10 ms
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
-            await asyncio.gather(
-                relay(reader, upstream_writer, pace=False),
-                relay(upstream_reader, writer, pace=True),
-            )
-        finally:
-            writer.close()
-            connections.discard(task)
-
-    async def start() -> None:
-        started.append(await asyncio.start_server(connect, "127.0.0.1", 0))
-
-    async def stop() -> None:
-        started[0].close()
-        for task in list(connections):
-            task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
-
-    # The loop runs in a thread of its own from the start: the test's thread may run one
-    # already (Playwright's sync API does).
-    thread = threading.Thread(target=loop.run_forever, name="slow-link", daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"127.0.0.1:{started[0].sockets[0].getsockname()[1]}"
-    finally:
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 @pytest.fixture
 def slow_registry() -> Iterator[str]:
     """The rig's open registry behind a 2 MiB/s link (see ``slow_link``)."""
-    with slow_link(REGISTRY_ADDR, bytes_per_s=2 * 2**20) as link:
+    with in_thread(slow_link(REGISTRY_ADDR, bytes_per_s=2 * 2**20), "slow-link") as link:
         yield link
 
 

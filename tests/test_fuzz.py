@@ -41,7 +41,8 @@ from tests.support.host_users import (
     host_accounts,
     world_readable_dir,
 )
-from tests.support.rig import BUSYBOX_IMAGE, REGISTRY_ADDR, Rig
+from tests.support.images import registry_layer_files
+from tests.support.rig import BUSYBOX_IMAGE, Rig
 
 ROOT = Path(__file__).parents[1]
 SPEC = ROOT / "openapi.yaml"
@@ -275,21 +276,6 @@ def test_the_fuzz_run_fails_on_an_undocumented_server_error(
     assert "server error 503 (docker_unavailable)" in run.stdout, run.stdout[-3000:]
 
 
-def registry_layers(rig: Rig, reference: str) -> list[Path]:
-    """Where the rig's open registry keeps the layers of ``reference`` (distribution's
-    filesystem layout: tag -> manifest -> blobs)."""
-    v2 = rig.root / "registry" / "docker" / "registry" / "v2"
-    repository, tag = reference.removeprefix(f"{REGISTRY_ADDR}/").rsplit(":", 1)
-    link = v2 / "repositories" / repository / "_manifests" / "tags" / tag / "current" / "link"
-
-    def blob(digest: str) -> Path:
-        hex_digest = digest.removeprefix("sha256:")
-        return v2 / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
-
-    manifest = json.loads(blob(link.read_text()).read_text())
-    return [blob(layer["digest"]) for layer in manifest["layers"]]
-
-
 def test_the_fuzz_run_fails_on_a_server_error_inside_a_stream(
     rig: Rig,
     rig_daemon: Callable[..., RunningDaemon],
@@ -299,7 +285,7 @@ def test_the_fuzz_run_fails_on_a_server_error_inside_a_stream(
     # The registry serves the image's layer corrupt: the pull starts (a 200, progress lines),
     # then Docker's checksum fails and the stream ends with a 502-class error line.
     pullable = registry_image()
-    for layer in registry_layers(rig, pullable):
+    for layer in registry_layer_files(rig, pullable):
         layer.write_bytes(bytes(len(layer.read_bytes())))
     daemon = rig_daemon(auth=True)
     try:

@@ -4,20 +4,19 @@ delete, and every error a person can meet."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from tests.support.api import Client
+from tests.support.images import registry_layer_files
+from tests.support.relays import held_link, slow_link
 from tests.support.rig import (
     BUSYBOX_IMAGE,
     PRIVATE_REGISTRY_ADDR,
@@ -104,138 +103,6 @@ def layer_in_engine(rig: Rig, chain_id: str) -> bool:
     driver = rig.docker("info", "--format", "{{.Driver}}").strip()
     layerdb = rig.root / "data" / "image" / driver / "layerdb" / "sha256"
     return (layerdb / chain_id.removeprefix("sha256:")).is_dir()
-
-
-def registry_layer_files(rig: Rig, reference: str) -> list[Path]:
-    """Where the rig's open registry (storage under ``ROOT/registry``, see ``Rig``) keeps the
-    layers of ``reference``: distribution's filesystem layout, tag -> manifest -> blobs."""
-    v2 = rig.root / "registry" / "docker" / "registry" / "v2"
-    repository, tag = reference.removeprefix(f"{REGISTRY_ADDR}/").rsplit(":", 1)
-    link = v2 / "repositories" / repository / "_manifests" / "tags" / tag / "current" / "link"
-
-    def blob(digest: str) -> Path:
-        hex_digest = digest.removeprefix("sha256:")
-        return v2 / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
-
-    manifest = json.loads(blob(link.read_text()).read_text())
-    return [blob(layer["digest"]) for layer in manifest["layers"]]
-
-
-@contextlib.asynccontextmanager
-async def slow_link(to: str, *, bytes_per_s: int) -> AsyncIterator[str]:
-    """A TCP relay on a free loopback port to ``to`` (``host:port``) that brings the answers
-    back at about ``bytes_per_s``: the rig's registry behind a slow network. Yields the relay's
-    ``host:port``; a loopback registry is one Docker pulls from without TLS."""
-    host, port = to.rsplit(":", 1)
-    chunk = max(bytes_per_s // 100, 1)
-    connections: set[asyncio.Task[None]] = set()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pace: bool) -> None:
-        try:
-            while data := await reader.read(chunk if pace else 2**16):
-                writer.write(data)
-                await writer.drain()
-                if pace:
-                    await asyncio.sleep(0.01)  # the link's rate: `chunk` bytes each 10 ms
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
-            await asyncio.gather(
-                relay(reader, upstream_writer, pace=False),
-                relay(upstream_reader, writer, pace=True),
-            )
-        finally:
-            writer.close()
-            connections.discard(task)
-
-    server = await asyncio.start_server(connect, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        for task in list(connections):
-            task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
-        await server.wait_closed()
-
-
-@dataclasses.dataclass
-class HeldLink:
-    """A relay to a registry (``held_link``): its ``host:port``; ``holding`` is set once it
-    holds an answer."""
-
-    address: str
-    holding: asyncio.Event
-    released: asyncio.Event
-
-    def release(self) -> None:
-        """Every answer held goes on, and none is held again."""
-        self.released.set()
-
-
-@contextlib.asynccontextmanager
-async def held_link(to: str, *, after_bytes: int) -> AsyncIterator[HeldLink]:
-    """A TCP relay on a free loopback port to ``to`` (``host:port``) that holds each answer
-    once it has brought back ``after_bytes`` bytes, until ``release()``: a registry whose big
-    downloads stall mid-way for as long as a test needs a pull in flight (its small answers,
-    the ping, a 401, a manifest, pass)."""
-    host, port = to.rsplit(":", 1)
-    link = HeldLink(address="", holding=asyncio.Event(), released=asyncio.Event())
-    connections: set[asyncio.Task[None]] = set()
-    writers: list[asyncio.StreamWriter] = []
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool) -> None:
-        brought = 0
-        try:
-            while data := await reader.read(2**16):
-                if hold and brought + len(data) > after_bytes and not link.released.is_set():
-                    link.holding.set()
-                    await link.released.wait()
-                brought += len(data)
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        writers.append(writer)
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
-            writers.append(upstream_writer)
-            await asyncio.gather(
-                relay(reader, upstream_writer, hold=False),
-                relay(upstream_reader, writer, hold=True),
-            )
-        finally:
-            writer.close()
-            connections.discard(task)
-
-    server = await asyncio.start_server(connect, "127.0.0.1", 0)
-    link.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        yield link
-    finally:
-        # The connections end by being closed, not cancelled (asyncio's stream server logs a
-        # cancelled connection's task as an error): each relay then reads its end.
-        link.release()
-        server.close()
-        for writer in writers:
-            writer.close()
-        await asyncio.gather(*connections, return_exceptions=True)
-        await server.wait_closed()
 
 
 async def pull(client: Client, repo_tag: str, **extra: Any) -> tuple[int, dict[str, Any]]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import h11
 
+from tests.support.relays import Pipe, copy, in_thread, tcp_relay
 from tests.support.spec import answer_problem
 
 
@@ -73,67 +73,27 @@ def checking_relay(to: str) -> Iterator[CheckingRelay]:
     """A relay on a free loopback port to the daemon at ``to`` (its base URL). Yields it; on
     leaving, every answer that passed is checked, and any outside the spec fails."""
     target = urlsplit(to)
-    host, port = target.hostname or "127.0.0.1", target.port or 80
-    loop = asyncio.new_event_loop()
     connections: list[_Connection] = []
-    tasks: set[asyncio.Task[None]] = set()
-    servers: list[asyncio.Server] = []
 
-    async def pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, copy: bytearray
-    ) -> None:
-        try:
-            while data := await reader.read(65536):
-                copy.extend(data)
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
+    def pipes() -> tuple[Pipe, Pipe]:
         connection = _Connection()
         connections.append(connection)
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
-        except OSError:
-            writer.close()  # the daemon is down: so is the relay, to its client
-            tasks.discard(task)
-            return
-        try:
-            await asyncio.gather(
-                pipe(reader, upstream_writer, connection.sent),
-                pipe(upstream_reader, writer, connection.received),
-            )
-        finally:
-            tasks.discard(task)
 
-    async def start() -> None:
-        servers.append(await asyncio.start_server(connect, "127.0.0.1", 0))
+        def keeping(into: bytearray) -> Pipe:
+            async def kept(data: bytes) -> None:
+                into.extend(data)
 
-    async def stop() -> None:
-        servers[0].close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await copy(reader, writer, each=kept)
 
-    # The loop runs in a thread of its own from the start: the test's thread may run one
-    # already (Playwright's sync API does).
-    thread = threading.Thread(target=loop.run_forever, name="checking-relay", daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    relay = CheckingRelay(f"http://127.0.0.1:{servers[0].sockets[0].getsockname()[1]}", connections)
-    try:
+            return pipe
+
+        return keeping(connection.sent), keeping(connection.received)
+
+    relayed = tcp_relay(target.hostname or "127.0.0.1", target.port or 80, pipes)
+    with in_thread(relayed, "checking-relay") as address:
+        relay = CheckingRelay(f"http://{address}", connections)
         yield relay
-    finally:
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
     problems = relay.problems()
     assert not problems, "answers outside openapi.yaml through the relay:\n" + "\n".join(problems)
 
