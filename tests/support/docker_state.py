@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -39,23 +40,31 @@ def namespace_holdings(rig: Rig, namespace: str) -> dict[str, list[str]]:
     return found
 
 
-def clear_namespace(rig: Rig, namespace: str) -> None:
+def clear_namespace(rig: Rig, namespace: str, *, rounds: int = 5) -> None:
     """Remove whatever a test's namespace left in Docker: its containers (with their anonymous
     volumes), then the owner networks and home volumes that deepdockd made for them; and
     fail if any of them is still there after (a network something still uses, a volume still
-    mounted), rather than leave it to the rig's next start."""
+    mounted), rather than leave it to the rig's next start.
+
+    Docker releases a removed container's network endpoints a moment after ``rm`` answers
+    (seen after twenty containers went at once: ``network rm`` refused, "active endpoints"),
+    so what stays is tried again, a few rounds half a second apart, before it counts."""
     held = namespace_holdings(rig, namespace)
-    if not any(held.values()):
-        return
-    for kind, removal in (
-        ("containers", ["rm", "--force", "--volumes"]),
-        ("networks", ["network", "rm"]),
-        ("volumes", ["volume", "rm", "--force"]),
-    ):
-        if held[kind]:
-            # One that went meanwhile (a daemon still stopping removes its networks) is no
-            # failure; one that stays is, below.
-            with contextlib.suppress(RigError):
-                rig.docker(*removal, *held[kind])
-    left = {kind: names for kind, names in namespace_holdings(rig, namespace).items() if names}
+    for round_ in range(rounds):
+        if not any(held.values()):
+            return
+        if round_:
+            time.sleep(0.5)
+        for kind, removal in (
+            ("containers", ["rm", "--force", "--volumes"]),
+            ("networks", ["network", "rm"]),
+            ("volumes", ["volume", "rm", "--force"]),
+        ):
+            if held[kind]:
+                # One that went meanwhile (a daemon still stopping removes its networks) is
+                # no failure; one that stays is tried again, and then fails below.
+                with contextlib.suppress(RigError):
+                    rig.docker(*removal, *held[kind])
+        held = namespace_holdings(rig, namespace)
+    left = {kind: names for kind, names in held.items() if names}
     assert not left, f"namespace {namespace} still holds, after its clean-up: {left}"
