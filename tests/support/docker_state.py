@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from typing import Any
@@ -40,7 +39,7 @@ def namespace_holdings(rig: Rig, namespace: str) -> dict[str, list[str]]:
     return found
 
 
-def clear_namespace(rig: Rig, namespace: str, *, rounds: int = 5) -> None:
+def clear_namespace(rig: Rig, namespace: str, *, rounds: int = 10) -> None:
     """Remove whatever a test's namespace left in Docker: its containers (with their anonymous
     volumes), then the owner networks and home volumes that deepdockd made for them; and
     fail if any of them is still there after (a network something still uses, a volume still
@@ -50,11 +49,13 @@ def clear_namespace(rig: Rig, namespace: str, *, rounds: int = 5) -> None:
     (seen after twenty containers went at once: ``network rm`` refused, "active endpoints"),
     so what stays is tried again, a few rounds half a second apart, before it counts."""
     held = namespace_holdings(rig, namespace)
+    refusals: list[str] = []
     for round_ in range(rounds):
         if not any(held.values()):
             return
         if round_:
             time.sleep(0.5)
+        refusals = []
         for kind, removal in (
             ("containers", ["rm", "--force", "--volumes"]),
             ("networks", ["network", "rm"]),
@@ -63,8 +64,10 @@ def clear_namespace(rig: Rig, namespace: str, *, rounds: int = 5) -> None:
             if held[kind]:
                 # One that went meanwhile (a daemon still stopping removes its networks) is
                 # no failure; one that stays is tried again, and then fails below.
-                with contextlib.suppress(RigError):
+                try:
                     rig.docker(*removal, *held[kind])
+                except RigError as exc:
+                    refusals.append(str(exc))
         held = namespace_holdings(rig, namespace)
     left = {kind: names for kind, names in held.items() if names}
-    assert not left, f"namespace {namespace} still holds, after its clean-up: {left}"
+    assert not left, f"namespace {namespace} still holds, after its clean-up: {left} ({refusals})"
