@@ -21,6 +21,7 @@ from typing import Any
 
 from deepdockd.quota_settings import NO_QUOTAS, Quotas, parse_quotas
 from deepdockd.references import is_registry_host
+from deepdockd.shared_mounts import SharedMount, parse_shared_mounts
 
 DEFAULT_CONFIG_FILE = Path("/etc/deepdockd/deepdockd.toml")
 ENV_PREFIX = "DEEPDOCKD_"
@@ -85,6 +86,10 @@ class Config:
     # else deepdockd's bundled static server), "bundled" (always ours), "image" (the image's
     # only; an image without sshd fails the create).
     ssh_server: str = "auto"
+    # Give containers deepdockd's files (the bootstrap's, the bundled SSH server) as read-only
+    # mounts of STATE_DIR (false: copy them into each container, for a Docker whose paths are
+    # not this host's: rootless, in a VM). Over TCP they are always copied.
+    mount_host_files: bool = True
     # Let two running containers hold the same GPU.
     gpu_sharing: bool = False
     # Registries ("host" or "host:port") that pulls may use although they are loopback,
@@ -143,16 +148,6 @@ class Config:
     # only on overlay2 over XFS mounted with pquota.
     disk_usage_interval: float = 60.0
     container_disk_limit_gb: float = 0.0
-
-
-@dataclass(frozen=True)
-class SharedMount:
-    source: str
-    target: str
-    read_only: bool = True
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
 
 
 # --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
@@ -352,32 +347,6 @@ def _parse_pids_limit(raw: object) -> int:
     )
 
 
-def _parse_shared_mounts(raw: object) -> tuple[SharedMount, ...]:
-    # A TOML array in the file; one string, comma-separated, in the environment.
-    items = raw
-    if isinstance(raw, str):
-        items = [part.strip() for part in raw.split(",")] if raw else []
-    if not isinstance(items, list):
-        items = [None]
-    mounts = []
-    for item in items:
-        parts = item.split(":") if isinstance(item, str) else []
-        mode = parts.pop() if len(parts) == 3 else "ro"
-        if (
-            len(parts) != 2
-            or mode not in ("ro", "rw")
-            or not all(
-                p.startswith("/") and "," not in p and ".." not in p.split("/") for p in parts
-            )
-        ):
-            raise ValueError(
-                'must be "HOST_PATH:CONTAINER_PATH[:ro|rw]" entries with absolute paths, as in '
-                '["/srv/datasets:/datasets:ro"] (comma-separated in the environment)'
-            )
-        mounts.append(SharedMount(parts[0], parts[1], read_only=mode == "ro"))
-    return tuple(mounts)
-
-
 def _parse_hours(raw: object) -> float:
     return _number(raw, 0, 87600, "must be a number of hours from 0 to 87600, as in 0.5 (0: none)")
 
@@ -461,8 +430,9 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "pids_limit": _parse_pids_limit,
     "service_port_range": _parse_port_range,
     "service_bind_address": _parse_ip_address,
-    "shared_mounts": _parse_shared_mounts,
+    "shared_mounts": parse_shared_mounts,
     "live_view": _parse_bool,
+    "mount_host_files": _parse_bool,
     "max_streams_per_user": _parse_streams,
     "quotas": parse_quotas,
     "default_lease_hours": _parse_hours,

@@ -372,6 +372,13 @@ class Docker:
             arch=str(data.get("Arch", "")),
         )
 
+    async def userns_remapped(self) -> bool:
+        """Whether Docker maps a container's root to another uid of the host (userns-remap)."""
+        async with self.translate_errors():
+            data = await self.client.system.info()
+        options = data.get("SecurityOptions") or []
+        return any(str(option).startswith("name=userns") for option in options)
+
     async def list_images(self) -> list[Image]:
         async with self.translate_errors():
             items = await self.client.images.list()

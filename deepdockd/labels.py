@@ -27,6 +27,9 @@ HOME_VOLUME = PREFIX + "home-volume"  # the volume at the user's home; absent: a
 # (fairshare/records.py), since labels cannot change.
 LEASE_EXPIRES = PREFIX + "lease-expires"
 IDLE_RECLAIM = PREFIX + "idle-reclaim"  # "false": an admin exempted it from idle reclaim
+# The token of its bootstrap's directory on the host (containers/bootstrap_inputs.py); absent:
+# its bootstrap's files were copied into it.
+BOOTSTRAP = PREFIX + "bootstrap"
 # On volumes: what the volume is ("home") and the uid its files belong to.
 KIND = PREFIX + "kind"
 UID = PREFIX + "uid"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from deepdockd.__main__ import parse_args
-from deepdockd.config import PARSERS, Config, ConfigError, SharedMount, flag_name, load_config
+from deepdockd.config import PARSERS, Config, ConfigError, flag_name, load_config
+from deepdockd.shared_mounts import SharedMount
 
 from tests.support.daemon import run_deepdockd
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from deepdockd.api.app import create_app
 from deepdockd.config import Config
+from deepdockd.containers.phases import CREATE_PHASES
 from deepdockd.containers.resources import default_memory_mb
 
 from tests.support.api import Client, ClientFactory, body, create, created
@@ -30,6 +33,7 @@ from tests.support.rig import (
     DEBIAN_SSH_IMAGE,
     REGISTRY_ADDR,
     Rig,
+    RigError,
 )
 from tests.support.ssh import ssh
 
@@ -104,6 +108,12 @@ def fingerprint(public_key: str) -> str:
     return listed.stdout.split()[1]
 
 
+def inspect_port(rig: Rig, name: str) -> int:
+    """The host port the running container's SSH is published on."""
+    [port] = published_ssh_ports(inspect(rig, name))
+    return port
+
+
 def published_ssh_ports(container: dict[str, Any]) -> set[int]:
     """The host ports Docker publishes the container's port 22 on."""
     bindings = container["NetworkSettings"]["Ports"].get("22/tcp") or []
@@ -166,13 +176,39 @@ async def test_create_gives_a_working_ssh_login_with_gpus_and_env(
 
 
 async def test_image_without_sshd_runs_the_bundled_server_and_installs_nothing(
-    gpu_client: Client,
+    gpu_client: Client, rig: Rig, test_config: Config
 ) -> None:
     answer = await created(gpu_client, **body("nossh", image=DEBIAN_NOSSH_IMAGE))
 
     command = ssh(answer["ssh-port"], "alice", "pw-nossh", "id -un; command -v sshd || echo none")
     assert command.stdout.split() == ["alice", "none"]
     assert ssh_greeting(answer["ssh-port"]).startswith("SSH-2.0-dropbear_")
+    # The server is the host's one copy, mounted read-only, not copied into the container.
+    [mount] = [m for m in inspect(rig, "nossh")["Mounts"] if m["Destination"] == "/.deepdockd-ssh"]
+    assert (mount["Type"], mount["RW"]) == ("bind", False)
+    assert mount["Source"].startswith(f"{test_config.state_dir}/ssh-server/")
+
+
+async def test_a_create_tells_where_its_time_went(
+    gpu_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer's Server-Timing header names each phase of the create in order, with its
+    milliseconds (docs/api.md), and the debug log says the same: a slow create shows its
+    slow step without a profiler."""
+    caplog.set_level(logging.DEBUG, logger="deepdockd.containers.service")
+    response = await gpu_client.post("/containers/create", json=body("timed"))
+    assert response.status == 201, await response.text()
+    phases = dict(entry.split(";dur=") for entry in response.headers["Server-Timing"].split(", "))
+    assert list(phases) == list(CREATE_PHASES)
+    assert all(float(ms) >= 0 for ms in phases.values())
+    # Docker's create and start, and the wait for sshd, take time on any machine.
+    assert all(float(phases[p]) > 0 for p in ("docker_create", "start", "sshd_ready"))
+    [logged] = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("create timed:")
+    ]
+    assert re.fullmatch(
+        r"create timed: \d+ ms \(resolve \d+, allocate \d+, .*, answer \d+\)", logged
+    )
 
 
 def ssh_greeting(port: int) -> str:
@@ -218,7 +254,7 @@ async def test_docker_gets_the_gpus_by_uuid_labels_and_restart_policy(
 
 
 async def test_the_password_is_nowhere_to_be_read(
-    gpu_client: Client, rig: Rig, caplog: pytest.LogCaptureFixture
+    gpu_client: Client, rig: Rig, test_config: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     password = f"secret-{uuid.uuid4().hex}"
@@ -233,8 +269,20 @@ async def test_the_password_is_nowhere_to_be_read(
     assert password not in rig.docker("inspect", "secret")
     assert password not in rig.docker("logs", "secret")
     assert password not in caplog.text
-    with pytest.raises(Exception, match="No such file"):
-        rig.docker("exec", "secret", "cat", "/.deepdockd/secret")
+    # Its hash is used once: gone from the container and from the host's directory that
+    # gives the bootstrap its files (mounted read-only at /.deepdockd-in) once SSH answers.
+    for path in ("/.deepdockd/secret", "/.deepdockd-in/secret"):
+        with pytest.raises(RigError, match="No such file"):
+            rig.docker("exec", "secret", "cat", path)
+    token = inspect(rig, "secret")["Config"]["Labels"]["deepdockd.bootstrap"]
+    given = test_config.state_dir / "bootstrap" / test_config.namespace / token
+    assert sorted(p.name for p in given.iterdir()) == [
+        "bootstrap.sh", "env", "image-env", "settings", "ssh_host_ed25519_key",
+    ]  # fmt: skip
+
+    # The container's directory goes with it.
+    assert (await gpu_client.delete("/containers/secret?force=true")).status == 200
+    assert not given.exists()
 
 
 async def test_image_that_cannot_have_ssh_fails_and_leaves_nothing(
@@ -257,9 +305,40 @@ async def test_image_that_cannot_have_ssh_fails_and_leaves_nothing(
         " set ssh_server to auto; container removed"
     )
     assert leftovers() == []
+    # Nor its bootstrap's directory on the host.
+    given = test_config.state_dir / "bootstrap" / test_config.namespace
+    assert list(given.iterdir()) == []
     # Its port and GPU are free again.
     answer = await created(client, **body("next", gpu_ids=[0]))
     assert answer["ssh-port"] == ssh_ports[0]
+
+
+async def test_a_bootstrap_directory_that_no_container_names_goes_at_the_start(
+    aiohttp_client: ClientFactory, test_config: Config, rig: Rig, leftovers: Leftovers
+) -> None:
+    """A container removed behind deepdockd's back leaves its bootstrap's directory on the
+    host; the next start sweeps it, once old enough that no create in flight is making it,
+    and keeps every directory a container still names."""
+    client = await aiohttp_client(create_app(test_config))
+    await created(client, **body("kept"))
+    await created(client, **body("dropped"))
+    root = test_config.state_dir / "bootstrap" / test_config.namespace
+    kept, dropped = (
+        root / inspect(rig, name)["Config"]["Labels"]["deepdockd.bootstrap"]
+        for name in ("kept", "dropped")
+    )
+    rig.docker("rm", "--force", "dropped")  # behind deepdockd's back
+    young = root / "0123456789abcdef0123456789abcdef"
+    young.mkdir()
+    an_hour_ago = time.time() - 3600
+    for path in (kept, dropped):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+    await aiohttp_client(create_app(test_config))  # the next start
+
+    assert sorted(p.name for p in root.iterdir()) == sorted([kept.name, young.name])
+    login = ssh(inspect_port(rig, "kept"), "alice", "pw-kept", "id -un")
+    assert login.stdout == "alice\n", login.stderr
 
 
 async def test_sshd_that_does_not_answer_in_time_is_504_and_leaves_nothing(
@@ -805,3 +884,45 @@ def test_a_killed_daemon_comes_back_without_double_booking(
     )
     assert (other[0], other[1]["ssh-port"]) == (201, ssh_ports[0] + 1)
     assert leftovers() == ["kept", "other"]
+
+
+async def test_the_list_shows_each_change_as_the_container_answers_it(
+    gpu_client: Client, rig: Rig
+) -> None:
+    """GET /containers keeps each container's answer encoded and encodes it again only when
+    something it shows changes: a stop and a start (Docker's events), a lease extended (the
+    records file). After each change the list shows it, and each entry is exactly what
+    GET /containers/{name} answers."""
+
+    async def listed(*, each_too: bool = True) -> dict[str, Any]:
+        status, answer = await call(gpu_client, "GET", "/containers")
+        assert status == 200, answer
+        entries = {c["name"]: c for c in answer["containers"]}
+        for name, entry in entries.items() if each_too else ():
+            assert (await call(gpu_client, "GET", f"/containers/{name}")) == (200, entry)
+        return entries
+
+    await created(gpu_client, **body("first", lease_hours=1))
+    await created(gpu_client, **body("second"))
+    before = await listed()
+    assert before["first"]["status"] == "running"
+
+    rig.docker("stop", "--time", "1", "first")  # behind deepdockd's back: an event
+    deadline = time.monotonic() + 10
+    while (now := await listed(each_too=False))["first"]["status"] == "running":
+        assert time.monotonic() < deadline, now
+        await asyncio.sleep(0.05)
+    now = await listed()
+    assert now["first"]["ssh-port"] is None
+    assert now["second"] == before["second"]
+
+    status, answer = await call(gpu_client, "POST", "/containers/first/start")
+    assert status == 200, answer
+    response = await gpu_client.post("/containers/first/extend", json={"lease_hours": 3})
+    assert response.status == 200, await response.text()
+    lease = await response.json()
+    extended = await listed()
+    assert extended["first"]["status"] == "running"
+    assert extended["first"]["ssh-port"] == before["first"]["ssh-port"]
+    assert extended["first"]["expires_at"] == lease["expires_at"]
+    assert extended["first"]["expires_at"] != before["first"]["expires_at"]

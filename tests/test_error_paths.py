@@ -314,7 +314,9 @@ async def test_an_unreadable_containers_json_refuses_extend_and_the_reaper_stops
 
 # --- Docker goes away in the middle of a create ---
 
-STEPS = ("network", "create", "archive", "start", "sshd_wait")
+# "info": whether Docker remaps root, asked before the first create mounts host files;
+# "archive": the bootstrap's files copied in, with mount_host_files off.
+STEPS = ("network", "info", "create", "archive", "start", "sshd_wait")
 
 
 class DockerThatDies(Docker):
@@ -336,6 +338,11 @@ class DockerThatDies(Docker):
         network_id = await super().create_network(name, subnet=subnet, labels=labels)
         await self._maybe_die("network")
         return network_id
+
+    async def userns_remapped(self) -> bool:
+        remapped = await super().userns_remapped()
+        await self._maybe_die("info")
+        return remapped
 
     async def create_container(self, spec: ContainerSpec) -> str:
         container_id = await super().create_container(spec)
@@ -368,7 +375,8 @@ async def test_docker_going_away_mid_create_is_503_and_leaves_nothing_once_it_is
 ) -> None:
     sim_gpus(sim_gpu(0, stem=gpu_stem))
     docker = DockerThatDies(rig.docker_host, rig, step)
-    client = await aiohttp_client(create_app(rig_config, docker=docker))
+    config = dataclasses.replace(rig_config, mount_host_files=step != "archive")
+    client = await aiohttp_client(create_app(config, docker=docker))
     namespace = rig_config.namespace
 
     try:
@@ -391,6 +399,8 @@ async def test_docker_going_away_mid_create_is_503_and_leaves_nothing_once_it_is
         return left["containers"], left["networks"]
 
     assert await settled(made, ([], [])) == ([], [])
+    bootstrap_dirs = rig_config.state_dir / "bootstrap" / namespace
+    assert not bootstrap_dirs.exists() or list(bootstrap_dirs.iterdir()) == []
     quota = await answer(await client.get("/quota"))
     assert quota[0] == 200
     assert quota[1]["used"]["containers"] == quota[1]["used"]["gpus"] == 0, quota

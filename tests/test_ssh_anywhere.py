@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,13 @@ import pytest
 from deepdockd.api.app import create_app
 from deepdockd.config import Config
 from deepdockd.containers.ssh_server import bundled_server
+from deepdockd.tokens import TokenStore
 
 from tests.support.api import Client, ClientFactory
 from tests.support.docker_state import clear_namespace
 from tests.support.images import derived_image
-from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig
+from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig, RigError
+from tests.support.users import People, users_tokens
 
 OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -344,3 +349,83 @@ async def test_the_images_command_starts_only_after_the_bootstraps_last_write(
     server = next(i for i, line in enumerate(lines) if "starting the bundled" in line)
     command = next(i for i, line in enumerate(lines) if "starting the image's command" in line)
     assert server < command, lines
+
+
+async def test_root_in_one_container_cannot_change_the_ssh_server_another_runs(
+    aiohttp_client: ClientFactory,
+    config: Config,
+    ssh_ports: tuple[int, int],
+    user_key: Path,
+    rig: Rig,
+    cleanup: None,
+) -> None:
+    """The bundled SSH server is one directory of the host, mounted read-only into every
+    container (docs/security.md#the-bundled-ssh-server). Alice, root in her own container,
+    tries to trojan it as an attacker would: write into it, replace a program, point its
+    session-env link elsewhere, remount it read-write. Every try fails, and bob's container
+    still runs the bundle's own bytes, with his own session environment."""
+    made = replace(config, auth=True, ssh_port_range=ssh_ports)
+    people = People(
+        await aiohttp_client(create_app(made)), users_tokens(TokenStore(made.state_dir))
+    )
+    answers = {}
+    for who, image in (("alice", BUSYBOX_IMAGE), ("bob", DEBIAN_NOSSH_IMAGE)):
+        body = {
+            "name": f"{who}-{config.namespace}",
+            "image": image,
+            "user_name": "u1",
+            "password": f"pw-{who}",
+            "ssh_keys": [user_key.with_suffix(".pub").read_text().strip()],
+            "env": {"FOO": f"{who}'s"},
+        }
+        status, answers[who] = await people.call(who, "POST", "/containers/create", body)
+        assert status == 201, answers[who]
+
+    tries = {
+        # (Not dropbearmulti, which runs: a write to it is refused as "text file busy".)
+        "write": "echo trojan >> /.deepdockd-ssh/sftp-server",
+        "add": "echo trojan > /.deepdockd-ssh/ssh",
+        "replace": "rm -f /.deepdockd-ssh/dropbear",
+        "relink": "mv /.deepdockd-ssh/session-env /.deepdockd-ssh/old-env",
+        "remount": "mount -o remount,rw /.deepdockd-ssh",
+    }
+    alice, bob = (f"{who}-{config.namespace}" for who in ("alice", "bob"))
+    for what, command in tries.items():
+        with pytest.raises(RigError) as refused:
+            rig.docker("exec", alice, "sh", "-c", command)
+        why = str(refused.value).lower()
+        assert "read-only file system" in why or "permission denied" in why, (what, why)
+    # Her own container's session environment is hers to change; bob's is not in it.
+    rig.docker("exec", alice, "sh", "-c", "echo FOO=evil > /.deepdockd-session-env")
+
+    bundle = bundled_server()
+    assert bundle is not None
+    shipped = {name: hashlib.sha256(data).hexdigest() for name, data in bundle.files}
+    for name, digest in shipped.items():
+        seen = rig.docker("exec", bob, "sha256sum", f"/.deepdockd-ssh/{name}")
+        assert seen.split()[0] == digest, f"bob's {name} is not the bundle's"
+    login = Login(answers["bob"]["ssh-port"], "u1", "pw-bob", user_key)
+    said = login.with_key('echo "$FOO"; readlink /.deepdockd-ssh/dropbear')
+    assert said.stdout.splitlines() == ["bob's", "dropbearmulti"], said
+
+
+async def test_with_mount_host_files_off_the_files_are_copied_in_and_the_login_is_the_same(
+    make_client: Any, user_key: Path, rig: Rig
+) -> None:
+    """mount_host_files = false (a Docker whose paths are not this host's): the bootstrap's
+    files and the bundled SSH server are copied into the container, nothing of the host is
+    mounted, the login is the same, and the hash and the keys are gone once used."""
+    client = await make_client(mount_host_files=False)
+    answer = await create(client, "copied", BUSYBOX_IMAGE, user_key)
+    login = Login(answer["ssh-port"], "u1", "pw-copied", user_key)
+
+    by_password = login.with_password('id -un; echo "$FOO"')
+    assert by_password.stdout.splitlines() == ["u1", "bar baz"], by_password.stderr
+    assert login.with_key("true").returncode == 0
+    container = json.loads(rig.docker("inspect", "copied"))[0]
+    assert [m for m in container["Mounts"] if m["Type"] == "bind"] == []
+    assert "deepdockd.bootstrap" not in container["Config"]["Labels"]
+    left = rig.docker("exec", "copied", "ls", "/.deepdockd-in", "/.deepdockd-ssh")
+    assert "secret" not in left.split()
+    assert "authorized_keys" not in left.split()
+    assert "dropbearmulti" in left.split()

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from deepdockd.api.app import create_app
-from deepdockd.config import Config, SharedMount
+from deepdockd.config import Config
+from deepdockd.shared_mounts import SharedMount
 from deepdockd.tokens import TokenStore
 
 from tests.support.api import Client, ClientFactory, body, create, created

@@ -27,9 +27,13 @@ def error(exc: ApiError) -> dict[str, Any]:
 def container(
     c: ManagedContainer, accounting: GpuAccounting, disk: DiskMeter | None = None
 ) -> dict[str, Any]:
+    return {**container_described(c), **container_use(c, accounting, disk)}
+
+
+def container_described(c: ManagedContainer) -> dict[str, Any]:
+    """What a container's answer takes from its description alone (Docker's labels and
+    state, its fair-share record): the same until one of them changes."""
     running = c.state == "running"
-    # What its processes use on the GPUs; unknown (null) without NVML.
-    use = accounting.latest.container_use(c.id) if accounting.available else None
     return {
         "id": c.short_id,
         "name": c.name,
@@ -51,12 +55,22 @@ def container(
         "cpus": c.cpus,
         "shm_size_mb": c.shm_size_mb,
         "home_volume": c.home_volume,
-        "gpu_memory_used_mib": use.memory_used_mib if use is not None else None,
-        "gpu_utilization": use.utilization if use is not None else None,
         "expires_at": iso(c.expires_at),
         "stopped_reason": c.stopped_reason,
         "idle_reclaim": c.idle_reclaim,
-        # Its writable layer as last measured; null until then (and where disk is not given).
+    }
+
+
+def container_use(
+    c: ManagedContainer, accounting: GpuAccounting, disk: DiskMeter | None = None
+) -> dict[str, Any]:
+    """What a container's answer takes from the measurements, which change on their own
+    cadence: what its processes use on the GPUs (null without NVML), and its writable layer
+    as last measured (null until then, and where disk is not given)."""
+    use = accounting.latest.container_use(c.id) if accounting.available else None
+    return {
+        "gpu_memory_used_mib": use.memory_used_mib if use is not None else None,
+        "gpu_utilization": use.utilization if use is not None else None,
         "disk_used_mb": disk.container_mb(c.id) if disk is not None else None,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -12,11 +13,13 @@ from aiohttp import web
 from deepdockd import labels
 from deepdockd.accounting import GpuAccounting
 from deepdockd.api.auth import auth_middleware
+from deepdockd.api.encoded import EncodedContainers
 from deepdockd.api.keys import (
     ACCOUNTING,
     CONFIG,
     CONTAINERS,
     DOCKER,
+    ENCODED,
     EXPORTER,
     GPUS,
     IMAGES,
@@ -54,6 +57,8 @@ from deepdockd.proxy.sessions import ProxySessions
 from deepdockd.state_files import StateDirectory
 from deepdockd.tokens import TokenStore
 
+log = logging.getLogger(__name__)
+
 
 def create_app(
     config: Config, *, docker: Docker | None = None, gpus: GpuSampler | None = None
@@ -82,6 +87,7 @@ def create_app(
     app[GPUS] = gpus
     app[VIEW] = view
     app[ACCOUNTING] = accounting
+    app[ENCODED] = EncodedContainers()
     app[EXPORTER] = exporter
     app[STREAM_CAPS] = StreamCaps(config.max_streams_per_user)
     app[PROXY_SESSIONS] = sessions
@@ -112,6 +118,7 @@ def create_app(
     app.cleanup_ctx.append(_firewall)  # before anything else acts on containers
     app.cleanup_ctx.append(_relay)
     app.cleanup_ctx.append(functools.partial(_state_directory, state))
+    app.on_startup.append(_files_on_host)
     app.cleanup_ctx.append(_gpu_sampler)
     app.cleanup_ctx.append(_gpu_accounting)
     if config.live_view:
@@ -176,6 +183,17 @@ async def _state_directory(state: StateDirectory, app: web.Application) -> Async
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _files_on_host(app: web.Application) -> None:
+    # The bundled SSH server, written before the first create; the bootstrap directories of
+    # containers removed behind deepdockd's back, swept.
+    containers = app[CONTAINERS]
+    await containers.ssh_server.directory()
+    try:
+        await containers.bootstrap_inputs.sweep_unnamed()
+    except ApiError as exc:  # Docker away: swept at the next start
+        log.warning("bootstrap directories not swept: %s", exc.message)
 
 
 async def _container_view(app: web.Application) -> AsyncIterator[None]:

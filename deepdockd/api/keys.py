@@ -4,6 +4,7 @@ that any part of the HTTP layer can import them without import cycles."""
 from aiohttp import web
 
 from deepdockd.accounting import GpuAccounting
+from deepdockd.api.encoded import EncodedContainers
 from deepdockd.api.stream_caps import StreamCaps
 from deepdockd.config import Config
 from deepdockd.containers.reaper import Reaper
@@ -28,6 +29,7 @@ METRICS = web.AppKey("metrics", MetricsService)
 CONTAINERS = web.AppKey("containers", ContainerService)
 VIEW = web.AppKey("view", ContainerView)
 ACCOUNTING = web.AppKey("accounting", GpuAccounting)
+ENCODED = web.AppKey("encoded", EncodedContainers)
 EXPORTER = web.AppKey("exporter", Exporter)
 POLICY = web.AppKey("policy", PolicyHolder)
 REAPER = web.AppKey("reaper", Reaper)

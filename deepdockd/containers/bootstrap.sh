@@ -2,14 +2,15 @@
 # deepdockd's container entrypoint: give the container's user an SSH login, run sshd, and
 # beside it the image's own command.
 #
-#   sh /.deepdockd/bootstrap.sh RUN_AS -- [COMMAND [ARG...]]
+#   sh /.deepdockd-in/bootstrap.sh RUN_AS -- [COMMAND [ARG...]]
 #
 # RUN_AS is the image's User ("" for root), COMMAND the image's Entrypoint and Cmd (or the
 # request's command): what `docker run` would have run. If it exits, the container stays up
 # for SSH and its exit status is logged; if sshd exits, so does the container (and Docker
 # starts it again).
 #
-# Before the first start deepdockd puts into /.deepdockd (root's alone, mode 0700):
+# Before the first start deepdockd gives it /.deepdockd-in (root's alone, mode 0700: a
+# read-only directory of the host, or copied in), which it copies into /.deepdockd:
 #   bootstrap.sh          this script
 #   settings              user_name, home_uid (the home volume's uid; "" for a throwaway
 #                         home), password_login (yes/no) and ssh_server (auto, bundled,
@@ -44,6 +45,25 @@
 # environment. (Docker's is deepdockd's already, not the image's: PATH the system's and every
 # other variable of the image's Env empty; see root_environment in bootstrap.py.)
 if [ "${1-}" != --clean ]; then
+    # What deepdockd gave (/.deepdockd-in: a read-only directory of the host, or the same
+    # files copied in) goes into this script's own directory at each start. The password's
+    # hash and the keys are there until they are used once: deepdockd deletes them from the
+    # host's directory once SSH answers; a copy that can be written loses them here.
+    given=/.deepdockd-in
+    if [ -d "$given" ]; then
+        if [ -L /.deepdockd ] || { [ -e /.deepdockd ] && [ ! -d /.deepdockd ]; }; then
+            rm -f /.deepdockd
+        fi
+        if [ -d /.deepdockd ]; then chmod 0700 /.deepdockd; else mkdir -m 0700 /.deepdockd; fi &&
+            cp "$given"/* /.deepdockd/ || {
+            echo "deepdockd-bootstrap: FAILED: copying $given into /.deepdockd failed" >&2
+            exit 1
+        }
+        # ([ -w ] is false on a read-only mount: no program run for nothing.)
+        if [ -e "$given/secret" ] && [ -w "$given" ]; then
+            rm -f "$given/secret" "$given/authorized_keys"
+        fi
+    fi
     for env_program in /usr/bin/env /bin/env; do
         if [ -x "$env_program" ]; then
             # Docker's own variables (HOSTNAME, NVIDIA_VISIBLE_DEVICES), for the image's command.
@@ -154,6 +174,7 @@ home_uid=
 password_login=yes
 ssh_server=auto
 bundle=/.deepdockd-ssh
+session_env=/.deepdockd-session-env
 # shellcheck source=/dev/null
 . "$dir/settings" || fail "$dir/settings is missing"
 
@@ -311,18 +332,24 @@ write_shadow_hash() {
 # top of it, and NVIDIA_VISIBLE_DEVICES. Written as NAME=value lines to $dir/session-env.
 # (In session-env the request's lines come last, as a shell that runs them wants; sshd's SetEnv
 # keeps the first of two same names, so sshd-env has them first.)
+# Both files by one awk (a program less per start): the lines that set a variable, but for
+# those the session sets itself.
 write_session_environment() {
     (
         umask 077
-        session_lines "$dir/command-env" "$dir/env" > "$dir/session-env"
-        session_lines "$dir/env" "$dir/command-env" > "$dir/sshd-env"
-    )
-}
-
-session_lines() {
-    cat "$@" 2>/dev/null |
-        grep -E '^[A-Za-z_][A-Za-z0-9_]*=' |
-        grep -Ev '^(HOME|HOSTNAME|PWD|SHLVL|OLDPWD|_)='
+        : > "$dir/session-env" && : > "$dir/sshd-env" &&
+            awk -v session="$dir/session-env" -v sshd="$dir/sshd-env" '
+                !/^[A-Za-z_][A-Za-z0-9_]*=/ || /^(HOME|HOSTNAME|PWD|SHLVL|OLDPWD|_)=/ { next }
+                FILENAME == ARGV[1] { image[++i] = $0; next }
+                { request[++r] = $0 }
+                END {
+                    for (n = 1; n <= i; n++) print image[n] > session
+                    for (n = 1; n <= r; n++) print request[n] > session
+                    for (n = 1; n <= r; n++) print request[n] > sshd
+                    for (n = 1; n <= i; n++) print image[n] > sshd
+                }
+            ' "$dir/command-env" "$dir/env"
+    ) || fail "writing the sessions' environment failed"
 }
 
 # Login shells (their /etc/profile resets PATH, then reads /etc/profile.d), for the user only:
@@ -494,7 +521,8 @@ start_openssh() {
 # The bundled Dropbear: the same host key (converted to its format), the same account, and
 # the sessions' environment from $bundle/session-env, which our build of it reads as the user
 # for each session (it has no SetEnv; like /etc/profile.d/deepdockd-env.sh, the file is
-# readable in the container). Logins: the user's group only (-G), never root (-w), keys only
+# readable in the container). The bundle is the same read-only directory in every container:
+# its session-env is a link to $session_env, this container's own. Logins: the user's group only (-G), never root (-w), keys only
 # without a password (-s). musl reads accounts from /etc/passwd and /etc/shadow only, and
 # Dropbear refuses a login shell that /etc/shells does not list.
 start_dropbear() {
@@ -508,8 +536,9 @@ start_dropbear() {
         [ ! -s /etc/shells ] || [ -z "$(tail -c 1 /etc/shells)" ] || echo >> /etc/shells
         echo "$shell" >> /etc/shells
     fi
-    install -m 0644 "$dir/session-env" "$bundle/session-env" 2>/dev/null ||
-        { cp "$dir/session-env" "$bundle/session-env" && chmod 0644 "$bundle/session-env"; } ||
+    # (A file of the image's at that path, or a link, is replaced, never written through.)
+    rm -f "$session_env" &&
+        (umask 022 && cat "$dir/session-env" > "$session_env") && chmod 0644 "$session_env" ||
         fail "writing the sessions' environment for the bundled SSH server failed"
     set -- -F -E -m -p 22 -r "$dropbear_key" -w -G "$(id -gn "$user_name")"
     [ "$password_login" = yes ] || set -- "$@" -s

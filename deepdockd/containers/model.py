@@ -66,6 +66,7 @@ class ManagedContainer:
     lease_set_at: datetime | None  # when that end was set
     stopped_reason: str | None  # why the reaper stopped it, while it is not running
     idle_reclaim: bool  # False: never stopped for idle GPUs
+    bootstrap: str | None = None  # its bootstrap's directory on the host, by token
 
     @property
     def short_id(self) -> str:
@@ -106,6 +107,7 @@ class ManagedContainer:
             lease_set_at=lease.set_at,
             stopped_reason=record.stopped_reason if summary.state != "running" else None,
             idle_reclaim=label(labels.IDLE_RECLAIM) != "false",
+            bootstrap=label(labels.BOOTSTRAP) or None,
         )
 
 

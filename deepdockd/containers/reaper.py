@@ -32,6 +32,7 @@ from deepdockd.docker import Docker
 from deepdockd.errors import ApiError
 from deepdockd.fairshare.idle import IdleClock
 from deepdockd.fairshare.policy import Policy, PolicyHolder
+from deepdockd.fairshare.records import EMPTY
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.logfmt import logfmt
 
@@ -109,12 +110,15 @@ class Reaper:
 
     async def check_once(self) -> None:
         # What creates left while Docker was away goes first, once it answers again.
-        await self._containers.undo_failed_creates()
+        await self._containers.leftovers.undo()
         now = self._clock()
         running = []
-        for summary in await self._view.summaries():
+        summaries = await self._view.summaries()
+        records = self._containers.records.snapshot()  # one read for the pass, not one each
+        for summary in summaries:
             if summary.state == "running":
-                running.append(self._containers.describe(summary))
+                record = records.get(summary.id, EMPTY)
+                running.append(self._containers.describe(summary, record))
         ids = {c.id for c in running}
         for gone in set(self._running_since) - ids:
             del self._running_since[gone]

@@ -27,20 +27,25 @@ from deepdockd.containers.allocation import (
     choose_service_ports,
     choose_ssh_port,
 )
-from deepdockd.containers.bootstrap import bootstrap_tar
+from deepdockd.containers.bootstrap import bootstrap_files, bootstrap_tar, bundle_for
+from deepdockd.containers.bootstrap_inputs import BootstrapInputs
+from deepdockd.containers.descriptions import Descriptions
 from deepdockd.containers.disk import DiskMeter
 from deepdockd.containers.homes import HomeVolumes
+from deepdockd.containers.leftovers import Leftovers
 from deepdockd.containers.model import CreateRequest, ManagedContainer
 from deepdockd.containers.networks import OwnerNetworks
+from deepdockd.containers.passwords import password_hash
+from deepdockd.containers.phases import PhaseClock
 from deepdockd.containers.resources import resources_for
 from deepdockd.containers.spec import Setup, container_spec
+from deepdockd.containers.ssh_server import SshServerOnHost
 from deepdockd.containers.sshd_wait import wait_for_sshd
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import (
     ContainerSummary,
     Docker,
     DockerConflict,
-    DockerNotFound,
     PortTaken,
     StorageLimitRefused,
 )
@@ -48,7 +53,7 @@ from deepdockd.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFou
 from deepdockd.fairshare.leases import LeaseExpired, lease_from, lease_hours_for
 from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.fairshare.quotas import Ask, Usage, check_disk, check_quota, usage_of
-from deepdockd.fairshare.records import ContainerRecords, RecordsUnreadable
+from deepdockd.fairshare.records import ContainerRecords, Record, RecordsUnreadable
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
 from deepdockd.quota_settings import QuotaLimits
@@ -104,22 +109,23 @@ class ContainerService:
             config,
             in_flight=lambda: [h.labels[labels.OWNER] for h in self._reservations.holders()],
         )
-        # What failed creates could not undo because Docker did not answer (it went away
-        # mid-create): their containers (id -> name), and whether owner networks are owed a
-        # release. Undone once Docker answers again (:meth:`undo_failed_creates`).
-        self._leftovers: dict[str, str] = {}
-        self._networks_owed = False
-        self._undoing = asyncio.Lock()
+        self.descriptions = Descriptions(self.records)
+        # The bundled SSH server and the bootstrap's files, mounted read-only into the
+        # containers where they can be.
+        self.ssh_server = SshServerOnHost(config)
+        self.bootstrap_inputs = BootstrapInputs(docker, config)
+        # What failed creates could not undo because Docker did not answer.
+        self.leftovers = Leftovers(docker, view, self._networks, self.bootstrap_inputs)
 
     # --- reading ---
 
     async def list_all(self, caller: Caller) -> list[ManagedContainer]:
         """The caller's containers (an admin's: all of this namespace's), from the live view
         (or one Docker call while it is stale), whatever their number."""
-        summaries = await self._view.summaries()
+        described = self.descriptions.all_of(await self._view.summaries())
         return sorted(
-            (self.describe(s) for s in summaries if _may_see(caller, s)),
-            key=lambda c: c.created,
+            (c for c in described if _may_see(caller, c)),
+            key=_created,
             reverse=True,  # newest first, as Docker lists them
         )
 
@@ -131,8 +137,8 @@ class ContainerService:
                 return self.describe(summary)
         raise NotFound(f"no container {name!r}", details={"name": name})
 
-    def describe(self, summary: ContainerSummary) -> ManagedContainer:
-        return ManagedContainer.from_summary(summary, self.records.get(summary.id))
+    def describe(self, summary: ContainerSummary, record: Record | None = None) -> ManagedContainer:
+        return self.descriptions.of(summary, record)
 
     async def quota(self, user: str, caller: Caller) -> tuple[QuotaLimits, Usage, float | None]:
         """``user``'s limits and use (from the live view and the operations in flight), and
@@ -158,17 +164,32 @@ class ContainerService:
 
     # --- create ---
 
-    async def create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
-        """:meth:`_create`; one that fails gives back the network it made for an owner who
-        has no other container."""
+    async def create(
+        self, request: CreateRequest, caller: Caller, clock: PhaseClock | None = None
+    ) -> ManagedContainer:
+        """:meth:`_create`, its phases timed on ``clock``; one that fails gives back the
+        network it made for an owner who has no other container."""
+        clock = clock or PhaseClock()
+        # The password's hash, the slowest step that is deepdockd's own (containers/
+        # passwords.py), is made in a thread from the first moment, while the create decides
+        # and Docker makes the container.
+        hashing = asyncio.ensure_future(password_hash(request.password))
         try:
-            return await self._create(request, caller)
+            created = await self._create(request, caller, clock, hashing)
+            log.debug("create %s: %s", request.name, clock)
+            return created
         except BaseException:
-            if not await self._networks.release(request.owner):
-                self._networks_owed = True
+            hashing.cancel()
+            await self.leftovers.release_network(request.owner)
             raise
 
-    async def _create(self, request: CreateRequest, caller: Caller) -> ManagedContainer:
+    async def _create(
+        self,
+        request: CreateRequest,
+        caller: Caller,
+        clock: PhaseClock,
+        hashing: asyncio.Future[str],
+    ) -> ManagedContainer:
         """Create and start the container, and wait until its sshd answers. Anything that
         fails after Docker made it removes it, which gives back its port and GPUs. The image
         reference is resolved to an image id once, here: the container runs that image, and
@@ -185,9 +206,11 @@ class ContainerService:
                 details={"field": "idle_reclaim"},
             )
         lease_hours = lease_hours_for(request.lease_hours, self.policy.current)
+        bundle = bundle_for(self._config.ssh_server)  # a 503 before anything is made
         image = await self._images.image_to_run(request.image, caller)
         gpus = await self._resolve_gpus(request.gpu_ids)
         lease = lease_from(lease_hours, now_utc())  # from now: a slow pull costs no lease
+        clock.done("resolve")
         async with self._allocation:  # the decision only; Docker's slow steps come after
             everyone = await self._holders()
             _check_name_free(request.name, everyone)
@@ -222,42 +245,71 @@ class ContainerService:
                     cpus=resources.cpus,
                 )
             )
+        clock.done("allocate")
         try:
             # Only now, decided and reserved, is anything made: a create that the quota, a
             # held GPU, the ports or a taken name refuse leaves no home and no network.
             home = None
             if request.persistent_home:  # kept, like every volume, if a later step fails
                 home = await self.homes.ensure(request.owner, request.user_name)
-            setup = Setup(image, gpus, port, ports, resources, home, lease)
             await self._networks.ensure(request.owner)
-            container_id = await self._make(request, setup)
+            token = await self.bootstrap_inputs.make()  # None: the files are copied in
+            bootstrap = (token, self.bootstrap_inputs.directory(token)) if token else None
+            setup = Setup(
+                image, gpus, port, ports, resources, home, lease,
+                ssh_server_dir=await self.ssh_server.directory(), bootstrap=bootstrap,
+            )  # fmt: skip
+            clock.done("home_network")
             try:
-                tar = await bootstrap_tar(
-                    request, setup.home, self._config.ssh_server, image_env=setup.image.env
+                container_id = await self._make(request, setup)
+            except BaseException:
+                self.bootstrap_inputs.remove(token)
+                raise
+            clock.done("docker_create")
+            try:
+                files = bootstrap_files(
+                    request,
+                    setup.home,
+                    self._config.ssh_server,
+                    password_hash=await hashing,
+                    image_env=setup.image.env,
                 )
-                await self._docker.put_archive(container_id, "/", tar)
+                clock.done("hash_wait")
+                if token is not None:
+                    await self.bootstrap_inputs.fill(token, files)
+                else:
+                    copied = bundle if setup.ssh_server_dir is None else None
+                    tar = bootstrap_tar(files, copied)
+                    await self._docker.put_archive(container_id, "/", tar)
+                clock.done("bootstrap_files")
                 await self._start(container_id, port, ports)
                 self._started(container_id)
+                clock.done("start")
             except BaseException:
-                await self._discard(container_id, request.name)
+                await self._discard(container_id, request.name, token)
                 raise
         finally:
             self._reservations.remove(reservation)  # running now: Docker's labels hold it
         try:
             await self._wait_for_sshd(container_id, port)
+            clock.done("sshd_ready")
         except ApiError as exc:
-            if await self._discard(container_id, request.name):
+            if await self._discard(container_id, request.name, token):
                 raise type(exc)(f"{exc.message}; container removed", details=exc.details) from None
             raise
         except BaseException:
-            await self._discard(container_id, request.name)
+            await self._discard(container_id, request.name, token)
             raise
+        if token is not None:
+            self.bootstrap_inputs.used(token)  # the hash and the keys: set by now
         log.info(
             "created container %s for %s: ssh port %d, GPUs %s",
             request.name, request.owner, port, [g.index for g in gpus] or "none",
         )  # fmt: skip
         await self._view.refresh(container_id)  # the caller's next list shows it
-        return await self.get(request.name, caller)
+        created = await self.get(request.name, caller)
+        clock.done("answer")
+        return created
 
     async def _resolve_gpus(self, gpu_ids: list[int]) -> list[Gpu]:
         if not gpu_ids:
@@ -329,46 +381,8 @@ class ContainerService:
             restarts_before=restarts_before,
         )
 
-    async def _discard(self, container_id: str, name: str) -> bool:
-        """Remove a container whose create failed; whether it is gone. Never raises, even
-        when cancelled: one that Docker could not remove now is removed once it answers
-        again (:meth:`undo_failed_creates`)."""
-        try:
-            await asyncio.shield(self._docker.remove_container(container_id, force=True))
-        except DockerNotFound:
-            pass  # gone already
-        except (ApiError, asyncio.CancelledError) as exc:
-            log.error(
-                "could not remove the failed container %s (%s) yet: %s", name, container_id[:12],
-                exc.message if isinstance(exc, ApiError) else "cancelled",
-            )  # fmt: skip
-            self._leftovers[container_id] = name
-            return False
-        log.info("removed the failed container %s", name)
-        self._leftovers.pop(container_id, None)
-        self._view.forget(container_id)
-        return True
-
-    async def undo_failed_creates(self) -> None:
-        """Remove the containers, and release the owner networks, that failed creates left
-        because Docker did not answer then; what still fails waits for the next call (the
-        reaper's tick, and every allocation). Never raises."""
-        if not self._leftovers and not self._networks_owed:
-            return
-        async with self._undoing:
-            for container_id, name in list(self._leftovers.items()):
-                try:
-                    await self._docker.remove_container(container_id, force=True)
-                except DockerNotFound:
-                    pass
-                except ApiError:
-                    return  # Docker still away: the next call tries again
-                log.info("removed the failed container %s, now that Docker answers", name)
-                self._leftovers.pop(container_id, None)
-                self._view.forget(container_id)
-                self._networks_owed = True
-            if self._networks_owed and await self._networks.release("", quiet=True):
-                self._networks_owed = False
+    async def _discard(self, container_id: str, name: str, bootstrap: str | None) -> bool:
+        return await self.leftovers.discard(container_id, name, bootstrap)
 
     # --- life cycle ---
 
@@ -440,6 +454,7 @@ class ContainerService:
             )
         await self._docker.remove_container(container.id, force=force)
         self._view.forget(container.id)
+        self.bootstrap_inputs.remove(container.bootstrap)
         self.records.forget(container.id)
         self.started_at.pop(container.id, None)
         self._port_releases.release(container.ssh_port, *container.ports.values())
@@ -448,7 +463,7 @@ class ContainerService:
     async def _holders(self) -> list[ContainerSummary]:
         """Every namespace's containers, and the choices of the operations in flight (after
         what failed creates left while Docker was away is removed: it holds nothing)."""
-        await self.undo_failed_creates()
+        await self.leftovers.undo()
         everyone = await self._docker.list_containers(filters={"label": [labels.NAMESPACE]})
         return everyone + self._reservations.holders()
 
@@ -565,7 +580,13 @@ def _reservation_of(container: ManagedContainer) -> Reservation:
     )  # fmt: skip
 
 
-def _may_see(caller: Caller, container: ContainerSummary) -> bool:
+def _created(container: ManagedContainer) -> str:
+    return container.created
+
+
+def _may_see(caller: Caller, container: ContainerSummary | ManagedContainer) -> bool:
+    if isinstance(container, ManagedContainer):
+        return caller.is_admin or container.owner == caller.user
     return caller.is_admin or container.labels.get(labels.OWNER) == caller.user
 
 

@@ -8,17 +8,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from deepdockd import labels
 from deepdockd.clock import iso
-from deepdockd.config import Config, SharedMount
+from deepdockd.config import Config
 from deepdockd.containers.allocation import SSH_CONTAINER_PORT, Gpu
-from deepdockd.containers.bootstrap import BOOTSTRAP_DIR, root_environment
+from deepdockd.containers.bootstrap import INPUT_DIR, root_environment
 from deepdockd.containers.homes import HomeVolume
 from deepdockd.containers.model import CreateRequest
 from deepdockd.containers.resources import Resources
+from deepdockd.containers.ssh_server import BUNDLE_DIR
 from deepdockd.docker import BindMount, ContainerSpec, Image, Limits, LogRotation, VolumeMount
 from deepdockd.fairshare.records import Lease
+from deepdockd.shared_mounts import SharedMount
 
 # The only capabilities root has in a container: Docker's default set less NET_RAW (raw
 # frames: forged ARP replies), MKNOD, SETFCAP, SETPCAP and NET_BIND_SERVICE (Docker >= 20.10
@@ -51,6 +54,12 @@ class Setup:
     resources: Resources
     home: HomeVolume | None
     lease: Lease
+    # The bundled SSH server's directory on this host, mounted read-only at BUNDLE_DIR; None:
+    # none (ssh_server "image"), or copied in with the bootstrap.
+    ssh_server_dir: Path | None = None
+    # The bootstrap's files on this host, mounted read-only at INPUT_DIR, and the token that
+    # names them; None: copied in.
+    bootstrap: tuple[str, Path] | None = None
 
 
 def container_spec(
@@ -71,7 +80,7 @@ def container_spec(
     return ContainerSpec(
         name=request.name,
         image_id=image.id,
-        entrypoint=("/bin/sh", f"{BOOTSTRAP_DIR}/bootstrap.sh"),
+        entrypoint=("/bin/sh", f"{INPUT_DIR}/bootstrap.sh"),
         cmd=(image.user, "--", *command),
         # The bootstrap is root's; it runs the command as the image's User itself.
         user="0",
@@ -95,6 +104,7 @@ def container_spec(
             labels.HOME_VOLUME: setup.home.name if setup.home else "",
             labels.LEASE_EXPIRES: iso(setup.lease.expires_at) or "",
             labels.IDLE_RECLAIM: "true" if request.idle_reclaim else "false",
+            **({labels.BOOTSTRAP: setup.bootstrap[0]} if setup.bootstrap else {}),
         },
         # The SSH login is for the LAN; the services are for their owner, through the proxy
         # or an SSH forward (docs/security.md#services), so loopback unless the admin says.
@@ -105,7 +115,7 @@ def container_spec(
                 for inside, outside in setup.ports.items()
             },
         },
-        mounts=_mounts(request, setup.home, config.shared_mounts),
+        mounts=_mounts(request, setup, config.shared_mounts),
         limits=Limits(
             shm_size_mib=resources.shm_size_mb,
             memory_mib=resources.memory_mb,
@@ -123,13 +133,21 @@ def container_spec(
 
 
 def _mounts(
-    request: CreateRequest, home: HomeVolume | None, shared: tuple[SharedMount, ...]
+    request: CreateRequest, setup: Setup, shared: tuple[SharedMount, ...]
 ) -> tuple[BindMount | VolumeMount, ...]:
-    """The admin's shared host directories and the user's home volume; never a host path of
-    the request's."""
+    """The admin's shared host directories, the bootstrap's files and the bundled SSH server
+    (read-only: not even root in the container may change what deepdockd gave it, or what
+    every container runs) and the user's home volume; never a host path of the request's."""
     mounts: list[BindMount | VolumeMount] = [
         BindMount(source=m.source, target=m.target, read_only=m.read_only) for m in shared
     ]
+    if setup.bootstrap is not None:
+        source = str(setup.bootstrap[1])
+        mounts.append(BindMount(source=source, target=INPUT_DIR, read_only=True))
+    if setup.ssh_server_dir is not None:
+        source = str(setup.ssh_server_dir)
+        mounts.append(BindMount(source=source, target=BUNDLE_DIR, read_only=True))
+    home = setup.home
     if home is not None:
         mounts.append(
             VolumeMount(

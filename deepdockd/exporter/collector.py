@@ -101,9 +101,8 @@ def _reading(reading: GpuReading, field: str) -> float | None:
 def _holders(containers: Sequence[ContainerSummary]) -> dict[int, tuple[list[str], list[str]]]:
     """GPU -> the names and owners of the running containers that hold it."""
     held: dict[int, tuple[list[str], list[str]]] = {}
-    for container in sorted(containers, key=lambda c: c.name):
-        if container.state != "running":
-            continue
+    running = (c for c in containers if c.state == "running")
+    for container in sorted(running, key=lambda c: c.name):
         for index in labels.gpu_indices(container.labels):
             names, owners = held.setdefault(index, ([], []))
             names.append(container.name)
@@ -167,7 +166,9 @@ def _container_gauges(data: ScrapeData) -> Iterator[Metric]:
     )
     taken = held_ports(data.containers)
     for kind, (low, high) in sorted(data.port_ranges.items()):
-        free.add_metric((kind,), sum(1 for port in range(low, high + 1) if port not in taken))
+        # Counted from the ports held, not by walking the range (tens of thousands).
+        held_here = sum(1 for port in taken if low <= port <= high)
+        free.add_metric((kind,), high - low + 1 - held_here)
     yield by_state
     yield held
     yield free

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +79,14 @@ class ContainerRecords:
     def get(self, container_id: str) -> Record:
         self._refresh()
         return self._records.get(container_id, EMPTY)
+
+    def snapshot(self) -> Mapping[str, Record]:
+        """Every record, by container id, read once (one ``stat`` of the file, and a read
+        only when it changed): for a pass over many containers, a list or the reaper's.
+        A record is a new object whenever it changes, so a caller may cache by identity;
+        the mapping is the live one, to read at once, not to keep across an await."""
+        self._refresh()
+        return self._records
 
     def set_lease(self, container_id: str, lease: Lease) -> None:
         self._change(container_id, lease=lease, warned_for=None)

@@ -7,19 +7,20 @@ from aiohttp import web
 
 from deepdockd.api import answers
 from deepdockd.api.auth import caller_of
-from deepdockd.api.keys import ACCOUNTING, AUDIT_TARGET, CONTAINERS
+from deepdockd.api.keys import ACCOUNTING, AUDIT_TARGET, CONTAINERS, ENCODED
 from deepdockd.api.query import bool_query, user_query
 from deepdockd.api.schemas import CreateContainerSchema, ExtendLeaseSchema, load_body
+from deepdockd.containers.phases import PhaseClock
 from deepdockd.containers.service import CreateRequest
 
 
 async def list_containers(request: web.Request) -> web.Response:
     service = request.app[CONTAINERS]
     containers = await service.list_all(caller_of(request))
-    accounting = request.app[ACCOUNTING]
-    return web.json_response(
-        {"containers": [answers.container(c, accounting, service.disk) for c in containers]}
+    body = request.app[ENCODED].list_body(
+        containers, request.app[ACCOUNTING], service.disk, existing=service.descriptions.ids()
     )
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_container(request: web.Request) -> web.Response:
@@ -32,10 +33,12 @@ async def create_container(request: web.Request) -> web.Response:
     body = await load_body(request, CreateContainerSchema())
     request[AUDIT_TARGET] = body["name"]
     caller = caller_of(request)
+    clock = PhaseClock()
     container = await request.app[CONTAINERS].create(
-        CreateRequest(**body, owner=caller.user), caller
+        CreateRequest(**body, owner=caller.user), caller, clock
     )
-    return web.json_response(answers.created(container), status=201)
+    headers = {"Server-Timing": clock.server_timing()}
+    return web.json_response(answers.created(container), status=201, headers=headers)
 
 
 async def start_container(request: web.Request) -> web.Response:
