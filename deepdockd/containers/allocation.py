@@ -7,6 +7,7 @@ slow steps run outside the lock and no two operations wait on each other beyond 
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -222,13 +223,20 @@ def host_port_free(address: str, port: int) -> bool:
 def held_ports(containers: Iterable[ContainerSummary]) -> set[int]:
     """The host ports deepdockd containers hold, running or not (a stopped one starts again
     on its ports): SSH ports, service ports, and whatever Docker shows published."""
-    held = set()
+    held: set[int] = set()
     for container in containers:
-        if container.labels.get(labels.SSH_PORT, "").isdecimal():
-            held.add(int(container.labels[labels.SSH_PORT]))
-        held.update(labels.ports(container.labels).values())
+        tags = container.labels
+        held.update(_labelled_ports(tags.get(labels.SSH_PORT, ""), tags.get(labels.PORTS, "")))
         held.update(container.published.values())
     return held
+
+
+@functools.lru_cache(maxsize=16384)
+def _labelled_ports(ssh_port: str, ports: str) -> tuple[int, ...]:
+    """The host ports of a container's labels, parsed once per pair of label values (every
+    scrape and every allocation asks again, of hundreds of containers that rarely change)."""
+    held = [int(ssh_port)] if ssh_port.isdecimal() else []
+    return (*held, *labels.ports({labels.PORTS: ports}).values())
 
 
 def choose_ports(
