@@ -38,7 +38,9 @@ async def test_docker_backed_routes_answer_503_and_the_others_answer(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
     socket = f"unix://{tmp_path}/none.sock"
-    client = await aiohttp_client(create_app(Config(docker_host=socket, auth=False)))
+    client = await aiohttp_client(
+        create_app(Config(docker_host=socket, auth=False, state_dir=tmp_path / "state"))
+    )
 
     for method, path, body in DOCKER_ROUTES:
         response = await client.request(method, path, json=body)
@@ -81,11 +83,13 @@ async def stuck_docker(tmp_path: Path) -> AsyncIterator[tuple[str, list[bytes]]]
 
 
 async def test_a_stuck_docker_is_503_once_the_quick_call_limit_runs_out(
-    aiohttp_client: ClientFactory, stuck_docker: tuple[str, list[bytes]]
+    aiohttp_client: ClientFactory, stuck_docker: tuple[str, list[bytes]], tmp_path: Path
 ) -> None:
     url, received = stuck_docker
     docker = Docker(url, quick_call_timeout_s=0.5)
-    client = await aiohttp_client(create_app(Config(docker_host=url, auth=False), docker=docker))
+    client = await aiohttp_client(
+        create_app(Config(docker_host=url, auth=False, state_dir=tmp_path), docker=docker)
+    )
 
     started = time.monotonic()
     listed = await client.get("/containers")

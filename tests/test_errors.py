@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -14,8 +15,8 @@ from deepdockd.errors import Conflict
 from tests.support.api import ClientFactory
 
 
-async def test_unknown_route_is_a_json_404(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(create_app(Config(auth=False)))
+async def test_unknown_route_is_a_json_404(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    client = await aiohttp_client(create_app(Config(auth=False, state_dir=tmp_path)))
 
     response = await client.get("/no/such/route")
 
@@ -25,8 +26,10 @@ async def test_unknown_route_is_a_json_404(aiohttp_client: ClientFactory) -> Non
     }
 
 
-async def test_wrong_method_is_a_json_405_with_allow(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(create_app(Config(auth=False)))
+async def test_wrong_method_is_a_json_405_with_allow(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await aiohttp_client(create_app(Config(auth=False, state_dir=tmp_path)))
 
     response = await client.post("/healthz")
 
@@ -41,11 +44,13 @@ async def test_wrong_method_is_a_json_405_with_allow(aiohttp_client: ClientFacto
 # a route of its own that raises them; the middleware under test is the real one.
 
 
-async def test_project_error_keeps_its_status_and_details(aiohttp_client: ClientFactory) -> None:
+async def test_project_error_keeps_its_status_and_details(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
     async def taken(request: web.Request) -> web.Response:
         raise Conflict("name 'x' is taken", details={"name": "x"})
 
-    app = create_app(Config(auth=False))
+    app = create_app(Config(auth=False, state_dir=tmp_path))
     app.router.add_get("/test-conflict", taken)
     client = await aiohttp_client(app)
 
@@ -58,12 +63,12 @@ async def test_project_error_keeps_its_status_and_details(aiohttp_client: Client
 
 
 async def test_unexpected_error_is_logged_and_answered_without_internals(
-    aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture
+    aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     async def broken(request: web.Request) -> web.Response:
         raise KeyError("secret-internal-detail")
 
-    app = create_app(Config(auth=False))
+    app = create_app(Config(auth=False, state_dir=tmp_path))
     app.router.add_get("/test-broken", broken)
     client = await aiohttp_client(app)
 

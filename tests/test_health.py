@@ -44,7 +44,9 @@ async def test_healthz_is_503_naming_the_socket_when_docker_is_absent(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
     socket = tmp_path / "no-docker.sock"
-    client = await aiohttp_client(create_app(Config(docker_host=f"unix://{socket}")))
+    client = await aiohttp_client(
+        create_app(Config(docker_host=f"unix://{socket}", state_dir=tmp_path / "state"))
+    )
 
     response = await client.get("/healthz")
 
