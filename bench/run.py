@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import itertools
 import json
 import os
@@ -48,7 +49,7 @@ from deepdockd.containers.sshd_wait import probe_delays, ssh_greets
 from deepdockd.docker import ContainerSpec, Limits, LogRotation, create_config
 from deepdockd.tokens import TokenStore
 
-from bench import measured, report
+from bench import measured, report, usage_figure
 from tests.support.daemon import Daemon
 from tests.support.rig import (
     BUSYBOX_IMAGE,
@@ -107,6 +108,27 @@ H100_CALL_DELAY_US = {
     "nvmlDeviceGetGraphicsRunningProcesses_v3": 9,
     "nvmlDeviceGetProcessUtilization": 9,
 }
+# GPM (profiling metrics): NOT measured on an H100, an estimate until one is at hand. Each
+# read is one nvmlGpmSampleGet (it reads the GPU's performance counters: an ioctl, taken as
+# 25 times a reading's 8 us) and one nvmlGpmMetricsGet (computed by the library from the two
+# samples, taken as 100 us for the nine metrics); nvmlGpmQueryDeviceSupport is once, at start.
+GPM_CALL_DELAY_US_ESTIMATE = {
+    "nvmlGpmQueryDeviceSupport": 50,
+    "nvmlGpmSampleGet": 200,
+    "nvmlGpmMetricsGet": 100,
+}
+# The GPM readings of the simulated GPUs (nvml_sim.c's "gpm": %, MiB/s).
+GPM_READINGS = {
+    "graphics_util": [3, 47, 98, 61, 12],
+    "sm_util": [1, 30, 71, 45, 6],
+    "sm_occupancy": [1, 18, 40, 25, 3],
+    "any_tensor_util": [0, 20, 62, 31, 2],
+    "dram_bw_util": [1, 22, 55, 37, 5],
+    "pcie_tx_per_sec": [5, 300, 410, 210, 12],
+    "pcie_rx_per_sec": [9, 1800, 2400, 1200, 40],
+    "nvlink_total_tx_per_sec": [0, 9000, 18000, 4000, 0],
+    "nvlink_total_rx_per_sec": [0, 9000, 18000, 4000, 0],
+}
 GPU_PROCESSES = 50  # processes on the GPUs, for the accounting figures
 # The noisy neighbour: one user holds every stream they may (max_streams_per_user as shipped,
 # NOISY_PULLS of them pulls from a registry that never answers, the rest log follows) while
@@ -144,7 +166,11 @@ class Figure:
 
 
 def eight_gpus(
-    path: Path, call_delay_us: dict[str, int] | None, processes_file: Path | None = None
+    path: Path,
+    call_delay_us: dict[str, int] | None,
+    processes_file: Path | None = None,
+    *,
+    gpm: bool = False,
 ) -> Path:
     gpus = [
         {
@@ -161,6 +187,7 @@ def eight_gpus(
             "sm_clock_mhz": [1980, 1755],
             "mem_clock_mhz": 2619,
             "call_delay_us": call_delay_us,
+            **({"gpm": GPM_READINGS} if gpm else {}),
         }
         for i in range(GPUS)
     ]
@@ -261,6 +288,11 @@ class Bench:
         # Every figure's GPUs cost what an H100's do; the CPU figure also runs without.
         self.h100_gpus = eight_gpus(workdir / "gpus-h100.json", H100_CALL_DELAY_US)
         self.free_gpus = eight_gpus(workdir / "gpus-free.json", None)
+        # With GPM (Hopper's profiling metrics) read too, at an estimate of its calls' cost.
+        self.gpm_gpus = eight_gpus(
+            workdir / "gpus-gpm.json", {**H100_CALL_DELAY_US, **GPM_CALL_DELAY_US_ESTIMATE},
+            gpm=True,
+        )  # fmt: skip
         # The same, with GPU_PROCESSES real host processes (sleepers) on them to attribute.
         self.sleepers = [
             subprocess.Popen(["sleep", "7200"], start_new_session=True)
@@ -650,12 +682,14 @@ class Bench:
     async def sampler_cpu(self, seconds: float = 30) -> None:
         """The whole daemon's CPU with 8 GPUs sampled at 1 s, an upper bound of the sampler's,
         against the same daemon without GPUs; once on a simulator whose calls cost nothing,
-        once with the costs of an H100's driver. The three run in the same window, so that
-        the machine's other work falls on all of them."""
+        once with the costs of an H100's driver, and once more reading GPM's profiling
+        metrics too (at an estimate of their calls' cost: GPM_CALL_DELAY_US_ESTIMATE). All run
+        in the same window, so that the machine's other work falls on all of them."""
         daemons = {
             "free": self.start_daemon("cpu-free", gpu_config=self.free_gpus)[0],
             "h100": self.start_daemon("cpu-h100", gpu_config=self.h100_gpus)[0],
             "busy": self.start_daemon("cpu-busy", gpu_config=self.busy_gpus)[0],
+            "gpm": self.start_daemon("cpu-gpm", gpu_config=self.gpm_gpus)[0],
             "none": self.start_daemon("cpu-none", gpu_config=None)[0],
         }
         try:
@@ -671,6 +705,7 @@ class Bench:
             ("free", "no cost per call"),
             ("h100", "an H100's cost per call"),
             ("busy", f"an H100's cost per call, {GPU_PROCESSES} processes attributed"),
+            ("gpm", "an H100's cost per call, GPM read too (its cost estimated, not measured)"),
         ):
             self.add(
                 Figure(
@@ -1615,6 +1650,7 @@ async def main() -> int:
             "client": bench.client_startup,
             "noisy": bench.noisy_neighbour,
             "proxy": bench.proxy,
+            "usage": functools.partial(usage_figure.measure, bench, Figure),
         }
         chosen = sys.argv[1:] or list(steps)
         unknown = set(chosen) - set(steps)

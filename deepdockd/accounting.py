@@ -46,6 +46,7 @@ class ProcessUse:
     owner: str | None  # the deepdockd container's owner; for a host process, its user
     command: str | None
     stray: bool
+    mig_slice: int | None = None  # the MIG slice of ``gpu`` it runs on; None: none
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,12 @@ def attribute(
     """Each process of ``snapshot`` named by its origin: ``containers`` are deepdockd's (the
     namespace's), any other container id is a foreign one (named by ``foreign_names``)."""
     ours = {c.id: c for c in containers}
-    holders: dict[int, set[str]] = {}  # GPU -> ids of the running containers that hold it
+    # GPU or MIG slice -> ids of the running containers that hold it
+    holders: dict[labels.GpuId, set[str]] = {}
     for container in ours.values():
         if container.state == "running":
-            for index in labels.gpu_indices(container.labels):
-                holders.setdefault(index, set()).add(container.id)
+            for gpu_id in labels.gpu_ids(container.labels):
+                holders.setdefault(gpu_id, set()).add(container.id)
     by_gpu: dict[int, tuple[ProcessUse, ...] | None] = {}
     totals: dict[str, tuple[float, float]] = {}
     for gpu, processes in snapshot.processes.items():
@@ -88,7 +90,9 @@ def attribute(
         uses = []
         for process in processes:
             origin = snapshot.origins.get(process.pid, UNKNOWN)
-            use = _use(gpu, process, origin, ours, holders.get(gpu, set()), foreign_names)
+            # A process on a MIG slice is its holder's; elsewhere, the whole GPU's holder's.
+            device = labels.GpuId(gpu, process.mig_slice)
+            use = _use(gpu, process, origin, ours, holders.get(device, set()), foreign_names)
             uses.append(use)
             if use.kind == "deepdockd" and use.container_id is not None:
                 memory, share = totals.get(use.container_id, (0.0, 0.0))
@@ -118,6 +122,7 @@ def _use(
         memory_used_mib=process.memory_used_mib,
         sm_utilization=process.sm_utilization,
         command=origin.command,
+        mig_slice=process.mig_slice,
     )
     container = ours.get(origin.container_id) if origin.container_id else None
     if container is not None:

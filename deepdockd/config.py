@@ -148,6 +148,10 @@ class Config:
     # only on overlay2 over XFS mounted with pquota.
     disk_usage_interval: float = 60.0
     container_disk_limit_gb: float = 0.0
+    # Usage history (docs/usage.md): GPU-hours kept this many days in the state directory's
+    # SQLite database, written at most once per flush interval (seconds; a crash loses that).
+    usage_retention_days: int = 400
+    usage_flush_interval: float = 5.0
 
 
 # --- parsers: raw value (a TOML value or a string) -> typed value, or ValueError(why) ---
@@ -361,6 +365,10 @@ def _parse_gigabytes(raw: object) -> float:
     return _number(raw, 0, 1024 * 1024, "must be a number of GiB from 0 to 1048576 (0: none)")
 
 
+def _parse_retention_days(raw: object) -> int:
+    return _whole_number(raw, 1, 36500, "must be a whole number of days from 1 to 36500")
+
+
 def _parse_percent(raw: object) -> float:
     return _number(raw, 0, 100, "must be a percentage from 0 to 100")
 
@@ -442,6 +450,8 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "stop_warning_minutes": _parse_minutes,
     "disk_usage_interval": _parse_seconds,
     "container_disk_limit_gb": _parse_gigabytes,
+    "usage_retention_days": _parse_retention_days,
+    "usage_flush_interval": _parse_seconds,
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)}
 

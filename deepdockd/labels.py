@@ -3,15 +3,17 @@ fact deepdockd needs to rebuild its state after a restart is in these labels."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 PREFIX = "deepdockd."
 NAMESPACE = PREFIX + "namespace"
 OWNER = PREFIX + "owner"
 SSH_USER = PREFIX + "ssh-user"
 SSH_PORT = PREFIX + "ssh-port"
-GPU_INDICES = PREFIX + "gpu-indices"  # "0,1"
-GPU_UUIDS = PREFIX + "gpu-uuids"  # "GPU-...,GPU-..."
+GPU_INDICES = PREFIX + "gpu-indices"  # "0,1"; a MIG slice "1:0" (GpuId)
+GPU_UUIDS = PREFIX + "gpu-uuids"  # "GPU-...,GPU-..."; a slice's "MIG-..."
 CREATED = PREFIX + "created"  # RFC 3339 with nanoseconds, as Docker's own "Created"
 IMAGE = PREFIX + "image"  # the image reference the create asked for, as asked
 IMAGE_ID = PREFIX + "image-id"  # the image id it resolved to then, which the container runs
@@ -41,8 +43,38 @@ def namespace_filter(namespace: str) -> dict[str, list[str]]:
 
 
 def gpu_indices(labels: Mapping[str, str]) -> list[int]:
+    """The whole GPUs of GPU_INDICES (its MIG slices, "1:0", are left out: see gpu_ids)."""
     text = labels.get(GPU_INDICES, "")
     return [int(i) for i in text.split(",") if i.strip().isdecimal()]
+
+
+@dataclass(frozen=True)
+class GpuId:
+    """A GPU as the API and GPU_INDICES name it: "1" is GPU 1 whole, "1:0" its MIG device
+    at index 0 (nvmlDeviceGetMigDeviceHandleByIndex), a slice held and freed as a GPU is."""
+
+    gpu: int
+    slice: int | None = None  # None: the whole GPU
+
+    def __str__(self) -> str:
+        return str(self.gpu) if self.slice is None else f"{self.gpu}:{self.slice}"
+
+    @classmethod
+    def parse(cls, text: str) -> GpuId:
+        """A whole GPU, "1", or a MIG slice, "1:0"; ValueError for anything else."""
+        gpu, colon, index = text.strip().partition(":")
+        if not (gpu + index).isascii() or not gpu.isdecimal() or (colon and not index.isdecimal()):
+            raise ValueError(f'{text!r} is not a GPU index ("1") or a MIG slice ("1:0")')
+        return cls(int(gpu), int(index) if colon else None)
+
+
+def gpu_ids(labels: Mapping[str, str]) -> list[GpuId]:
+    """Every GPU and MIG slice of GPU_INDICES, in order."""
+    found = []
+    for text in labels.get(GPU_INDICES, "").split(","):
+        with contextlib.suppress(ValueError):
+            found.append(GpuId.parse(text))
+    return found
 
 
 def ssh_host_keys(labels: Mapping[str, str]) -> list[str]:

@@ -10,8 +10,9 @@ from deepdockd import labels
 from deepdockd.accounting import GpuAccounting, ProcessUse
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import ContainerSummary, DockerUnavailable
-from deepdockd.gpu.nvml import GpuInfo
-from deepdockd.gpu.sampler import GpuPoint, GpuSampler, points_since
+from deepdockd.gpu import gpm
+from deepdockd.gpu.nvml import GpuInfo, MigSlice
+from deepdockd.gpu.sampler import GpuPoint, GpuSampler, GpuStatus, points_since
 from deepdockd.gpu.series import rebucket
 from deepdockd.host import HostMetrics, read_host_metrics
 from deepdockd.tokens import Caller
@@ -28,6 +29,16 @@ class VisibleProcess:
 
 
 @dataclass(frozen=True)
+class SliceEntry:
+    """A MIG slice of a GPU, with its holder: held and freed as a GPU is."""
+
+    info: MigSlice
+    memory_used_mib: float | None  # the last sample's; None: unknown
+    holders: list[tuple[str, str]] | None  # (container, owner) the caller may see; None: ditto
+    held: bool | None  # whether anyone's running container holds it; None: Docker is down
+
+
+@dataclass(frozen=True)
 class GpuEntry:
     info: GpuInfo
     error: str | None
@@ -36,6 +47,8 @@ class GpuEntry:
     points: int  # points of its time series held now
     memory_reserved_mib: float | None  # the last sample's; None: unknown
     processes: list[VisibleProcess] | None  # None: not listed (a lost GPU, or none yet)
+    mig_slices: tuple[SliceEntry, ...] = ()  # its MIG slices, while in MIG mode
+    profiling: dict[str, float | None] | None = None  # GPM metrics (gpu/gpm.py); None: none
 
 
 class MetricsService:
@@ -82,13 +95,16 @@ class MetricsService:
         by_gpu = self._accounting.latest.by_gpu
         holders: dict[int, list[str]] | None = {s.info.index: [] for s in statuses}
         held: set[int] | None = set()
+        mig: _MigHolders | None = ({}, set())
         if statuses:
             try:
                 containers = await self._view.summaries()
             except DockerUnavailable:
                 holders = held = None
+                mig = None
             else:
                 holders, held = _holders(containers, caller, [s.info.index for s in statuses])
+                mig = _mig_holders(containers, caller)
         return [
             GpuEntry(
                 info=s.info,
@@ -96,7 +112,9 @@ class MetricsService:
                 holders=sorted(holders[s.info.index]) if holders is not None else None,
                 held=s.info.index in held if held is not None else None,
                 points=len(self._sampler.history(s.info.index)),
+                mig_slices=_mig_slices(s, mig),
                 memory_reserved_mib=s.latest.memory_reserved_mib if s.latest else None,
+                profiling=gpm.profiling(s.latest),
                 processes=_visible(by_gpu.get(s.info.index), caller),
             )
             for s in statuses
@@ -132,3 +150,42 @@ def _visible(uses: tuple[ProcessUse, ...] | None, caller: Caller) -> list[Visibl
         )
         for use in uses
     ]
+
+
+# MIG slices -> the (container, owner) holding each that the caller may see, and every slice
+# held by anyone's running container.
+_MigHolders = tuple[dict[labels.GpuId, list[tuple[str, str]]], set[labels.GpuId]]
+
+
+def _mig_holders(containers: list[ContainerSummary], caller: Caller) -> _MigHolders:
+    """As _holders, for MIG slices: a user sees their own holders by name, and of anyone
+    else's only that the slice is held."""
+    holders: dict[labels.GpuId, list[tuple[str, str]]] = {}
+    held: set[labels.GpuId] = set()
+    for container in containers:
+        if container.state != "running":
+            continue
+        owner = container.labels.get(labels.OWNER, "")
+        for gpu_id in labels.gpu_ids(container.labels):
+            if gpu_id.slice is None:
+                continue
+            held.add(gpu_id)
+            if caller.is_admin or owner == caller.user:
+                holders.setdefault(gpu_id, []).append((container.name, owner))
+    return holders, held
+
+
+def _mig_slices(status: GpuStatus, mig: _MigHolders | None) -> tuple[SliceEntry, ...]:
+    used = status.latest.mig_memory_used_mib if status.latest else {}
+    entries = []
+    for found in status.info.slices:
+        gpu_id = labels.GpuId(status.info.index, found.index)
+        entries.append(
+            SliceEntry(
+                info=found,
+                memory_used_mib=used.get(found.index),
+                holders=sorted(mig[0].get(gpu_id, [])) if mig is not None else None,
+                held=gpu_id in mig[1] if mig is not None else None,
+            )
+        )
+    return tuple(entries)

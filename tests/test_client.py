@@ -264,12 +264,19 @@ def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
     finally:
         other.stop()  # gpu2 is down from here on
     name = f"box-{uuid.uuid4().hex[:6]}"
-    terminal.ok("--server", "gpu1", "create", name, "--image", DEBIAN_SSH_IMAGE, "--user", "alice")
+    terminal.ok("--server", "gpu1", "create", name, "--image", DEBIAN_SSH_IMAGE, "--user", "alice",
+                "--gpus", "1:0")  # fmt: skip
 
     table = terminal.ok("--server", "gpu1", "gpus")
     demo = json.loads(DEMO_GPUS.read_text())["gpus"]
     for gpu in demo:
         assert gpu["name"] in table
+    # GPU 1 of the demo is in MIG mode: a row for each slice, the one asked for held by it.
+    rows = [row.split() for row in table.splitlines()]
+    assert [row[:3] for row in rows if row and row[0] in ("1:0", "1:1", "1:2")] == [
+        ["1:0", "MIG", "3g.40gb"], ["1:1", "MIG", "2g.20gb"], ["1:2", "MIG", "1g.10gb"],
+    ]  # fmt: skip
+    assert any(row[0] == "1:0" and name in row and "(alice)" in row for row in rows if row)
     answer = json.loads(terminal.ok("--server", "gpu1", "gpus", "--json"))
     status, direct = http_json("GET", f"{server.url}/gpus", token=server.token)
     assert [g["name"] for g in answer["gpus"]] == [g["name"] for g in demo]

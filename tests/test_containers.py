@@ -718,8 +718,15 @@ async def test_gpus_and_ports_held_in_another_namespace_are_not_given_again(
             "gpu_ids: 7 is not a GPU of this host (its GPUs: 0: NVIDIA H100 80GB HBM3; 1: NVIDIA H100 80GB HBM3; 2: NVIDIA H100 80GB HBM3; 3: NVIDIA H100 80GB HBM3)",
         ),
         ([0, 0], "gpu_ids: lists GPU 0 more than once"),
-        (["0"], "gpu_ids.0: Not a valid integer."),
-        ([-1], "gpu_ids.0: Must be greater than or equal to 0."),
+        # "0" is GPU 0, as the answers' "gpus" write it; "0:1" a MIG slice (tests/test_mig.py).
+        (
+            ["0:1"],
+            "gpu_ids: 0:1 names a MIG slice, but GPU 0 is not in MIG mode; ask for it whole as 0",
+        ),
+        (
+            [-1],
+            'gpu_ids.0: -1 is not a GPU: give its index (1, or "1") or a MIG slice of it ("1:0", as GET /gpus lists them)',
+        ),
         ("0", "gpu_ids: Not a valid list."),
     ],
 )

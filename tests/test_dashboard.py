@@ -96,6 +96,8 @@ def server(
     lost_flag = tmp_path / "gpu3.lost"
     for index, gpu in enumerate(demo["gpus"]):
         gpu["uuid"] = f"GPU-{gpu_stem}-0000-4000-8000-{index:012d}"
+        for piece in gpu.get("mig", {}).get("slices", []):  # GPU 1's MIG slices
+            piece["uuid"] = piece["uuid"].replace("5a1c0d3e", gpu_stem)
     demo["gpus"][3]["lost_if_exists"] = str(lost_flag)
     demo["gpus"][1]["processes"] = [
         {"pid": hostile_process, "used_memory_mib": 100, "sm": 5, "type": "compute"}
@@ -310,6 +312,14 @@ def test_sign_in_shows_the_four_gpus_with_plots_that_match_the_series(
         )
     # GPU 0 of the demo runs processes: its card lists them (as another user's, for alice).
     expect(cards.first.get_by_text("another user's process", exact=False).first).to_be_visible()
+    # GPU 0 of the demo is an H100 with GPM: its card shows SM and tensor activity, in % as
+    # GET /gpus gives them (ratios); the A100 beside it has no GPM, and no such readings.
+    profiling = page.locator("article:has(#gpu-0-title) dl.profiling")
+    for key, name in (("sm_active", "SM activity"), ("tensor_active", "Tensor activity")):
+        reading = profiling.locator(f"[data-metric={key}]")
+        expect(reading.locator("dt")).to_have_text(name)
+        expect(reading.locator("dd")).to_have_text(re.compile(r"^\d+ %$"))
+    expect(page.locator("article:has(#gpu-1-title) dl.profiling")).to_have_count(0)
 
     # Each plot's latest point is GET /metrics/gpus's last window at the page's step (30 s
     # for a range of 1 hour), whose values the page shows as it got them.
@@ -398,12 +408,14 @@ def test_create_through_the_form_log_in_with_its_ssh_command_and_stop_it(
     page.get_by_label("User name").fill("alice")
     page.get_by_label("SSH public keys (one per line)").fill("")
     page.get_by_label("Password", exact=True).fill("web-pass-123")
-    expect(form.get_by_label(re.compile(r"^GPU 1 · .* — free$"))).to_be_visible()
-    form.get_by_label(re.compile(r"^GPU 1 · ")).check()
+    # GPU 1 of the demo is in MIG mode: the form offers its slices, never GPU 1 whole.
+    expect(form.get_by_label(re.compile(r"^MIG 1:0 · 3g.40gb of GPU 1 — free$"))).to_be_visible()
+    expect(form.get_by_label(re.compile(r"^GPU 1 · "))).to_have_count(0)
+    form.get_by_label(re.compile(r"^MIG 1:0 · ")).check()
     page.get_by_role("button", name="Create").click()
     expect(page.locator("#create-status")).to_contain_text(f"Created {name}.", timeout=120_000)
     expect(page.locator("#c-user-error")).to_be_empty()
-    expect(form.get_by_label(re.compile(rf"^GPU 1 · .* — held by {name}$"))).to_be_visible()
+    expect(form.get_by_label(re.compile(rf"^MIG 1:0 · .* — held by {name}$"))).to_be_visible()
     tab.screenshot("create")
 
     tab.view("Containers")
@@ -412,7 +424,7 @@ def test_create_through_the_form_log_in_with_its_ssh_command_and_stop_it(
     shown = row.locator(".ssh code").inner_text()
     [container] = server.api("GET", "/containers", "alice")[1]["containers"]
     assert shown == f"ssh -p {container['ssh-port']} alice@127.0.0.1"
-    assert container["gpus"] == ["1"]
+    assert container["gpus"] == ["1:0"]
     words = shlex.split(shown)
     logged_in = subprocess.run(
         [
@@ -426,9 +438,17 @@ def test_create_through_the_form_log_in_with_its_ssh_command_and_stop_it(
     assert (logged_in.returncode, logged_in.stdout) == (0, "alice\n"), logged_in.stderr
     tab.screenshot("containers")
 
-    # GPU 1's card says who holds it.
+    # GPU 1's card lists its MIG slices, with who holds each.
     tab.view("GPUs")
-    expect(page.locator("article:has(#gpu-1-title) .holders")).to_have_text(f"Held by {name}")
+    card = page.locator("article:has(#gpu-1-title)")
+    expect(card.locator(".holders")).to_have_text("MIG mode: given out only as its slices")
+    expect(card.get_by_role("region", name="GPU 1 MIG slices").locator("li")).to_have_text(
+        [
+            re.compile(rf"^1:0 · 3g\.40gb · .* / 39\.3 GiB · held by {name} \(alice\)$"),
+            re.compile(r"^1:1 · 2g\.20gb · .* · free$"),
+            re.compile(r"^1:2 · 1g\.10gb · .* · free$"),
+        ]
+    )
 
     tab.view("Containers")
     row.get_by_role("button", name=f"Stop {name}", exact=True).click()

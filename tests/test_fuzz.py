@@ -380,6 +380,17 @@ def test_a_user_may_not_read_another_users_quota() -> None:
     assert leak is not None
 
 
+def test_a_user_may_not_read_another_users_gpu_hours() -> None:
+    def usage(*owners: str) -> bytes:
+        rows = [{"owner": o, "gpu_hours_held": 1.0, "gpu_hours_busy": 0.5} for o in owners]
+        return json.dumps({"from": "x", "to": "y", "by": "owner", "rows": rows}).encode()
+
+    assert fuzz_rule.problem("getUsage", USER, 200, JSON, usage("fuzzer"), user="fuzzer") is None
+    leak = fuzz_rule.problem("getUsage", USER, 200, JSON, usage("fuzzer", "bob"), user="fuzzer")
+    assert leak is not None
+    assert fuzz_rule.problem("getUsage", ADMIN, 200, JSON, usage("fuzzer", "bob")) is None
+
+
 def test_the_rules_tables_name_operations_of_the_spec() -> None:
     named = {*fuzz_rule.EXPECTED_5XX, *fuzz_rule.EXPECTED_403, *fuzz_rule.ADMIN_ONLY}
     assert named <= set(operations())

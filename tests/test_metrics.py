@@ -38,6 +38,8 @@ SEED_POINT_KEYS = {
     "temperature",
     "fan_speed",
 }
+# GPM's profiling metrics (ratios 0..1), null on a GPU without GPM (tests/test_gpm.py).
+GPM_POINT_KEYS = ("sm_active", "sm_occupancy", "tensor_active", "dram_active")
 
 # Fast sampling, so that tests see many buckets in a second.
 FAST = {"gpu_sample_interval": 0.02, "gpu_bucket": 0.1, "gpu_retention": 60.0}
@@ -109,7 +111,7 @@ async def test_points_are_bucket_means_of_the_simulators_samples(
     assert set(body) == {"0", "1"}
     for index, gpu in enumerate(gpus):
         points = body[str(index)]
-        assert all(set(p) == SEED_POINT_KEYS | {"samples"} for p in points)
+        assert all(set(p) == SEED_POINT_KEYS | {*GPM_POINT_KEYS, "samples"} for p in points)
         counts = [p["samples"] for p in points]
         assert all(c >= 1 for c in counts)
         # The samples come in order from the first: each point averages the next `samples`.
@@ -365,6 +367,9 @@ async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
             "health": "ok",
             "memory_reserved_mib": 0.0,
             "processes": [],
+            "profiling": None,  # no GPM on these simulated GPUs
+            "mig_mode": None,  # no MIG on these simulated GPUs (tests/test_mig.py)
+            "mig_slices": [],
         },
         {
             "index": 1,
@@ -377,6 +382,9 @@ async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
             "health": "ok",
             "memory_reserved_mib": 0.0,
             "processes": [],
+            "profiling": None,  # no GPM on these simulated GPUs
+            "mig_mode": None,  # no MIG on these simulated GPUs (tests/test_mig.py)
+            "mig_slices": [],
         },
     ]
 
@@ -472,7 +480,9 @@ async def test_bad_query_is_422(client: Client, query: str, message: str) -> Non
 # --- GPU series in windows (?step=) ---
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MEAN_KEYS = ("memory_used", "utilization", "power_usage", "temperature", "fan_speed")
+MEAN_KEYS = (
+    "memory_used", "utilization", "power_usage", "temperature", "fan_speed", *GPM_POINT_KEYS,
+)  # fmt: skip
 
 
 def epoch_us(timestamp: str) -> int:
@@ -691,6 +701,7 @@ def test_the_fields_are_sample_weighted_means_over_the_points_that_have_them() -
         "power_usage": pytest.approx(100.0),
         "temperature": pytest.approx((50 * 1 + 60 * 2 + 65 * 2) / 5),
         "fan_speed": None,
+        **dict.fromkeys(GPM_POINT_KEYS),
         "samples": 10,
     }
     assert list(window.fields()) == ["timestamp", *MEAN_KEYS, "samples"]

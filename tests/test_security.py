@@ -94,6 +94,9 @@ async def test_every_route_for_every_caller(
         # It names every user's containers: for admins (and their Prometheus) only.
         row("GET", "/metrics/prometheus", None, 401, 403, 403, 200),
         row("GET", "/gpus", None, 401, 200, 200, 200),
+        # Each user's own GPU-hours, an admin's everyone's (tests/test_usage.py: the rows).
+        row("GET", "/usage", None, 401, 200, 200, 200),
+        row("GET", "/usage?by=team", None, 401, 422, 422, 422),
         # Each sees their own self-made tokens (none here); making one takes the local
         # socket's word of who calls, never a token (tests/test_host_users.py: the socket).
         row("GET", "/tokens", None, 401, 200, 200, 200),

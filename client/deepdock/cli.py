@@ -260,7 +260,9 @@ def rmi(session: Session, reference: str, force: bool) -> None:
 )
 @click.argument("name")
 @click.option("--image", required=True, help="The image to run.")
-@click.option("--gpus", default="", metavar="0,1", help="GPU indices, comma-separated.")
+@click.option(
+    "--gpus", default="", metavar="0,1", help="GPU indices or MIG slices (1:0), comma-separated."
+)
 @click.option("--user", default=None, help="The login's user name (default: yours here).")
 @click.option(
     "--key", "keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -720,11 +722,18 @@ def _default_key() -> list[Path]:
     return found[:1]
 
 
-def _indices(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageProblem(f"--gpus {text!r}: write GPU indices as 0,1") from None
+def _indices(text: str) -> list[int | str]:
+    """GPU indices (0,1) as numbers, MIG slices (1:0, as `deepdock gpus` lists them) as
+    strings, which is how the API's gpu_ids takes them."""
+    chosen: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        gpu, colon, index = part.partition(":")
+        if not part:
+            continue
+        if not gpu.isdecimal() or (colon and not index.isdecimal()):
+            raise UsageProblem(f"--gpus {text!r}: write GPU indices as 0,1 and MIG slices as 1:0")
+        chosen.append(part if colon else int(gpu))
+    return chosen
 
 
 def _pair(item: str) -> tuple[str, str]:
@@ -732,3 +741,9 @@ def _pair(item: str) -> tuple[str, str]:
     if not sep or not name:
         raise UsageProblem(f"--env {item!r}: write it as NAME=value")
     return name, value
+
+
+# Commands with a module of their own.
+from deepdock.usage import usage  # noqa: E402
+
+cli.add_command(usage)

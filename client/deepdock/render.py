@@ -104,6 +104,24 @@ def gpu_rows(
             sparkline([p.get("utilization") for p in points]), holders, flags,
         ]  # fmt: skip
         rows.append(([server] if server is not None else []) + row)
+        rows.extend(([server] if server is not None else []) + s for s in mig_rows(gpu))
+    return rows
+
+
+def mig_rows(gpu: dict[str, Any]) -> list[list[object]]:
+    """A row under a GPU in MIG mode for each of its slices: its id (what --gpus takes), its
+    profile, its memory and who holds it."""
+    rows: list[list[object]] = []
+    for piece in gpu.get("mig_slices") or []:
+        used, total = piece.get("memory_used_mib"), piece.get("memory_total_mib")
+        memory = f"{number(used)}/{number(total)} MiB" if total else number(used, " MiB")
+        holders = piece.get("holders") or []
+        held_by = ", ".join(f"{h['container']} ({h['owner']})" for h in holders)
+        if not held_by:
+            held_by = "held" if piece.get("held") else "-"
+        rows.append(
+            [f" {piece['id']}", f"MIG {piece['profile']}", memory, "", "", "", "", held_by, ""]
+        )
     return rows
 
 

@@ -14,7 +14,7 @@ from deepdockd.containers.service import ManagedContainer
 from deepdockd.docker import Image, PullProgress
 from deepdockd.errors import ApiError
 from deepdockd.images.service import PullResult
-from deepdockd.metrics import GpuEntry, VisibleProcess
+from deepdockd.metrics import GpuEntry, SliceEntry, VisibleProcess
 from deepdockd.tokens import HostToken
 
 MIB = 1024 * 1024
@@ -149,8 +149,27 @@ def gpu(entry: GpuEntry) -> dict[str, Any]:
         "health": "ok" if entry.error is None else entry.error,
         "points": entry.points,
         "memory_reserved_mib": entry.memory_reserved_mib,
+        "mig_mode": entry.info.mig_mode,
+        "mig_slices": [mig_slice(entry.info.index, found) for found in entry.mig_slices],
+        "profiling": entry.profiling,
         "processes": (
             [gpu_process(p) for p in entry.processes] if entry.processes is not None else None
+        ),
+    }
+
+
+def mig_slice(index: int, entry: SliceEntry) -> dict[str, Any]:
+    return {
+        "id": f"{index}:{entry.info.index}",
+        "uuid": entry.info.uuid,
+        "profile": entry.info.profile,
+        "memory_total_mib": entry.info.memory_total_mib,
+        "memory_used_mib": entry.memory_used_mib,
+        "held": entry.held,
+        "holders": (
+            [{"container": name, "owner": owner} for name, owner in entry.holders]
+            if entry.holders is not None
+            else None
         ),
     }
 

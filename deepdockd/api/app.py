@@ -30,6 +30,7 @@ from deepdockd.api.keys import (
     RELAY,
     STREAM_CAPS,
     TOKENS,
+    USAGE,
     VIEW,
 )
 from deepdockd.api.middlewares import audit_middleware, error_middleware
@@ -56,6 +57,7 @@ from deepdockd.proxy.relay import Relay
 from deepdockd.proxy.sessions import ProxySessions
 from deepdockd.state_files import StateDirectory
 from deepdockd.tokens import TokenStore
+from deepdockd.usage.recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,12 @@ def create_app(
     view = ContainerView(docker, config.namespace)
     accounting = GpuAccounting(gpus, view, docker)
     disk = DiskMeter(docker, config.namespace, config.disk_usage_interval)
-    exporter = Exporter(config, gpus, accounting, view, disk=disk)
+    usage = UsageRecorder(
+        gpus, view, config.state_dir,
+        flush_interval_s=config.usage_flush_interval,
+        retention_days=config.usage_retention_days,
+    )  # fmt: skip
+    exporter = Exporter(config, gpus, accounting, view, disk=disk, usage=usage)
     sessions = ProxySessions(config.namespace)
     app = web.Application(
         middlewares=[
@@ -87,6 +94,7 @@ def create_app(
     app[GPUS] = gpus
     app[VIEW] = view
     app[ACCOUNTING] = accounting
+    app[USAGE] = usage
     app[ENCODED] = EncodedContainers()
     app[EXPORTER] = exporter
     app[STREAM_CAPS] = StreamCaps(config.max_streams_per_user)
@@ -121,6 +129,7 @@ def create_app(
     app.on_startup.append(_files_on_host)
     app.cleanup_ctx.append(_gpu_sampler)
     app.cleanup_ctx.append(_gpu_accounting)
+    app.cleanup_ctx.append(_usage_recorder)
     if config.live_view:
         app.cleanup_ctx.append(_container_view)
     app.cleanup_ctx.append(_reaper)
@@ -215,6 +224,13 @@ async def _gpu_accounting(app: web.Application) -> AsyncIterator[None]:
     await accounting.start()
     yield
     await accounting.stop()
+
+
+async def _usage_recorder(app: web.Application) -> AsyncIterator[None]:
+    usage = app[USAGE]
+    await usage.start()
+    yield
+    await usage.stop()
 
 
 async def _reaper(app: web.Application) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from deepdockd.metrics import MetricsService
 from deepdockd.proxy.relay import Relay
 from deepdockd.proxy.sessions import ProxySessions
 from deepdockd.tokens import Caller, TokenStore
+from deepdockd.usage.recorder import UsageRecorder
 
 # The application's state.
 CONFIG = web.AppKey("config", Config)
@@ -36,6 +37,7 @@ REAPER = web.AppKey("reaper", Reaper)
 STREAM_CAPS = web.AppKey("stream_caps", StreamCaps)
 PROXY_SESSIONS = web.AppKey("proxy_sessions", ProxySessions)
 RELAY = web.AppKey("relay", Relay)
+USAGE = web.AppKey("usage", UsageRecorder)
 # Only where auth is on.
 TOKENS = web.AppKey("tokens", TokenStore)
 

@@ -6,7 +6,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from deepdockd.api.auth import PROXY_PATH
-from deepdockd.api.handlers import containers, gpus, health, images, proxy, static, streams, tokens
+from deepdockd.api.handlers import (
+    containers,
+    gpus,
+    health,
+    images,
+    proxy,
+    static,
+    streams,
+    tokens,
+    usage,
+)
 
 # The proxy's route, with the patterns of its parameters.
 _PROXY = PROXY_PATH.replace("{port}", r"{port:[1-9][0-9]{0,4}}").replace("{path}", "{path:.*}")
@@ -38,6 +48,7 @@ ROUTES = [
     web.get("/metrics/gpus", gpus.gpu_metrics, allow_head=False),
     web.get("/metrics/prometheus", gpus.prometheus_metrics, allow_head=False),
     web.get("/gpus", gpus.list_gpus, allow_head=False),
+    web.get("/usage", usage.get_usage, allow_head=False),
     web.get("/tokens", tokens.list_tokens, allow_head=False),
     web.post("/tokens", tokens.mint_token),
     web.delete("/tokens/{token_id}", tokens.revoke_token),

@@ -8,13 +8,14 @@ import json
 import math
 import re
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from deepdockd.containers.sshkeys import check_user_key
 from deepdockd.errors import BadRequest, InvalidInput
+from deepdockd.labels import GpuId
 
 # JSON past any use: our bodies nest two levels deep and hold GPU indices. Python's own
 # limits (a RecursionError about 1,000 levels down, a ValueError past 4,300 digits) would
@@ -52,6 +53,29 @@ class JsonNumber(fields.Float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError("Not a valid number.")
         return float(super()._deserialize(value, attr, data, **kwargs))
+
+
+if TYPE_CHECKING:  # marshmallow's Field is generic from 4.0 on; the floor, 3.20, is not
+    _GpuIdBase = fields.Field[GpuId]
+else:
+    _GpuIdBase = fields.Field
+
+
+class GpuIdField(_GpuIdBase):
+    """A GPU of gpu_ids: its NVML index (1, or "1"), or a MIG slice of it ("1:0")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> GpuId:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return GpuId(value)
+        if isinstance(value, str) and len(value) <= 16:
+            try:
+                return GpuId.parse(value)
+            except ValueError:
+                pass
+        raise ValidationError(
+            f'{value!r:.40} is not a GPU: give its index (1, or "1") or a MIG slice of it '
+            '("1:0", as GET /gpus lists them)'
+        )
 
 
 class RegistryAuthSchema(StrictSchema):
@@ -149,8 +173,8 @@ def _repeated(values: list[int]) -> str:
     return ", ".join(str(v) for v in sorted(v for v, n in Counter(values).items() if n > 1))
 
 
-def _unique_gpus(values: list[int]) -> None:
-    if repeated := _repeated(values):
+def _unique_gpus(values: list[GpuId]) -> None:
+    if repeated := ", ".join(sorted({str(v) for v, n in Counter(values).items() if n > 1})):
         raise ValidationError(f"lists GPU {repeated} more than once")
 
 
@@ -213,7 +237,7 @@ class CreateContainerSchema(StrictSchema):
         load_default=dict,
     )
     gpu_ids = fields.List(
-        fields.Integer(strict=True, validate=validate.Range(min=0)),
+        GpuIdField(),
         validate=[validate.Length(max=64), _unique_gpus],
         load_default=list,
     )

@@ -43,8 +43,13 @@ class GpuBusy(Conflict):
 
 @dataclass(frozen=True)
 class Gpu:
-    index: int
-    uuid: str | None  # None: NVML does not know the GPUs; pinned by index
+    index: int  # the GPU's; for a MIG slice, its parent GPU's
+    uuid: str | None  # None: NVML does not know the GPUs; pinned by index. A slice: "MIG-..."
+    slice: int | None = None  # a MIG slice of GPU ``index`` (its MIG device index); None: whole
+
+    @property
+    def id(self) -> labels.GpuId:
+        return labels.GpuId(self.index, self.slice)
 
 
 _reservation_keys = itertools.count()
@@ -77,7 +82,7 @@ class Reservation:
             labels={
                 labels.OWNER: self.owner,
                 labels.SSH_PORT: "" if self.ssh_port is None else str(self.ssh_port),
-                labels.GPU_INDICES: ",".join(str(g.index) for g in self.gpus),
+                labels.GPU_INDICES: ",".join(str(g.id) for g in self.gpus),
                 labels.GPU_UUIDS: ",".join(g.uuid for g in self.gpus if g.uuid),
                 labels.PORTS: labels.format_ports(self.ports),
                 labels.MEMORY_MB: "" if self.memory_mb is None else str(self.memory_mb),
@@ -327,22 +332,32 @@ def check_gpus_free(
     viewer: str | None = None,
 ) -> None:
     """409 naming the GPU and its holder when a running container holds one of ``wanted``.
-    For a ``viewer`` (a user who is not an admin) another user's container stays unnamed."""
+    For a ``viewer`` (a user who is not an admin) another user's container stays unnamed. A
+    MIG slice is a GPU of its own here; a whole GPU and a slice of it also clash."""
     for container in containers:
         if container.id == exclude_id or container.state not in _HOLDING_STATES:
             continue
         held_uuids = set(filter(None, container.labels.get(labels.GPU_UUIDS, "").split(",")))
-        held_indices = set(labels.gpu_indices(container.labels))
+        held_ids = set(labels.gpu_ids(container.labels))
         for gpu in wanted:
             # By UUID where both sides know it (indices can change across reboots).
-            clash = gpu.uuid in held_uuids if gpu.uuid and held_uuids else gpu.index in held_indices
+            clash = gpu.uuid in held_uuids if gpu.uuid and held_uuids else gpu.id in held_ids
+            clash = clash or any(  # GPU 1 whole against its slice 1:0, either way round
+                held.gpu == gpu.index and (held.slice is None) != (gpu.slice is None)
+                for held in held_ids
+            )
             if clash and viewer is not None and container.labels.get(labels.OWNER) != viewer:
                 raise GpuBusy(
-                    f"GPU {gpu.index} is held by another user's running container",
-                    details={"gpu": gpu.index},
+                    f"GPU {gpu.id} is held by another user's running container",
+                    details={"gpu": _detail(gpu)},
                 )
             if clash:
                 raise GpuBusy(
-                    f"GPU {gpu.index} is held by running container {container.name!r}",
-                    details={"gpu": gpu.index, "holder": container.name},
+                    f"GPU {gpu.id} is held by running container {container.name!r}",
+                    details={"gpu": _detail(gpu), "holder": container.name},
                 )
+
+
+def _detail(gpu: Gpu) -> int | str:
+    """A whole GPU by its index, as before; a MIG slice as "1:0"."""
+    return gpu.index if gpu.slice is None else str(gpu.id)

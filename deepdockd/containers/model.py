@@ -23,7 +23,7 @@ class CreateRequest:
     owner: str
     password: str | None = None  # None: key logins only
     env: dict[str, str] = field(default_factory=dict)
-    gpu_ids: list[int] = field(default_factory=list)
+    gpu_ids: list[labels.GpuId] = field(default_factory=list)  # whole GPUs and MIG slices
     ssh_keys: list[str] = field(default_factory=list)
     persistent_home: bool = True
     command: list[str] | None = None  # None: the image's Cmd
@@ -51,8 +51,8 @@ class ManagedContainer:
     created: str  # RFC 3339 with nanoseconds
     ssh_port: int | None  # the allocated port, running or not
     published_ssh_port: int | None  # the port SSH answers on now (None unless running)
-    gpu_indices: list[int]
-    gpu_uuids: list[str]
+    gpu_indices: list[labels.GpuId]  # whole GPUs ("1") and MIG slices ("1:0"), as labelled
+    gpu_uuids: list[str]  # in the same order ("GPU-...", a slice's "MIG-...")
     owner: str
     ssh_user: str
     ssh_host_keys: list[PublicHostKey]  # the container's own, as its sshd presents them
@@ -88,7 +88,7 @@ class ManagedContainer:
             created=label(labels.CREATED, ""),
             ssh_port=int(port) if port.isdecimal() else None,
             published_ssh_port=summary.published.get(SSH_CONTAINER_PORT),
-            gpu_indices=labels.gpu_indices(summary.labels),
+            gpu_indices=labels.gpu_ids(summary.labels),
             gpu_uuids=[u for u in label(labels.GPU_UUIDS, "").split(",") if u],
             owner=label(labels.OWNER, ""),
             ssh_user=label(labels.SSH_USER, ""),

@@ -172,7 +172,10 @@ class Reaper:
         now = self._clock()
         max_gap_s = 3 * self._sampler.interval_s + 2
         by_uuid = {g.uuid: g.index for g in self._sampler.gpus}
-        indices = [by_uuid.get(u) for u in container.gpu_uuids] or container.gpu_indices
+        # A MIG slice has no utilization of its own in NVML: it is never idle (0 s).
+        indices = [by_uuid.get(u) for u in container.gpu_uuids] or [
+            g.gpu if g.slice is None else None for g in container.gpu_indices
+        ]
         running_s = now - max(
             self._running_since.get(container.id, now),
             self._containers.started_at.get(container.id, float("-inf")),

@@ -31,6 +31,7 @@ from deepdockd.containers.bootstrap import bootstrap_files, bootstrap_tar, bundl
 from deepdockd.containers.bootstrap_inputs import BootstrapInputs
 from deepdockd.containers.descriptions import Descriptions
 from deepdockd.containers.disk import DiskMeter
+from deepdockd.containers.gpu_choice import resolve_gpus
 from deepdockd.containers.homes import HomeVolumes
 from deepdockd.containers.leftovers import Leftovers
 from deepdockd.containers.model import CreateRequest, ManagedContainer
@@ -49,13 +50,14 @@ from deepdockd.docker import (
     PortTaken,
     StorageLimitRefused,
 )
-from deepdockd.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
+from deepdockd.errors import ApiError, Conflict, Forbidden, NotFound
 from deepdockd.fairshare.leases import LeaseExpired, lease_from, lease_hours_for
 from deepdockd.fairshare.policy import PolicyHolder
 from deepdockd.fairshare.quotas import Ask, Usage, check_disk, check_quota, usage_of
 from deepdockd.fairshare.records import ContainerRecords, Record, RecordsUnreadable
 from deepdockd.gpu.sampler import GpuSampler
 from deepdockd.images.service import ImageService
+from deepdockd.labels import GpuId
 from deepdockd.quota_settings import QuotaLimits
 from deepdockd.tokens import Caller
 
@@ -304,30 +306,19 @@ class ContainerService:
             self.bootstrap_inputs.used(token)  # the hash and the keys: set by now
         log.info(
             "created container %s for %s: ssh port %d, GPUs %s",
-            request.name, request.owner, port, [g.index for g in gpus] or "none",
+            request.name, request.owner, port, [str(g.id) for g in gpus] or "none",
         )  # fmt: skip
         await self._view.refresh(container_id)  # the caller's next list shows it
         created = await self.get(request.name, caller)
         clock.done("answer")
         return created
 
-    async def _resolve_gpus(self, gpu_ids: list[int]) -> list[Gpu]:
+    async def _resolve_gpus(self, gpu_ids: list[GpuId]) -> list[Gpu]:
         if not gpu_ids:
             return []
         await self._gpus.wait_until_tried()
-        if not self._gpus.available:
-            # NVML cannot list them (no library here, say): pin by index, as asked.
-            return [Gpu(index=i, uuid=None) for i in gpu_ids]
-        known = {g.index: g for g in self._gpus.gpus}
-        unknown = [i for i in gpu_ids if i not in known]
-        if unknown:
-            listing = "; ".join(f"{g.index}: {g.name}" for g in known.values()) or "none"
-            raise InvalidInput(
-                f"gpu_ids: {', '.join(map(str, unknown))} is not a GPU of this host "
-                f"(its GPUs: {listing})",
-                details={"field": "gpu_ids", "gpus": sorted(known)},
-            )
-        return [Gpu(index=i, uuid=known[i].uuid) for i in gpu_ids]
+        # Without NVML (no library here, say): pinned by index, as asked.
+        return resolve_gpus(gpu_ids, self._gpus.gpus if self._gpus.available else None)
 
     async def _make(self, request: CreateRequest, setup: Setup) -> str:
         network = self._networks.name(request.owner)  # the owner's own (network_isolation)
@@ -573,7 +564,7 @@ def _check_name_free(name: str, holders: list[ContainerSummary]) -> None:
 def _reservation_of(container: ManagedContainer) -> Reservation:
     """The GPUs an existing container takes when it starts (its port is its own already)."""
     uuids: list[str | None] = [*container.gpu_uuids] or [None] * len(container.gpu_indices)
-    gpus = tuple(Gpu(i, u) for i, u in zip(container.gpu_indices, uuids, strict=False))
+    gpus = tuple(Gpu(i.gpu, u, i.slice) for i, u in zip(container.gpu_indices, uuids, strict=False))
     return Reservation(
         container.name, container.owner, None, gpus, container_id=container.id,
         memory_mb=container.memory_mb, cpus=container.cpus,

@@ -91,7 +91,7 @@ def container_spec(
             labels.OWNER: request.owner,
             labels.SSH_USER: request.user_name,
             labels.SSH_PORT: str(port),
-            labels.GPU_INDICES: ",".join(str(g.index) for g in gpus),
+            labels.GPU_INDICES: ",".join(str(g.id) for g in gpus),
             labels.GPU_UUIDS: ",".join(g.uuid for g in gpus if g.uuid),
             labels.CREATED: _now_rfc3339_ns(),
             labels.IMAGE: request.image,
@@ -126,7 +126,8 @@ def container_spec(
         # One container's output cannot fill the host's disk.
         log_rotation=LogRotation(max_size=config.log_max_size, max_files=config.log_max_file),
         network=network,
-        gpu_device_ids=tuple(g.uuid or str(g.index) for g in gpus),
+        # A MIG slice by its "MIG-..." UUID: NVIDIA_VISIBLE_DEVICES=MIG-... in the container.
+        gpu_device_ids=tuple(g.uuid or str(g.id) for g in gpus),
         init=True,
         restart_unless_stopped=True,
     )

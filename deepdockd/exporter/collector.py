@@ -3,10 +3,15 @@ readings, the GPU accounting, and one read of the namespace's containers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from deepdockd import labels
@@ -14,6 +19,7 @@ from deepdockd.accounting import Attribution
 from deepdockd.containers.allocation import held_ports
 from deepdockd.containers.disk import DiskMeasurement
 from deepdockd.docker import ContainerSummary
+from deepdockd.gpu import gpm
 from deepdockd.gpu.nvml import GpuReading
 from deepdockd.gpu.sampler import GpuStatus
 
@@ -34,6 +40,8 @@ _DCGM_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (C).", "temperature_c"),
     ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (MHz).", "sm_clock_mhz"),
     ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (MHz).", "memory_clock_mhz"),
+    # GPM's profiling metrics (Hopper and newer): absent, not 0, on a GPU without GPM.
+    *((metric.dcgm_name, metric.help, metric.field) for metric in gpm.METRICS),
 )
 
 _PROCESS_LABELS = ("gpu", "UUID", "pid", "kind", "container", "owner", "stray")
@@ -51,6 +59,8 @@ class ScrapeData:
     sampler_ticks: int
     sampler_tick_seconds: float
     disk: DiskMeasurement | None = None  # None: not measured yet
+    # GPU-seconds per (owner, "held"|"busy") since the usage database began.
+    gpu_seconds: Mapping[tuple[str, str], float] | None = None
 
 
 class ScrapeCollector(Collector):
@@ -69,6 +79,7 @@ class ScrapeCollector(Collector):
         yield from _container_gauges(data)
         yield from _disk_gauges(data)
         yield from _daemon_metrics(data)
+        yield from _usage_counters(data)
 
 
 def _gpu_gauges(data: ScrapeData) -> Iterator[Metric]:
@@ -146,7 +157,7 @@ def _container_gauges(data: ScrapeData) -> Iterator[Metric]:
         owner = container.labels.get(labels.OWNER, "")
         states[(container.state, owner)] = states.get((container.state, owner), 0) + 1
         if container.state == "running":
-            count = len(labels.gpu_indices(container.labels))
+            count = len(labels.gpu_ids(container.labels))  # a MIG slice counts as one
             gpus_held[owner] = gpus_held.get(owner, 0) + count
     by_state = GaugeMetricFamily(
         "deepdockd_containers", "deepdockd's containers, by state and owner.",
@@ -203,6 +214,21 @@ def _disk_gauges(data: ScrapeData) -> Iterator[Metric]:
         "When the disk use above was measured (Unix time).",
         value=disk.measured_at.timestamp(),
     )
+
+
+def _usage_counters(data: ScrapeData) -> Iterator[Metric]:
+    # Totals from the usage history (docs/usage.md), so a restart does not reset them.
+    if data.gpu_seconds is None:
+        return
+    family = CounterMetricFamily(
+        "deepdockd_gpu_seconds",
+        "GPU-seconds held by deepdockd containers, and held seconds weighted by the GPU's"
+        " activity (busy), since the usage history began.",
+        labels=("owner", "kind"),
+    )
+    for (owner, kind), seconds in sorted(data.gpu_seconds.items()):
+        family.add_metric([owner, kind], seconds)
+    yield family
 
 
 def _daemon_metrics(data: ScrapeData) -> Iterator[Metric]:

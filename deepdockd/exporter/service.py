@@ -15,6 +15,7 @@ from deepdockd.docker import ContainerSummary, DockerUnavailable
 from deepdockd.exporter.collector import ScrapeCollector, ScrapeData
 from deepdockd.exporter.requests import RequestMetrics
 from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.usage.recorder import UsageRecorder
 
 # The classic text format, which every Prometheus reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -29,8 +30,10 @@ class Exporter:
         view: ContainerView,
         *,
         disk: DiskMeter | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self._disk = disk
+        self._usage = usage
         self._config = config
         self._sampler = sampler
         self._accounting = accounting
@@ -63,6 +66,7 @@ class Exporter:
             sampler_ticks=self._sampler.ticks,
             sampler_tick_seconds=self._sampler.tick_seconds,
             disk=self._disk.latest if self._disk is not None else None,
+            gpu_seconds=self._usage.totals() if self._usage is not None else None,
         )
         try:
             return generate_latest(self.registry)

@@ -78,7 +78,7 @@ def usage_of(
             by_name[container.name] = container
     running = [c for c in by_name.values() if c.state in HOLDING_STATES]
     return Usage(
-        gpus=sum(len(labels.gpu_indices(c.labels)) for c in running),
+        gpus=sum(len(labels.gpu_ids(c.labels)) for c in running),  # a MIG slice counts as one
         containers=len(by_name),
         memory_mb=sum(_memory_mb(c.labels.get(labels.MEMORY_MB, "")) for c in running),
         cpus=sum(_cpus(c.labels.get(labels.CPUS, "")) for c in running),

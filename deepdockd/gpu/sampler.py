@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deepdockd.background import cancel_and_wait
-from deepdockd.gpu import nvml, procfs
+from deepdockd.gpu import gpm, nvml, procfs
 from deepdockd.gpu.nvml import GpuInfo, GpuProcess, GpuReading, NvmlInventory, NvmlUnavailable
 from deepdockd.gpu.procfs import ProcessOrigin
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # The fields that the time series keeps (the rest are read for the latest values only).
 _READING_FIELDS = (
     "memory_used_mib", "utilization_pct", "power_w", "temperature_c", "fan_pct",
+    *gpm.SERIES_FIELDS,
 )  # fmt: skip
 
 
@@ -45,7 +46,7 @@ class GpuPoint:
 
     timestamp: float  # when the bucket closed, seconds since the epoch
     json: bytes  # {"timestamp", "memory_used", "utilization", "power_usage", "temperature",
-    #               "fan_speed", "samples"}; a field is null when no sample had it
+    #               "fan_speed", gpm.SERIES_FIELDS, "samples"}; null when no sample had it
 
     def fields(self) -> dict[str, Any]:
         decoded: dict[str, Any] = json.loads(self.json)
@@ -60,6 +61,7 @@ def _encode_point(closed: datetime, bucket: _Bucket) -> GpuPoint:
         "power_usage": bucket.mean("power_w"),  # W
         "temperature": bucket.mean("temperature_c"),  # °C
         "fan_speed": bucket.mean("fan_pct"),  # %
+        **{name: bucket.mean(name) for name in gpm.SERIES_FIELDS},  # GPM: ratios 0..1
         "samples": bucket.samples,
     }
     return GpuPoint(timestamp=closed.timestamp(), json=json.dumps(document).encode())

@@ -22,10 +22,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from deepdockd.gpu import gpm
 from deepdockd.gpu.sampler import GpuPoint
 
 # The fields of a point that are means (the others: timestamp, samples).
-_MEAN_FIELDS = ("memory_used", "utilization", "power_usage", "temperature", "fan_speed")
+_MEAN_FIELDS = (
+    "memory_used", "utilization", "power_usage", "temperature", "fan_speed", *gpm.SERIES_FIELDS,
+)  # fmt: skip
 _US_PER_S = 1_000_000
 
 

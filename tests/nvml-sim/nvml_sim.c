@@ -21,7 +21,8 @@
  *                             "type": "compute"}],   (without "processes_file"; default [])
  *              "lost_if_exists": "/tmp/gpu1.lost",   (GPU_IS_LOST while that file exists)
  *              "delay_ms": 0,                        (each reading sleeps this long: a slow driver)
- *              "call_delay_us": 8}]}                 (each reading spins this long: its real cost)
+ *              "call_delay_us": 8,                   (each reading spins this long: its real cost)
+ *              "gpm": {"sm_util": [40, 90]}}]}       (GPM metrics, below; absent: no GPM)
  *
  * Each reading is a list of values: the n-th call for that device and field returns value
  * n mod length, so readings move over time and a test can compute every value returned.
@@ -55,6 +56,33 @@
  * microseconds is an ioctl that keeps the CPU busy, so its time counts as the caller's CPU time
  * (and Linux's 50 us timer slack would stretch so short a sleep). 0 or absent: no cost, as
  * before.
+ *
+ * GPM (GPU Performance Monitoring, Hopper and newer): "gpm" is an object of readings named
+ * after nvml.h's NVML_GPM_METRIC_<NAME> in lower case, in NVML's units (percent, MiB/s):
+ * "graphics_util", "sm_util", "sm_occupancy", "any_tensor_util", "dram_bw_util",
+ * "pcie_tx_per_sec", "pcie_rx_per_sec", "nvlink_total_tx_per_sec", "nvlink_total_rx_per_sec"
+ * (any other key is refused). With "gpm", nvmlGpmQueryDeviceSupport says the device is
+ * supported; without it, unsupported (isSupportedDevice 0, as on an A100), and
+ * nvmlGpmSampleGet returns NOT_SUPPORTED. The n-th nvmlGpmSampleGet of a device holds reading n
+ * (mod its length) of every metric; nvmlGpmMetricsGet of two samples of one device gives the
+ * second sample's values (a real driver gives the rate between them), and per metric
+ * NOT_SUPPORTED for a metric that "gpm" does not name. An empty "gpm" ({}) is a supported
+ * device without these metrics.
+ *
+ * MIG: a GPU's "mig" makes it MIG-capable (without it nvmlDeviceGetMigMode returns
+ * NOT_SUPPORTED, as on GPUs before the A100): {"mode": true (default; false: MIG-capable, MIG
+ * mode off), "max_count": 7 (nvmlDeviceGetMaxMigDeviceCount; default the slices' count),
+ * "slices": [{"uuid": "MIG-...", "profile": "1g.10gb", "memory_total_mib": 9856,
+ * "memory_used_mib": [0, 512] (a reading, as above), "gpu_instance_id": 1,
+ * "compute_instance_id": 0}, null, ...]}. Slice n is what nvmlDeviceGetMigDeviceHandleByIndex
+ * gives for index n (null, or past the list: NOT_FOUND, an empty slot); its handle points into
+ * an array of its own, so it is never taken for a whole GPU. On a MIG handle the simulator
+ * answers nvmlDeviceGetUUID, nvmlDeviceGetName ("<parent's name> MIG <profile>"),
+ * nvmlDeviceGetMemoryInfo, nvmlDeviceIsMigDeviceHandle, nvmlDeviceGetGpuInstanceId,
+ * nvmlDeviceGetComputeInstanceId and nvmlDeviceGetDeviceHandleFromMigDeviceHandle; the parent's
+ * GPU_IS_LOST is its own. A process on a slice carries that slice's "gpu_instance_id" and
+ * "compute_instance_id" in its entry (absent: 0xFFFFFFFF, on no slice), and is listed on the
+ * parent GPU, as NVML lists them.
  *
  * Without $NVML_SIM_CONFIG, nvmlInit fails with DRIVER_NOT_LOADED, as on a host without a
  * driver.
@@ -128,6 +156,7 @@ static const char *FIELD_KEYS[FIELD_COUNT] = {
 enum {
     CALL_MEMORY, CALL_MEMORY_V2, CALL_UTILIZATION, CALL_POWER, CALL_TEMPERATURE, CALL_FAN,
     CALL_CLOCK, CALL_COMPUTE_PROCESSES, CALL_GRAPHICS_PROCESSES, CALL_PROCESS_UTILIZATION,
+    CALL_GPM_QUERY_SUPPORT, CALL_GPM_SAMPLE_GET, CALL_GPM_METRICS_GET,
     CALL_COUNT
 };
 static const char *CALL_NAMES[CALL_COUNT] = {
@@ -135,6 +164,25 @@ static const char *CALL_NAMES[CALL_COUNT] = {
     "nvmlDeviceGetPowerUsage", "nvmlDeviceGetTemperature", "nvmlDeviceGetFanSpeed",
     "nvmlDeviceGetClockInfo", "nvmlDeviceGetComputeRunningProcesses_v3",
     "nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetProcessUtilization",
+    "nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet", "nvmlGpmMetricsGet",
+};
+
+/* The GPM metrics the simulator gives: nvml.h's id, the "gpm" key, and what
+ * nvmlGpmMetricsGet names it (metricInfo). */
+enum { GPM_COUNT = 9 };
+static const struct {
+    unsigned int id;
+    const char *key, *short_name, *long_name, *unit;
+} GPM_METRICS[GPM_COUNT] = {
+    {1, "graphics_util", "gr_util", "graphics utilization", "%"},
+    {2, "sm_util", "sm_util", "SM utilization", "%"},
+    {3, "sm_occupancy", "sm_occupancy", "SM occupancy", "%"},
+    {5, "any_tensor_util", "any_tensor_util", "any tensor utilization", "%"},
+    {10, "dram_bw_util", "dram_bw_util", "DRAM bandwidth utilization", "%"},
+    {20, "pcie_tx_per_sec", "pcie_tx_bw", "PCIe TX bandwidth", "MiB/sec"},
+    {21, "pcie_rx_per_sec", "pcie_rx_bw", "PCIe RX bandwidth", "MiB/sec"},
+    {60, "nvlink_total_rx_per_sec", "nvlink_bw_rx", "NvLink RX bandwidth", "MiB/sec"},
+    {61, "nvlink_total_tx_per_sec", "nvlink_bw_tx", "NvLink TX bandwidth", "MiB/sec"},
 };
 
 typedef struct {
@@ -149,6 +197,7 @@ typedef struct {
     unsigned int pid;
     unsigned long long used_memory; /* bytes, or NVML_VALUE_NOT_AVAILABLE */
     unsigned int sm;                /* percent */
+    unsigned int gpu_instance_id, compute_instance_id; /* its MIG slice's, or NVML_NO_INSTANCE */
     int type;                       /* PROCESS_COMPUTE or PROCESS_GRAPHICS */
 } sim_process_t;
 
@@ -170,6 +219,12 @@ typedef struct sim_device {
     series_t fields[FIELD_COUNT];
     process_list_t processes;      /* its "processes" in the config */
     process_list_t file_processes; /* its list in "processes_file", as last read */
+    int mig_mode;                  /* -1: no MIG (no "mig"); 0: MIG mode off; 1: on */
+    unsigned int mig_max_count;    /* nvmlDeviceGetMaxMigDeviceCount */
+    struct sim_mig *mig_slices;    /* mig_max_count slots; uuid "" for an empty one */
+    int gpm_supported;             /* whether it has "gpm" */
+    series_t gpm[GPM_COUNT];       /* by GPM_METRICS; values NULL: not in "gpm" */
+    unsigned long gpm_samples;     /* nvmlGpmSampleGet calls so far */
 } sim_device_t;
 
 typedef struct sim_device *nvmlDevice_t;
@@ -197,11 +252,17 @@ static void free_processes(process_list_t *list) {
     list->count = 0;
 }
 
+static void free_mig(struct sim_device *device);
+static int load_mig(struct sim_device *device, const cJSON *mig, const char *path,
+                    unsigned int i);
+
 static void free_devices(void) {
     for (unsigned int i = 0; i < device_count; i++) {
         for (int f = 0; f < FIELD_COUNT; f++) free(devices[i].fields[f].values);
+        for (int g = 0; g < GPM_COUNT; g++) free(devices[i].gpm[g].values);
         free_processes(&devices[i].processes);
         free_processes(&devices[i].file_processes);
+        free_mig(&devices[i]);
     }
     free(devices);
     devices = NULL;
@@ -304,6 +365,14 @@ static const char *load_process(sim_process_t *process, const cJSON *item) {
         process->type = PROCESS_GRAPHICS;
     else
         return "\"type\" must be \"compute\" or \"graphics\"";
+    const char *instance_keys[2] = {"gpu_instance_id", "compute_instance_id"};
+    unsigned int *instances[2] = {&process->gpu_instance_id, &process->compute_instance_id};
+    for (int k = 0; k < 2; k++) { /* its MIG slice's ids; absent: on no slice */
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(item, instance_keys[k]);
+        if (id != NULL && !(cJSON_IsNumber(id) && id->valuedouble >= 0 && id->valuedouble < 1e6))
+            return "\"gpu_instance_id\" and \"compute_instance_id\" must be numbers";
+        *instances[k] = id ? (unsigned int)id->valuedouble : NVML_NO_INSTANCE;
+    }
     return NULL;
 }
 
@@ -412,6 +481,37 @@ static const process_list_t *processes_of(nvmlDevice_t device) {
     return &device->file_processes;
 }
 
+/* "gpm": absent or null (no GPM), or an object of readings by GPM_METRICS key: 0, or -1 once
+ * the problem is on stderr. */
+static int load_gpm(sim_device_t *device, const cJSON *gpm, const char *path, unsigned int i) {
+    device->gpm_supported = gpm != NULL && !cJSON_IsNull(gpm);
+    device->gpm_samples = 0;
+    for (int g = 0; g < GPM_COUNT; g++) load_series(&device->gpm[g], NULL);
+    if (!device->gpm_supported) return 0;
+    if (!cJSON_IsObject(gpm)) {
+        fprintf(stderr, "nvml-sim: %s: gpus[%u].gpm must be an object of GPM readings\n", path,
+                i);
+        return -1;
+    }
+    const cJSON *entry;
+    cJSON_ArrayForEach(entry, gpm) {
+        int g = 0;
+        while (g < GPM_COUNT && strcmp(entry->string, GPM_METRICS[g].key) != 0) g++;
+        if (g == GPM_COUNT) {
+            fprintf(stderr, "nvml-sim: %s: gpus[%u].gpm.%s: the simulator has no such GPM"
+                            " metric\n", path, i, entry->string);
+            return -1;
+        }
+        free(device->gpm[g].values); /* a key given twice: the last one */
+        if (load_series(&device->gpm[g], entry) != 0) { /* null: that metric NOT_SUPPORTED */
+            fprintf(stderr, "nvml-sim: %s: gpus[%u].gpm.%s must be null, a number or a list of"
+                            " numbers\n", path, i, entry->string);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The keys of a GPU that are not readings: 0, or -1 once the problem is on stderr. */
 static int load_gpu_settings(sim_device_t *device, const cJSON *gpu, const char *path,
                              unsigned int i) {
@@ -435,7 +535,8 @@ static int load_gpu_settings(sim_device_t *device, const cJSON *gpu, const char 
                 problem[0] == '[' ? "" : " ", problem);
         return -1;
     }
-    return 0;
+    if (load_mig(device, cJSON_GetObjectItemCaseSensitive(gpu, "mig"), path, i) != 0) return -1;
+    return load_gpm(device, cJSON_GetObjectItemCaseSensitive(gpu, "gpm"), path, i);
 }
 
 static nvmlReturn_t load_config(void) {
@@ -638,12 +739,19 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev
     return NVML_SUCCESS;
 }
 
+static struct sim_mig *mig_of(nvmlDevice_t device);
+static nvmlReturn_t mig_name(struct sim_mig *mig, char *name, unsigned int length);
+static nvmlReturn_t mig_uuid(struct sim_mig *mig, char *uuid, unsigned int length);
+static nvmlReturn_t mig_memory(struct sim_mig *mig, nvmlMemory_t *memory);
+
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
+    if (mig_of(device)) return mig_name(mig_of(device), name, length);
     nvmlReturn_t result = check_device(device);
     return result != NVML_SUCCESS ? result : copy_out(name, length, device->name);
 }
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
+    if (mig_of(device)) return mig_uuid(mig_of(device), uuid, length);
     nvmlReturn_t result = check_device(device);
     return result != NVML_SUCCESS ? result : copy_out(uuid, length, device->uuid);
 }
@@ -662,6 +770,7 @@ static nvmlReturn_t read_memory(nvmlDevice_t device, int call, unsigned long lon
 
 /* As a real driver does, the memory the driver reserves counts as used. */
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    if (mig_of(device)) return mig_memory(mig_of(device), memory);
     unsigned long long total, reserved, used;
     nvmlReturn_t result = read_memory(device, CALL_MEMORY, &total, &reserved, &used);
     if (result != NVML_SUCCESS) return result;
@@ -755,8 +864,8 @@ static nvmlReturn_t running_processes(nvmlDevice_t device, int call, int type,
         if (process->type != type) continue;
         infos[n].pid = process->pid;
         infos[n].usedGpuMemory = process->used_memory;
-        infos[n].gpuInstanceId = NVML_NO_INSTANCE;
-        infos[n].computeInstanceId = NVML_NO_INSTANCE;
+        infos[n].gpuInstanceId = process->gpu_instance_id;
+        infos[n].computeInstanceId = process->compute_instance_id;
         n++;
     }
     *count = found;
@@ -808,5 +917,313 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
         utilization[i].decUtil = 0;
     }
     *processSamplesCount = found;
+    return NVML_SUCCESS;
+}
+
+/* --- GPM: GPU Performance Monitoring (nvml.h's layouts) --- */
+
+#define NVML_GPM_METRICS_GET_VERSION 1
+#define NVML_GPM_SUPPORT_VERSION 1
+#define NVML_GPM_METRIC_MAX 477 /* nvml.h's, as nvidia-ml-py 13 sizes the array */
+#define SIM_GPM_SAMPLE_MAGIC 0x73476d50u
+
+typedef struct sim_gpm_sample {
+    unsigned int magic; /* SIM_GPM_SAMPLE_MAGIC while allocated */
+    sim_device_t *device; /* NULL until nvmlGpmSampleGet fills it */
+    unsigned long reading; /* which reading of the device's "gpm" it holds */
+} sim_gpm_sample_t;
+
+typedef struct sim_gpm_sample *nvmlGpmSample_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned int isSupportedDevice;
+} nvmlGpmSupport_t;
+
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    struct {
+        char *shortName;
+        char *longName;
+        char *unit;
+    } metricInfo;
+} nvmlGpmMetric_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned int numMetrics;
+    nvmlGpmSample_t sample1;
+    nvmlGpmSample_t sample2;
+    nvmlGpmMetric_t metrics[NVML_GPM_METRIC_MAX];
+} nvmlGpmMetricsGet_t;
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *support) {
+    nvmlReturn_t result = begin_reading(device, CALL_GPM_QUERY_SUPPORT);
+    if (result != NVML_SUCCESS) return result;
+    if (support == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (support->version != NVML_GPM_SUPPORT_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    support->isSupportedDevice = device->gpm_supported ? 1 : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    if (sample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *sample = calloc(1, sizeof(sim_gpm_sample_t));
+    if (*sample == NULL) return NVML_ERROR_UNKNOWN;
+    (*sample)->magic = SIM_GPM_SAMPLE_MAGIC;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
+    if (sample == NULL || sample->magic != SIM_GPM_SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    sample->magic = 0;
+    free(sample);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t sample) {
+    nvmlReturn_t result = begin_reading(device, CALL_GPM_SAMPLE_GET);
+    if (result != NVML_SUCCESS) return result;
+    if (sample == NULL || sample->magic != SIM_GPM_SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!device->gpm_supported) return NVML_ERROR_NOT_SUPPORTED;
+    sample->device = device;
+    sample->reading = device->gpm_samples++;
+    return NVML_SUCCESS;
+}
+
+/* Each metric asked for: the value of the second sample's reading. Two samples of one device,
+ * both taken (as NVML wants), else INVALID_ARGUMENT. */
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    if (metricsGet == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (metricsGet->version != NVML_GPM_METRICS_GET_VERSION)
+        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const sim_gpm_sample_t *first = metricsGet->sample1, *second = metricsGet->sample2;
+    if (first == NULL || second == NULL || first->magic != SIM_GPM_SAMPLE_MAGIC ||
+        second->magic != SIM_GPM_SAMPLE_MAGIC || first->device == NULL ||
+        first->device != second->device || metricsGet->numMetrics > NVML_GPM_METRIC_MAX)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t result = check_handle(second->device);
+    if (result != NVML_SUCCESS) return result;
+    if (second->device->call_delay_us[CALL_GPM_METRICS_GET])
+        spin_us(second->device->call_delay_us[CALL_GPM_METRICS_GET]);
+    for (unsigned int m = 0; m < metricsGet->numMetrics; m++) {
+        nvmlGpmMetric_t *metric = &metricsGet->metrics[m];
+        int g = 0;
+        while (g < GPM_COUNT && GPM_METRICS[g].id != metric->metricId) g++;
+        const series_t *series = g < GPM_COUNT ? &second->device->gpm[g] : NULL;
+        metric->value = 0;
+        if (series == NULL || series->values == NULL) {
+            metric->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            continue;
+        }
+        metric->nvmlReturn = NVML_SUCCESS;
+        metric->value = series->values[second->reading % series->length];
+        metric->metricInfo.shortName = (char *)GPM_METRICS[g].short_name;
+        metric->metricInfo.longName = (char *)GPM_METRICS[g].long_name;
+        metric->metricInfo.unit = (char *)GPM_METRICS[g].unit;
+    }
+    return NVML_SUCCESS;
+}
+
+/* --- MIG: a GPU in MIG mode and its MIG devices ("mig" in the config) --- */
+
+#define NVML_DEVICE_MIG_DISABLE 0
+#define NVML_DEVICE_MIG_ENABLE 1
+#define SIM_MIG_MAGIC 0x4d494721u
+
+typedef struct sim_mig {
+    unsigned int magic; /* SIM_MIG_MAGIC: what tells a MIG handle from a GPU's */
+    sim_device_t *parent;
+    char uuid[96];      /* "": an empty slot */
+    char profile[32];
+    double memory_total_mib;
+    series_t memory_used;
+    unsigned int gpu_instance_id, compute_instance_id;
+} sim_mig_t;
+
+/* The slice a handle points to, or NULL for any other handle (a GPU's, or garbage that
+ * check_handle refuses). A MIG handle points into its parent's mig_slices. */
+static struct sim_mig *mig_of(nvmlDevice_t device) {
+    if (!initialized || device == NULL) return NULL;
+    for (unsigned int i = 0; i < device_count; i++) {
+        sim_mig_t *slots = devices[i].mig_slices;
+        if (slots && (void *)device >= (void *)slots &&
+            (void *)device < (void *)(slots + devices[i].mig_max_count)) {
+            sim_mig_t *mig = (sim_mig_t *)(void *)device;
+            return mig->magic == SIM_MIG_MAGIC && mig->uuid[0] ? mig : NULL;
+        }
+    }
+    return NULL;
+}
+
+static void free_mig(struct sim_device *device) {
+    for (unsigned int s = 0; device->mig_slices && s < device->mig_max_count; s++)
+        free(device->mig_slices[s].memory_used.values);
+    free(device->mig_slices);
+    device->mig_slices = NULL;
+    device->mig_max_count = 0;
+}
+
+static int load_slice(sim_mig_t *mig, const cJSON *item) {
+    const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(item, "uuid");
+    const cJSON *profile = cJSON_GetObjectItemCaseSensitive(item, "profile");
+    const cJSON *total = cJSON_GetObjectItemCaseSensitive(item, "memory_total_mib");
+    const cJSON *gi = cJSON_GetObjectItemCaseSensitive(item, "gpu_instance_id");
+    const cJSON *ci = cJSON_GetObjectItemCaseSensitive(item, "compute_instance_id");
+    if (!cJSON_IsString(uuid) || uuid->valuestring[0] == '\0' || !cJSON_IsString(profile) ||
+        !cJSON_IsNumber(total) || !cJSON_IsNumber(gi) || !cJSON_IsNumber(ci))
+        return -1;
+    mig->magic = SIM_MIG_MAGIC;
+    copy_string(mig->uuid, sizeof mig->uuid, uuid, "");
+    copy_string(mig->profile, sizeof mig->profile, profile, "");
+    mig->memory_total_mib = total->valuedouble;
+    mig->gpu_instance_id = (unsigned int)gi->valuedouble;
+    mig->compute_instance_id = (unsigned int)ci->valuedouble;
+    const cJSON *used = cJSON_GetObjectItemCaseSensitive(item, "memory_used_mib");
+    cJSON *zero = used ? NULL : cJSON_CreateNumber(0);
+    int result = load_series(&mig->memory_used, used ? used : zero);
+    cJSON_Delete(zero);
+    return result == 0 && mig->memory_used.values ? 0 : -1;
+}
+
+/* "mig": absent or null (not MIG-capable), or {"mode", "max_count", "slices"}: 0, or -1 once
+ * the problem is on stderr. */
+static int load_mig(struct sim_device *device, const cJSON *mig, const char *path,
+                    unsigned int i) {
+    device->mig_mode = -1;
+    device->mig_slices = NULL;
+    device->mig_max_count = 0;
+    if (mig == NULL || cJSON_IsNull(mig)) return 0;
+    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(mig, "mode");
+    const cJSON *slices = cJSON_GetObjectItemCaseSensitive(mig, "slices");
+    const cJSON *max_count = cJSON_GetObjectItemCaseSensitive(mig, "max_count");
+    if (!cJSON_IsObject(mig) || (mode && !cJSON_IsBool(mode)) ||
+        (slices && !cJSON_IsArray(slices)) || (max_count && !cJSON_IsNumber(max_count))) {
+        fprintf(stderr, "nvml-sim: %s: gpus[%u].mig must be {\"mode\": true, \"max_count\": 7,"
+                        " \"slices\": [...]}\n", path, i);
+        return -1;
+    }
+    device->mig_mode = mode == NULL || cJSON_IsTrue(mode);
+    unsigned int listed = slices ? (unsigned int)cJSON_GetArraySize(slices) : 0;
+    unsigned int count = max_count ? (unsigned int)max_count->valuedouble : listed;
+    if (count < listed) count = listed;
+    device->mig_max_count = count;
+    device->mig_slices = calloc(count ? count : 1, sizeof(sim_mig_t));
+    for (unsigned int s = 0; s < listed; s++) {
+        const cJSON *item = cJSON_GetArrayItem(slices, (int)s);
+        device->mig_slices[s].parent = device;
+        if (cJSON_IsNull(item)) continue; /* an empty slot */
+        if (load_slice(&device->mig_slices[s], item) != 0) {
+            fprintf(stderr, "nvml-sim: %s: gpus[%u].mig.slices[%u] must be {\"uuid\","
+                            " \"profile\", \"memory_total_mib\", \"gpu_instance_id\","
+                            " \"compute_instance_id\"} (and a \"memory_used_mib\" reading)\n",
+                    path, i, s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static nvmlReturn_t mig_check(sim_mig_t *mig) {
+    return is_lost(mig->parent) ? NVML_ERROR_GPU_IS_LOST : NVML_SUCCESS;
+}
+
+static nvmlReturn_t mig_name(struct sim_mig *mig, char *name, unsigned int length) {
+    nvmlReturn_t result = mig_check(mig);
+    if (result != NVML_SUCCESS) return result;
+    char text[160];
+    snprintf(text, sizeof text, "%s MIG %s", mig->parent->name, mig->profile);
+    return copy_out(name, length, text);
+}
+
+static nvmlReturn_t mig_uuid(struct sim_mig *mig, char *uuid, unsigned int length) {
+    nvmlReturn_t result = mig_check(mig);
+    return result != NVML_SUCCESS ? result : copy_out(uuid, length, mig->uuid);
+}
+
+static nvmlReturn_t mig_memory(struct sim_mig *mig, nvmlMemory_t *memory) {
+    nvmlReturn_t result = mig_check(mig);
+    if (result != NVML_SUCCESS) return result;
+    if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    series_t *series = &mig->memory_used;
+    double used_mib = series->values[series->calls++ % series->length];
+    memory->total = (unsigned long long)(mig->memory_total_mib * 1048576.0);
+    memory->used = (unsigned long long)(used_mib * 1048576.0);
+    memory->free = memory->total > memory->used ? memory->total - memory->used : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *currentMode,
+                                  unsigned int *pendingMode) {
+    if (mig_of(device)) return NVML_ERROR_NOT_SUPPORTED;
+    nvmlReturn_t result = check_device(device);
+    if (result != NVML_SUCCESS) return result;
+    if (device->mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    if (currentMode == NULL || pendingMode == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *currentMode = *pendingMode = device->mig_mode ? NVML_DEVICE_MIG_ENABLE
+                                                   : NVML_DEVICE_MIG_DISABLE;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count) {
+    nvmlReturn_t result = check_device(device);
+    if (result != NVML_SUCCESS) return result;
+    if (device->mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = device->mig_max_count;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index,
+                                                 nvmlDevice_t *migDevice) {
+    nvmlReturn_t result = check_device(device);
+    if (result != NVML_SUCCESS) return result;
+    if (device->mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    if (migDevice == NULL || index >= device->mig_max_count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (device->mig_mode == 0 || device->mig_slices[index].uuid[0] == '\0')
+        return NVML_ERROR_NOT_FOUND;
+    *migDevice = (nvmlDevice_t)(void *)&device->mig_slices[index];
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *isMigDevice) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    if (isMigDevice == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (mig_of(device)) {
+        *isMigDevice = 1;
+        return NVML_SUCCESS;
+    }
+    nvmlReturn_t result = check_handle(device);
+    if (result == NVML_SUCCESS) *isMigDevice = 0;
+    return result;
+}
+
+nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t migDevice,
+                                                          nvmlDevice_t *device) {
+    sim_mig_t *mig = mig_of(migDevice);
+    if (mig == NULL || device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *device = mig->parent;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
+    sim_mig_t *mig = mig_of(device);
+    if (mig == NULL) return check_handle(device) == NVML_SUCCESS ? NVML_ERROR_NOT_SUPPORTED
+                                                                 : NVML_ERROR_INVALID_ARGUMENT;
+    if (id == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *id = mig->gpu_instance_id;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id) {
+    sim_mig_t *mig = mig_of(device);
+    if (mig == NULL) return check_handle(device) == NVML_SUCCESS ? NVML_ERROR_NOT_SUPPORTED
+                                                                 : NVML_ERROR_INVALID_ARGUMENT;
+    if (id == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *id = mig->compute_instance_id;
     return NVML_SUCCESS;
 }

@@ -96,6 +96,16 @@ def problem(
         return f"{caller} got {status} from {operation}, which answers admins only"
     if operation == "getQuota" and (whose := _json(body).get("user")) != user:
         return f"{caller} {user} got {status} with {whose}'s quota"
+    if operation == "getUsage" and user is not None:
+        rows = _json(body).get("rows")
+        owners = (
+            {r.get("owner") for r in rows if isinstance(r, dict)}
+            if isinstance(rows, list)
+            else set()
+        )
+        others = owners - {user, None}
+        if others:
+            return f"{caller} {user} got {status} with GPU-hours of {sorted(others)}"
     return _stream_error(operation, body) if content_type.startswith(NDJSON) else None
 
 

@@ -8,8 +8,9 @@ import { CreateView } from "./create.js";
 import { $, show } from "./dom.js";
 import { GpuView } from "./gpus.js";
 import { refreshHost } from "./host.js";
+import { clearUsage, refreshUsage } from "./usage.js";
 
-const VIEWS = ["gpus", "containers", "create", "host"];
+const VIEWS = ["gpus", "containers", "create", "host", "usage"];
 const REFRESH_MS = { gpus: 5000, host: 10000 };
 
 let session = null; // {who: {user, role} or null while unknown, generation}
@@ -66,6 +67,7 @@ function stopAll() {
   views.gpus.reset();
   views.create.reset();
   $("#host").replaceChildren();
+  clearUsage();
   const dialog = $("#confirm");
   if (dialog.open) dialog.close("cancel");
 }
@@ -96,6 +98,7 @@ function open(view) {
   const current = isCurrent(generation);
   if (view === "create") views.create.refresh(current).catch((error) => banner(error.message, "refresh"));
   if (view === "host") refreshHost(current).catch((error) => banner(error.message, "refresh"));
+  if (view === "usage") refreshUsage(current).catch((error) => banner(error.message, "refresh"));
 }
 
 // Who is signed in, from GET /quota, which needs Docker: while Docker does not answer, the

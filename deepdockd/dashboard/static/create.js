@@ -52,25 +52,19 @@ export class CreateView {
     if (chosen && [...chooser.options].some((o) => o.value === chosen)) chooser.value = chosen;
   }
 
-  // A checkbox per GPU saying who holds it. Kept in place when the GPUs are the same, only
-  // the words changing, so a refresh never takes a tick or the focus away.
+  // A checkbox per GPU saying who holds it (a GPU in MIG mode: one per MIG slice). Kept in
+  // place when the GPUs are the same, only the words changing, so a refresh never takes a
+  // tick or the focus away.
   showGpus(gpus) {
     const list = $("#c-gpu-list");
+    const choices = gpuChoices(gpus.gpus);
     const shown = [...list.querySelectorAll("input")].map((box) => box.value).join(",");
-    if (shown !== gpus.gpus.map((gpu) => gpu.index).join(",") || gpus.gpus.length === 0) {
-      const boxes = gpus.gpus.map((gpu) => {
-        const id = `c-gpu-${gpu.index}`;
-        return el("div", { class: "check" },
-          el("input", { type: "checkbox", id, value: gpu.index }), el("label", { for: id }));
-      });
+    if (shown !== choices.map((choice) => choice.value).join(",") || choices.length === 0) {
+      const boxes = choices.map(({ id, value }) => el("div", { class: "check" },
+        el("input", { type: "checkbox", id, value }), el("label", { for: id })));
       list.replaceChildren(...(boxes.length ? boxes : [el("p", { class: "muted" }, "No GPUs on this host.")]));
     }
-    for (const gpu of gpus.gpus) {
-      const holder = gpu.containers && gpu.containers.length
-        ? `held by ${gpu.containers.join(", ")}`
-        : gpu.held ? "held by another user" : gpu.health !== "ok" ? `lost: ${gpu.health}` : "free";
-      setText(list.querySelector(`label[for="c-gpu-${gpu.index}"]`), `GPU ${gpu.index} · ${gpu.name} — ${holder}`);
-    }
+    for (const choice of choices) setText(list.querySelector(`label[for="${choice.id}"]`), choice.text);
   }
 
   // The request body, or throws {field: message} for what the page itself can tell is wrong.
@@ -100,7 +94,9 @@ export class CreateView {
     }
     body.persistent_home = $("#c-home").checked;
     if (!$("#c-idle").checked) body.idle_reclaim = false;
-    body.gpu_ids = [...$("#c-gpu-list").querySelectorAll("input:checked")].map((box) => Number(box.value));
+    // A whole GPU by its index, a MIG slice as "1:0".
+    body.gpu_ids = [...$("#c-gpu-list").querySelectorAll("input:checked")]
+      .map((box) => (box.value.includes(":") ? box.value : Number(box.value)));
     if (Object.keys(problems).length) throw problems;
     return body;
   }
@@ -245,4 +241,29 @@ function errorNodeFor(control) {
     control.setAttribute("aria-describedby", described ? `${described} ${id}` : id);
   }
   return node;
+}
+
+// What the GPU checkboxes offer: each whole GPU, or, for a GPU in MIG mode (which is given
+// only as its slices), each of its MIG slices, with who holds it.
+export function gpuChoices(gpus) {
+  const choices = [];
+  for (const gpu of gpus) {
+    if (gpu.mig_mode) {
+      for (const slice of gpu.mig_slices || []) {
+        const holders = slice.holders || [];
+        const holder = holders.length ? `held by ${holders.map((h) => h.container).join(", ")}`
+          : slice.held ? "held by another user" : "free";
+        choices.push({
+          id: `c-gpu-${slice.id.replace(":", "-")}`, value: slice.id,
+          text: `MIG ${slice.id} · ${slice.profile} of GPU ${gpu.index} — ${holder}`,
+        });
+      }
+      continue;
+    }
+    const holder = gpu.containers && gpu.containers.length
+      ? `held by ${gpu.containers.join(", ")}`
+      : gpu.held ? "held by another user" : gpu.health !== "ok" ? `lost: ${gpu.health}` : "free";
+    choices.push({ id: `c-gpu-${gpu.index}`, value: String(gpu.index), text: `GPU ${gpu.index} · ${gpu.name} — ${holder}` });
+  }
+  return choices;
 }

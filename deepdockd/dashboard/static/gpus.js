@@ -151,6 +151,8 @@ export class GpuView {
     setText(parts.fan, number(now && now.fan_speed, " %"));
     this.renderPlot(gpu, parts);
     setText(parts.holders, holdersText(gpu));
+    renderMigSlices(root, gpu);
+    renderProfiling(root, gpu);
     // Redrawn only when they changed, so a selection of a command line survives a refresh.
     const processes = JSON.stringify(gpu.processes);
     if (parts.processes.dataset.shown !== processes) {
@@ -182,6 +184,7 @@ export class GpuView {
 }
 
 function holdersText(gpu) {
+  if (gpu.mig_mode) return "MIG mode: given out only as its slices";
   if (gpu.containers === null) return "Holders unknown: Docker does not answer.";
   if (gpu.containers.length) return `Held by ${gpu.containers.join(", ")}`;
   if (gpu.held) return "Held by another user's container";
@@ -202,4 +205,59 @@ function processRows(gpu) {
       p.command ? el("code", { class: "command" }, p.command) : null);
   });
   return [el("p", { class: "muted" }, "Processes"), el("ul", { class: "process-list" }, rows)];
+}
+
+// --- MIG: a GPU in MIG mode is given out as its slices; its card lists each with its
+// memory and holder (a section of the card's own, made when the GPU first shows MIG mode).
+
+function renderMigSlices(root, gpu) {
+  let box = root.querySelector(":scope > .mig-slices");
+  if (!gpu.mig_mode) {
+    if (box) box.remove();
+    return;
+  }
+  if (!box) {
+    box = el("section", { class: "mig-slices", "aria-label": `GPU ${gpu.index} MIG slices` });
+    root.append(box);
+  }
+  const slices = gpu.mig_slices || [];
+  const shown = JSON.stringify(slices);
+  if (box.dataset.shown === shown) return;
+  box.dataset.shown = shown;
+  const rows = slices.map((slice) => el("li", { class: slice.held ? "held" : null },
+    `${slice.id} · ${slice.profile} · ${mib(slice.memory_used_mib)} / ${mib(slice.memory_total_mib)} · ${migHolderText(slice)}`));
+  box.replaceChildren(
+    el("p", { class: "muted" }, `MIG mode: ${slices.length} slices, each given out as a GPU (gpu_ids "${gpu.index}:N")`),
+    el("ul", { class: "mig-list" }, rows));
+}
+
+function migHolderText(slice) {
+  if (slice.holders === null) return "holder unknown: Docker does not answer";
+  if (slice.holders.length) return `held by ${slice.holders.map((h) => `${h.container} (${h.owner})`).join(", ")}`;
+  return slice.held ? "held by another user's container" : "free";
+}
+
+// --- GPM: the profiling metrics of Hopper and newer GPUs (GET /gpus' "profiling", ratios 0..1),
+// in readings of their own under the card's others; none on a GPU without GPM.
+
+const PROFILING = [
+  { key: "sm_active", name: "SM activity" },
+  { key: "tensor_active", name: "Tensor activity" },
+  { key: "sm_occupancy", name: "SM occupancy" },
+  { key: "dram_active", name: "DRAM activity" },
+];
+
+function renderProfiling(root, gpu) {
+  let box = root.querySelector(":scope > .profiling");
+  const profiling = gpu.profiling || null;
+  if (!profiling) {
+    if (box) box.remove();
+    return;
+  }
+  if (!box) {
+    box = el("dl", { class: "readings profiling", "aria-label": `GPU ${gpu.index} profiling (GPM)` });
+    root.querySelector(":scope > dl.readings").after(box);
+  }
+  box.replaceChildren(...PROFILING.filter(({ key }) => profiling[key] !== null).map(({ key, name }) =>
+    el("div", { "data-metric": key }, el("dt", {}, name), el("dd", {}, number(profiling[key] * 100, " %")))));
 }

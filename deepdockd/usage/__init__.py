@@ -1,0 +1,1 @@
+"""Usage history: GPU-hours held and busy, per owner, container and GPU, in SQLite."""
