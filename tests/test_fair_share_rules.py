@@ -19,8 +19,8 @@ from deepdockd.fairshare.leases import lease_hours_for
 from deepdockd.fairshare.policy import Policy, PolicyHolder
 from deepdockd.fairshare.quotas import Ask, QuotaExceeded, check_quota, usage_of
 from deepdockd.fairshare.records import ContainerRecords, Lease, RecordsUnreadable
-from deepdockd.gpu.nvml import GpuInfo, GpuReading
-from deepdockd.gpu.sampler import GpuStatus
+from deepdockd.gpu.nvml import GpuInfo, GpuProcess, GpuReading, MigSlice
+from deepdockd.gpu.sampler import GpuStatus, ProcessSnapshot
 from deepdockd.quota_settings import QuotaLimits, parse_quotas
 
 ABSENT = Path("/nonexistent/deepdockd.toml")
@@ -183,6 +183,29 @@ def test_a_gap_in_the_samples_is_never_idle() -> None:
     assert clock.idle_for(0, 3.0, max_gap_s=5) == 3.0
     assert clock.idle_for(0, 7.0, max_gap_s=5) == 0.0  # the sampler stopped: not idle
     assert clock.idle_for(1, 1.0, max_gap_s=5) == 0.0  # never sampled
+
+
+def test_a_mig_slice_is_idle_while_no_process_runs_on_it() -> None:
+    a100 = GpuInfo(
+        1, "GPU-1", "sim", None, None, mig_mode=True,
+        slices=(MigSlice(0, "MIG-0", "3g.40gb", None, 1, 0), MigSlice(1, "MIG-1", "3g.40gb", None, 2, 0)),
+    )  # fmt: skip
+    clock = IdleClock()
+
+    def observe(now: float, processes: tuple[GpuProcess, ...] | None) -> None:
+        snapshot = ProcessSnapshot(number=int(now) + 1, processes={1: processes}, origins={})
+        clock.observe_slices(snapshot, [a100], now)
+
+    observe(0.0, ())
+    observe(1.0, (GpuProcess(pid=7, memory_used_mib=10, sm_utilization=0, mig_slice=1),))
+    assert (clock.idle_for((1, 0), 1.0, max_gap_s=5), clock.idle_for((1, 1), 1.0, max_gap_s=5)) == (
+        1.0, 0.0,
+    )  # fmt: skip
+    observe(2.0, None)  # the GPU's processes could not be listed: unknown, the run breaks
+    observe(3.0, ())
+    assert clock.idle_for((1, 0), 4.0, max_gap_s=5) == 1.0
+    assert clock.idle_for((1, 1), 4.0, max_gap_s=5) == 1.0
+    assert clock.idle_for(1, 4.0, max_gap_s=5) == 0.0  # the whole GPU is not what was sampled
 
 
 # --- the records file ---

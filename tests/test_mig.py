@@ -335,9 +335,12 @@ async def setup(
     tmp_path: Path,
     gpu_stem: str,
     ssh_ports: tuple[int, int],
+    request: pytest.FixtureRequest,
 ) -> Any:
     """A daemon with auth on (admin, alice, bob): GPU 0 whole, GPU 1 in MIG mode with slices
-    1:1 and 1:2, processes from a file, a fast sampler."""
+    1:1 and 1:2, processes from a file, a fast sampler. A test's settings of its own come by
+    ``@pytest.mark.parametrize("setup", [{...}], indirect=True)``."""
+    settings = getattr(request, "param", {})
     processes_file = tmp_path / "processes.json"
     path = sim_gpus(sim_gpu(0, stem=gpu_stem), mig_gpu(1, gpu_stem))
     described = json.loads(path.read_text())
@@ -350,6 +353,7 @@ async def setup(
             "ssh_ready_timeout": 180.0,
             "gpu_sample_interval": 0.05,
             "gpu_bucket": 0.25,
+            **settings,
         }
     )
     tokens = users_tokens(TokenStore(secured.state_dir))
@@ -467,3 +471,46 @@ async def test_two_users_each_hold_a_slice_and_a_third_ask_is_refused(setup: Set
     assert gpu_1(body)["mig_slices"][0]["holders"] == [
         {"container": f"{ns}-third", "owner": "admin"}
     ]
+
+
+# --- idle reclaim of slices ---
+
+IDLE_S = 3
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [{"idle_gpu_minutes": IDLE_S / 60, "stop_warning_minutes": 1 / 60, "auth": True}],
+    indirect=True,
+)
+async def test_a_slice_with_no_process_is_reclaimed_as_idle_and_one_in_use_is_not(
+    setup: Setup,
+) -> None:
+    """A MIG slice has no utilization of its own: it is idle while no process runs on it."""
+    ns = setup.namespace
+    idle, busy = f"{ns}-idle", f"{ns}-busy"
+    assert (await setup.create("alice", idle, ["1:1"]))[0] == 201
+    assert (await setup.create("bob", busy, ["1:2"]))[0] == 201
+    made = time.monotonic()
+    on_slice_2 = {"gpu_instance_id": 2, "compute_instance_id": 0}
+    setup.put_processes(
+        {1: [{"pid": host_pid(setup.rig, busy), "used_memory_mib": 64, **on_slice_2}]}
+    )
+
+    deadline = made + IDLE_S + 30
+    while True:
+        status, stopped = await setup.call("alice", "GET", f"/containers/{idle}")
+        assert status == 200, stopped
+        if stopped["status"] == "exited":
+            break
+        assert time.monotonic() < deadline, f"the idle slice's container still runs: {stopped}"
+        await asyncio.sleep(0.2)
+    assert time.monotonic() - made >= IDLE_S
+    assert re.fullmatch(
+        r"idle GPUs: MIG slice 1:1 with no process for \d+ s \(idle_gpu_minutes is 0\.05\)",
+        stopped["stopped_reason"],
+    ), stopped["stopped_reason"]
+    # The slice with a process on it has had the idle window too, and more.
+    await asyncio.sleep(max(0.0, made + IDLE_S + 2 - time.monotonic()))
+    status, running = await setup.call("bob", "GET", f"/containers/{busy}")
+    assert (status, running["status"], running["stopped_reason"]) == (200, "running", None)

@@ -30,7 +30,7 @@ from deepdockd.containers.service import ContainerService, ManagedContainer
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import Docker
 from deepdockd.errors import ApiError
-from deepdockd.fairshare.idle import IdleClock
+from deepdockd.fairshare.idle import GpuKey, IdleClock
 from deepdockd.fairshare.policy import Policy, PolicyHolder
 from deepdockd.fairshare.records import EMPTY
 from deepdockd.gpu.sampler import GpuSampler
@@ -91,7 +91,9 @@ class Reaper:
             snapshot = await self._sampler.next_processes(number)
             number = snapshot.number
             threshold = self._policy.current.idle_gpu_utilization
-            self.idle.observe(self._sampler.statuses(), threshold, self._clock())
+            now = self._clock()
+            self.idle.observe(self._sampler.statuses(), threshold, now)
+            self.idle.observe_slices(snapshot, self._sampler.gpus, now)
 
     async def _run(self) -> None:
         while True:
@@ -159,30 +161,41 @@ class Reaper:
         idle_s = self._idle_seconds(container)
         if idle_s < limit_s:
             return None
-        gpus = ", ".join(map(str, container.gpu_indices))
+        whole = [str(g) for g in container.gpu_indices if g.slice is None]
+        slices = [str(g) for g in container.gpu_indices if g.slice is not None]
+        idle = []
+        if whole:
+            idle.append(
+                f"GPU {', '.join(whole)} at or under {policy.idle_gpu_utilization:g}% utilization"
+            )
+        if slices:
+            idle.append(f"MIG slice {', '.join(slices)} with no process")
         return (
-            f"idle GPUs: GPU {gpus} at or under {policy.idle_gpu_utilization:g}% utilization "
-            f"for {_duration(idle_s)} (idle_gpu_minutes is {policy.idle_gpu_minutes:g})"
+            f"idle GPUs: {' and '.join(idle)} for {_duration(idle_s)} "
+            f"(idle_gpu_minutes is {policy.idle_gpu_minutes:g})"
         )
 
     def _idle_seconds(self, container: ManagedContainer) -> float:
-        """How long all the container's GPUs have been idle while it ran: 0 without NVML."""
+        """How long all the container's GPUs and MIG slices have been idle while it ran: 0
+        without NVML."""
         if not self._sampler.available:
             return 0.0
         now = self._clock()
         max_gap_s = 3 * self._sampler.interval_s + 2
-        by_uuid = {g.uuid: g.index for g in self._sampler.gpus}
-        # A MIG slice has no utilization of its own in NVML: it is never idle (0 s).
-        indices = [by_uuid.get(u) for u in container.gpu_uuids] or [
-            g.gpu if g.slice is None else None for g in container.gpu_indices
+        by_uuid: dict[str, GpuKey] = {}
+        for info in self._sampler.gpus:
+            by_uuid[info.uuid] = info.index
+            by_uuid.update({s.uuid: (info.index, s.index) for s in info.slices})
+        keys = [by_uuid.get(u) for u in container.gpu_uuids] or [
+            g.gpu if g.slice is None else (g.gpu, g.slice) for g in container.gpu_indices
         ]
         running_s = now - max(
             self._running_since.get(container.id, now),
             self._containers.started_at.get(container.id, float("-inf")),
         )
         idle = [
-            self.idle.idle_for(i, now, max_gap_s=max_gap_s) if i is not None else 0.0
-            for i in indices
+            self.idle.idle_for(key, now, max_gap_s=max_gap_s) if key is not None else 0.0
+            for key in keys
         ]
         return min([running_s, *idle])
 
