@@ -49,7 +49,7 @@ from deepdockd.containers.sshd_wait import probe_delays, ssh_greets
 from deepdockd.docker import ContainerSpec, Limits, LogRotation, create_config
 from deepdockd.tokens import TokenStore
 
-from bench import measured, report, usage_figure
+from bench import measured, report, stats_figure, usage_figure
 from tests.support.daemon import Daemon
 from tests.support.rig import (
     BUSYBOX_IMAGE,
@@ -1651,6 +1651,7 @@ async def main() -> int:
             "noisy": bench.noisy_neighbour,
             "proxy": bench.proxy,
             "usage": functools.partial(usage_figure.measure, bench, Figure),
+            "stats": functools.partial(stats_figure.measure, bench, Figure, cpu_seconds),
         }
         chosen = sys.argv[1:] or list(steps)
         unknown = set(chosen) - set(steps)

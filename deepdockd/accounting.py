@@ -78,7 +78,7 @@ def attribute(
     # GPU or MIG slice -> ids of the running containers that hold it
     holders: dict[labels.GpuId, set[str]] = {}
     for container in ours.values():
-        if container.state == "running":
+        if container.state in ("running", "paused"):  # a paused one keeps its GPU memory
             for gpu_id in labels.gpu_ids(container.labels):
                 holders.setdefault(gpu_id, set()).add(container.id)
     by_gpu: dict[int, tuple[ProcessUse, ...] | None] = {}

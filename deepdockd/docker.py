@@ -212,6 +212,7 @@ class ContainerState:
     status: str
     exit_code: int
     restart_count: int
+    pid: int = 0  # its main process on the host while running; 0: none
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,28 @@ class DiskUsage:
 
     containers: tuple[DiskEntry, ...]
     volumes: tuple[DiskEntry, ...]
+    # Images, each by what only it holds (Size less SharedSize): a commit's own layer.
+    images: tuple[DiskEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A command run in a container to its end (docker exec, attached)."""
+
+    exit_code: int
+    output: str  # its stdout and stderr together, as text
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What a commit writes as the new image's config (its command, user, Env, labels);
+    Docker fills what is empty from the container's own config."""
+
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    user: str
+    env: tuple[str, ...]
+    labels: Mapping[str, str]
 
 
 # --- what a create asks of Docker ---
@@ -312,6 +335,8 @@ class ContainerSpec:
     restart_unless_stopped: bool  # started again with dockerd (and the host), unless stopped
     # A hard limit on the writable layer (StorageOpt size=, overlay2 on XFS with pquota only).
     storage_size_gb: float | None = None
+    # tmpfs mounts: container path -> mount options ("mode=0700,size=16m").
+    tmpfs: Mapping[str, str] | None = None
 
 
 class Docker:
@@ -492,6 +517,17 @@ class Docker:
         async with self.translate_errors(timeout_s=grace_s + 60):
             await self.client.containers.container(container_id).restart(t=grace_s)
 
+    async def pause_container(self, container_id: str) -> None:
+        """Freeze its processes (the cgroup freezer); one that is not running, or is paused
+        already, is a :class:`DockerConflict`."""
+        async with self.translate_errors():
+            await self.client.containers.container(container_id).pause()
+
+    async def unpause_container(self, container_id: str) -> None:
+        """Thaw its processes; one that is not paused is a :class:`DockerConflict`."""
+        async with self.translate_errors():
+            await self.client.containers.container(container_id).unpause()
+
     async def remove_container(self, container_id: str, *, force: bool) -> None:
         async with self.translate_errors(timeout_s=60):
             await self.client.containers.container(container_id).delete(force=force, v=True)
@@ -504,6 +540,55 @@ class Docker:
             container = self.client.containers.container(container_id)
             execution = await container.exec(command, stdout=False, stderr=False, user=user)
             await execution.start(detach=True)
+
+    async def exec_run(
+        self, container_id: str, command: list[str], *, user: str = "0", timeout_s: float = 60
+    ) -> ExecResult:
+        """Run ``command`` in the running container to its end (docker exec, attached): its
+        exit status and output. A paused or stopped container is a :class:`DockerConflict`."""
+        async with self.translate_errors(timeout_s=timeout_s):
+            container = self.client.containers.container(container_id)
+            execution = await container.exec(command, stdout=True, stderr=True, user=user)
+            chunks: list[bytes] = []
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    chunks.append(message.data)
+            # The stream ends as the process does; Docker may say so a moment later.
+            info = await execution.inspect()
+            for _ in range(100):
+                if not info.get("Running"):
+                    break
+                await asyncio.sleep(0.01)
+                info = await execution.inspect()
+            exit_code = info.get("ExitCode")
+        return ExecResult(
+            exit_code=-1 if exit_code is None else int(exit_code),
+            output=b"".join(chunks).decode(errors="replace"),
+        )
+
+    async def commit_container(
+        self, container_id: str, config: ImageConfig, *, message: str, pause: bool
+    ) -> str:
+        """Docker's commit of the container's writable layer (mounts and volumes are left
+        out), untagged, paused while it copies where ``pause``; the new image's id."""
+        body = {
+            # [] rather than null: Docker takes the container's own where a field is empty.
+            "Entrypoint": list(config.entrypoint),
+            "Cmd": list(config.cmd),
+            "User": config.user,
+            "Env": list(config.env),
+            "Labels": dict(config.labels),
+        }
+        # A big writable layer takes minutes to copy: a long limit, not the quick one.
+        async with self.translate_errors(timeout_s=1800):
+            container = self.client.containers.container(container_id)
+            answer = await container.commit(message=message or None, config=body, pause=pause)
+        return str(answer["Id"])
+
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        """Point ``repository:tag`` at the image (docker tag): a tag it named before moves."""
+        async with self.translate_errors():
+            await self.client.images.tag(image_id, repository, tag=tag)
 
     async def _inspect(self, container_id: str) -> dict[str, Any] | None:
         """Docker's inspect of the container, or None when it is gone."""
@@ -525,6 +610,7 @@ class Docker:
             status=str(state.get("Status", "")),
             exit_code=int(state.get("ExitCode") or 0),
             restart_count=int(data.get("RestartCount") or 0),
+            pid=int(state.get("Pid") or 0),
         )
 
     async def container_summary(self, container_id: str) -> ContainerSummary | None:
@@ -754,7 +840,17 @@ class Docker:
             for item in data.get("Volumes") or []
             if isinstance(size := (item.get("UsageData") or {}).get("Size"), int) and size >= 0
         )
-        return DiskUsage(containers=containers, volumes=volumes)
+        images = tuple(
+            DiskEntry(
+                id=str(item["Id"]),
+                name=str((item.get("RepoTags") or [""])[0]),
+                labels=item.get("Labels") or {},
+                size_bytes=size - max(int(item.get("SharedSize") or 0), 0),
+            )
+            for item in data.get("Images") or []
+            if isinstance(size := item.get("Size"), int) and size >= 0
+        )
+        return DiskUsage(containers=containers, volumes=volumes, images=images)
 
 
 def _stream_client(url: str) -> aiodocker.Docker:
@@ -927,6 +1023,8 @@ def create_config(spec: ContainerSpec) -> dict[str, Any]:
         host_config["StorageOpt"] = {"size": f"{round(spec.storage_size_gb * 1024)}M"}
     if spec.network is not None:
         host_config["NetworkMode"] = spec.network
+    if spec.tmpfs:
+        host_config["Tmpfs"] = dict(spec.tmpfs)
     if spec.gpu_device_ids:
         # Capabilities must be sent: without them no device driver matches the request.
         host_config["DeviceRequests"] = [

@@ -35,6 +35,11 @@ BOOTSTRAP = PREFIX + "bootstrap"
 # On volumes: what the volume is ("home") and the uid its files belong to.
 KIND = PREFIX + "kind"
 UID = PREFIX + "uid"
+# On an image that a commit made (containers/commit.py): who committed it, in which namespace
+# (its size counts toward their disk quota). Not NAMESPACE/OWNER: a container made by hand
+# from the image inherits its labels, and must not look like ours.
+COMMITTED_BY = PREFIX + "committed-by"
+COMMITTED_IN = PREFIX + "committed-in"
 
 
 def namespace_filter(namespace: str) -> dict[str, list[str]]:

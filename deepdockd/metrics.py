@@ -129,7 +129,7 @@ def _holders(
     holders: dict[int, list[str]] = {index: [] for index in indices}
     held: set[int] = set()
     for container in containers:
-        if container.state != "running":
+        if container.state not in ("running", "paused"):  # a paused one holds its GPUs
             continue
         gpus = labels.gpu_indices(container.labels)
         held.update(gpus)
@@ -163,7 +163,7 @@ def _mig_holders(containers: list[ContainerSummary], caller: Caller) -> _MigHold
     holders: dict[labels.GpuId, list[tuple[str, str]]] = {}
     held: set[labels.GpuId] = set()
     for container in containers:
-        if container.state != "running":
+        if container.state not in ("running", "paused"):  # a paused one holds its GPUs
             continue
         owner = container.labels.get(labels.OWNER, "")
         for gpu_id in labels.gpu_ids(container.labels):

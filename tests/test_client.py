@@ -304,7 +304,8 @@ def test_gpus_show_every_gpu_and_all_spans_servers_one_of_them_stopped(
 def test_help_explains_each_command_with_an_example() -> None:
     for command in (
         "", "login", "images", "pull", "rmi", "create", "ls", "start", "stop", "restart", "rm",
-        "logs", "extend", "quota", "volumes", "rmvol", "ssh", "ssh-config", "gpus",
+        "pause", "unpause",
+        "logs", "extend", "quota", "volumes", "rmvol", "ssh", "ssh-config", "gpus", "top",
         "token", "token create", "token ls", "token revoke",
     ):  # fmt: skip
         shown = subprocess.run(

@@ -432,6 +432,11 @@ async def test_full_life_cycle_shows_in_the_list(
     # Disk use is measured on a slow cadence (tests/test_disk.py): unknown until then.
     disk_used_mb = item.pop("disk_used_mb")
     assert disk_used_mb is None or disk_used_mb >= 0
+    # Its cgroup's figures, sampled each second (tests/test_container_stats.py): null until
+    # its first sample, then its own.
+    stats = {k: item.pop(k) for k in ("cpu_percent", "memory_used_mb", "memory_limit_mb", "pids")}
+    assert stats["memory_limit_mb"] in (None, float(default_memory_mb())), stats
+    assert all(v is None or v >= 0 for v in stats.values()), stats
     assert item == {
         "id": answer["id"], "name": "cycle", "status": "running", "image": [DEBIAN_SSH_IMAGE],
         "image_id": inspect(rig, "cycle")["Image"],

@@ -720,3 +720,32 @@ def test_it_fits_a_phone(browser: Browser, server: Server) -> None:
     )
     assert unnamed == []
     assert json.dumps(tab.foreign_requests(server.base)) == "[]"
+
+
+def test_commit_asks_for_a_tag_and_makes_an_image_of_the_users(
+    browser: Browser, server: Server
+) -> None:
+    name = f"env-{uuid.uuid4().hex[:6]}"
+    status, _ = server.api(
+        "POST", "/containers/create", "alice",
+        {"name": name, "image": DEBIAN_SSH_IMAGE, "user_name": "alice", "password": "pw-123456"},
+    )  # fmt: skip
+    assert status == 201
+    tab = signed_in(browser, server, "alice")
+    page = tab.page
+    tab.view("Containers")
+    row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name=name))
+    tag = f"alice-{name}:1"
+
+    page.once("dialog", lambda dialog: dialog.accept(tag))
+    row.get_by_role("button", name=f"Commit {name}", exact=True).click()
+
+    def tags_of(user: str) -> list[str]:
+        return [t for i in server.api("GET", "/images", user)[1]["images"] for t in i["tags"]]
+
+    deadline = time.monotonic() + 60
+    while tag not in tags_of("alice"):
+        assert time.monotonic() < deadline, "the commit's image never showed"
+        time.sleep(0.2)
+    assert tag not in tags_of("bob")
+    expect(page.get_by_role("alert")).to_be_hidden()

@@ -187,6 +187,7 @@ def test_create_config() -> None:
         gpu_device_ids=("GPU-1234",),
         init=True,
         restart_unless_stopped=True,
+        tmpfs={"/.deepdockd": "mode=0700,size=16m"},
     )
     mib = 1024 * 1024
     assert create_config(spec) == {
@@ -223,6 +224,7 @@ def test_create_config() -> None:
             "CapAdd": ["CHOWN", "SETUID"],
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "50m", "max-file": "3"}},
             "NetworkMode": "lab-net-alice",
+            "Tmpfs": {"/.deepdockd": "mode=0700,size=16m"},
             "DeviceRequests": [
                 {"Driver": "nvidia", "DeviceIDs": ["GPU-1234"], "Capabilities": [["gpu"]]}
             ],

@@ -257,6 +257,7 @@ CONTAINER: dict[str, object] = {
     "ports": {}, "memory_mb": None, "cpus": None, "shm_size_mb": None, "home_volume": None,
     "gpu_memory_used_mib": None, "gpu_utilization": None, "expires_at": None,
     "stopped_reason": None, "idle_reclaim": True, "disk_used_mb": None,
+    "cpu_percent": None, "memory_used_mb": None, "memory_limit_mb": None, "pids": None,
 }  # fmt: skip
 
 

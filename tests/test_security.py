@@ -68,6 +68,7 @@ async def test_every_route_for_every_caller(
     reference = registry_image()
     alice_box = f"alice-{uuid.uuid4().hex[:6]}"
     alice_home = f"{namespace}-home-alice.u1"  # the home volume of alice's box
+    committed = f"{namespace}-matrix/{alice_box}:1"  # the tag commits of alice's box set
     # Port 8080 published, with nothing listening on it (the proxy's 502 past the checks).
     status, created = await people.call(
         "alice", "POST", "/containers/create", box(alice_box, gpu_ids=[0], ports=[8080])
@@ -109,8 +110,17 @@ async def test_every_route_for_every_caller(
         row("POST", f"/containers/{alice_box}/stop", None, 401, 200, 404, 200),
         row("POST", f"/containers/{alice_box}/start", None, 401, 200, 404, 200),
         row("POST", f"/containers/{alice_box}/restart", None, 401, 200, 404, 200),
+        # Paused by alice, paused already for the admin (200, no change); unpaused by alice,
+        # so the admin's unpause meets a running one (409 container_not_paused).
+        row("POST", f"/containers/{alice_box}/pause", None, 401, 200, 404, 200),
+        row("POST", f"/containers/{alice_box}/unpause", None, 401, 200, 404, 409),
         row("POST", f"/containers/{alice_box}/extend", {"lease_hours": 2}, 401, 200, 404, 200),
+        # alice's commit makes her image and tag; an admin may move any tag (to a public image
+        # of theirs, which the admin then removes).
+        row("POST", f"/containers/{alice_box}/commit", {"tag": committed}, 401, 201, 404, 201),
+        row("DELETE", f"/images/{committed}", None, 401, 403, 403, 200),
         row("GET", f"/containers/{alice_box}/logs?tail=5", None, 401, 200, 404, 200),
+        row("GET", f"/containers/{alice_box}/stats?step=30", None, 401, 200, 404, 200),
         # The proxy: the owner's and the admins' (tests/test_proxy.py: a real service).
         row("GET", f"/containers/{alice_box}/proxy/8080/", None, 401, 502, 404, 502),
         row("POST", f"/containers/{alice_box}/proxy/8080/api", {}, 401, 502, 404, 502),

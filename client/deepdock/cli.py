@@ -327,14 +327,21 @@ def create(session: Session, /, name: str, **options: Any) -> None:
     )
 
 
-@cli.command("ls", epilog="Examples: deepdock ls; deepdock ls --all; deepdock ls --json")
+@cli.command(
+    "ls", epilog="Examples: deepdock ls; deepdock ls --all; deepdock ls --json; deepdock ls --watch"
+)
 @click.option("--all", "everywhere", is_flag=True, help="Every configured server, one table.")
+@click.option("--watch", is_flag=True, help="Redraw on every change the server tells of.")
 @json_option
 @pass_session
-def list_containers(session: Session, everywhere: bool, as_json: bool) -> None:
+def list_containers(session: Session, everywhere: bool, watch: bool, as_json: bool) -> None:
     """List the containers you may see (an admin: everyone's)."""
     from deepdock.render import CONTAINER_COLUMNS, containers_rows, table
 
+    if watch:
+        from deepdock.top import watch_list
+
+        return watch_list(session)
     if not everywhere:
         with session.api() as api:
             answer = api.get("/containers")
@@ -353,10 +360,18 @@ def list_containers(session: Session, everywhere: bool, as_json: bool) -> None:
     table(["SERVER", *CONTAINER_COLUMNS], rows)
 
 
+# What a life-cycle command's --help says beyond its first line.
+_LIFE_CYCLE_HELP = {
+    "pause": " Its processes freeze until `deepdock unpause`; it keeps its GPUs, ports, quota"
+    " and lease, and paused time counts as idle for the server's idle rule.",
+    "unpause": " Its processes go on where they were.",
+}
+
+
 def _life_cycle(action: str, done: str) -> None:
     @cli.command(
         action,
-        help=f"{action.capitalize()} a container.",
+        help=f"{action.capitalize()} a container.{_LIFE_CYCLE_HELP.get(action, '')}",
         epilog=f"Example: deepdock {action} train",
     )
     @click.argument("name")
@@ -367,7 +382,13 @@ def _life_cycle(action: str, done: str) -> None:
         click.echo(f"{name} {done}")
 
 
-for _action, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
+for _action, _done in (
+    ("start", "started"),
+    ("stop", "stopped"),
+    ("restart", "restarted"),
+    ("pause", "paused"),
+    ("unpause", "unpaused"),
+):
     _life_cycle(_action, _done)
 
 
@@ -535,8 +556,9 @@ def _ssh_target(session: Session, name: str) -> tuple[Server, dict[str, Any]]:
     with session.api(server) as api:
         container = api.get(f"/containers/{_q(name)}")
     if container.get("status") != "running" or not container.get("ssh-port"):
+        verb = "unpause" if container.get("status") == "paused" else "start"
         raise Failed(
-            f"container {name} is {container.get('status')}: start it with deepdock start {name}"
+            f"container {name} is {container.get('status')}: {verb} it with deepdock {verb} {name}"
         )
     why = ssh.unfit(container) or (
         None if container["name"] == name else f"its name {container['name']!r} is another's"
@@ -747,3 +769,11 @@ def _pair(item: str) -> tuple[str, str]:
 from deepdock.usage import usage  # noqa: E402
 
 cli.add_command(usage)
+
+from deepdock.commit import commit  # noqa: E402
+
+cli.add_command(commit)
+
+from deepdock.top import top  # noqa: E402
+
+cli.add_command(top)

@@ -15,6 +15,7 @@ from deepdockd.docker import Image, PullProgress
 from deepdockd.errors import ApiError
 from deepdockd.images.service import PullResult
 from deepdockd.metrics import GpuEntry, SliceEntry, VisibleProcess
+from deepdockd.stats.sampler import ContainerStats
 from deepdockd.tokens import HostToken
 
 MIB = 1024 * 1024
@@ -25,15 +26,18 @@ def error(exc: ApiError) -> dict[str, Any]:
 
 
 def container(
-    c: ManagedContainer, accounting: GpuAccounting, disk: DiskMeter | None = None
+    c: ManagedContainer,
+    accounting: GpuAccounting,
+    disk: DiskMeter | None = None,
+    stats: ContainerStats | None = None,
 ) -> dict[str, Any]:
-    return {**container_described(c), **container_use(c, accounting, disk)}
+    return {**container_described(c), **container_use(c, accounting, disk, stats)}
 
 
 def container_described(c: ManagedContainer) -> dict[str, Any]:
     """What a container's answer takes from its description alone (Docker's labels and
     state, its fair-share record): the same until one of them changes."""
-    running = c.state == "running"
+    running = c.state in ("running", "paused")  # a paused one keeps its published port
     return {
         "id": c.short_id,
         "name": c.name,
@@ -62,16 +66,35 @@ def container_described(c: ManagedContainer) -> dict[str, Any]:
 
 
 def container_use(
-    c: ManagedContainer, accounting: GpuAccounting, disk: DiskMeter | None = None
+    c: ManagedContainer,
+    accounting: GpuAccounting,
+    disk: DiskMeter | None = None,
+    stats: ContainerStats | None = None,
 ) -> dict[str, Any]:
     """What a container's answer takes from the measurements, which change on their own
-    cadence: what its processes use on the GPUs (null without NVML), and its writable layer
-    as last measured (null until then, and where disk is not given)."""
+    cadence: what its processes use on the GPUs (null without NVML), its writable layer
+    as last measured (null until then, and where disk is not given), and its cgroup's
+    latest figures (null while it is not running or not sampled yet: deepdockd/stats/)."""
     use = accounting.latest.container_use(c.id) if accounting.available else None
     return {
         "gpu_memory_used_mib": use.memory_used_mib if use is not None else None,
         "gpu_utilization": use.utilization if use is not None else None,
         "disk_used_mb": disk.container_mb(c.id) if disk is not None else None,
+        **container_stats(c, stats),
+    }
+
+
+def container_stats(c: ManagedContainer, stats: ContainerStats | None) -> dict[str, Any]:
+    reading = stats.latest(c.id) if stats is not None and c.state == "running" else None
+    if reading is None:
+        return dict.fromkeys(("cpu_percent", "memory_used_mb", "memory_limit_mb", "pids"))
+    cpu = reading.cpu_percent
+    working_set, limit = reading.memory_working_set_bytes, reading.memory_limit_bytes
+    return {
+        "cpu_percent": round(cpu, 1) if cpu is not None else None,
+        "memory_used_mb": round(working_set / MIB, 1) if working_set is not None else None,
+        "memory_limit_mb": round(limit / MIB, 1) if limit is not None else None,
+        "pids": reading.pids,
     }
 
 

@@ -28,6 +28,7 @@ from deepdockd.api.keys import (
     PROXY_SESSIONS,
     REAPER,
     RELAY,
+    STATS,
     STREAM_CAPS,
     TOKENS,
     USAGE,
@@ -56,6 +57,7 @@ from deepdockd.metrics import MetricsService
 from deepdockd.proxy.relay import Relay
 from deepdockd.proxy.sessions import ProxySessions
 from deepdockd.state_files import StateDirectory
+from deepdockd.stats.sampler import ContainerStats
 from deepdockd.tokens import TokenStore
 from deepdockd.usage.recorder import UsageRecorder
 
@@ -78,7 +80,11 @@ def create_app(
         flush_interval_s=config.usage_flush_interval,
         retention_days=config.usage_retention_days,
     )  # fmt: skip
-    exporter = Exporter(config, gpus, accounting, view, disk=disk, usage=usage)
+    # Per-container use on the GPU sampler's cadence and buckets (deepdockd/stats/).
+    stats = ContainerStats(
+        view, docker, interval_s=config.gpu_sample_interval, bucket_s=config.gpu_bucket
+    )
+    exporter = Exporter(config, gpus, accounting, view, disk=disk, usage=usage, stats=stats)
     sessions = ProxySessions(config.namespace)
     app = web.Application(
         middlewares=[
@@ -95,6 +101,7 @@ def create_app(
     app[VIEW] = view
     app[ACCOUNTING] = accounting
     app[USAGE] = usage
+    app[STATS] = stats
     app[ENCODED] = EncodedContainers()
     app[EXPORTER] = exporter
     app[STREAM_CAPS] = StreamCaps(config.max_streams_per_user)
@@ -134,6 +141,7 @@ def create_app(
         app.cleanup_ctx.append(_container_view)
     app.cleanup_ctx.append(_reaper)
     app.cleanup_ctx.append(_disk_meter)
+    app.cleanup_ctx.append(_container_stats)
     setup_routes(app)
     return app
 
@@ -245,6 +253,13 @@ async def _disk_meter(app: web.Application) -> AsyncIterator[None]:
     await meter.start()
     yield
     await meter.stop()
+
+
+async def _container_stats(app: web.Application) -> AsyncIterator[None]:
+    stats = app[STATS]
+    await stats.start()
+    yield
+    await stats.stop()
 
 
 async def _firewall(app: web.Application) -> AsyncIterator[None]:

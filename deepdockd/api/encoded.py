@@ -13,6 +13,7 @@ from deepdockd.accounting import GpuAccounting
 from deepdockd.api import answers
 from deepdockd.containers.disk import DiskMeter
 from deepdockd.containers.service import ManagedContainer
+from deepdockd.stats.sampler import ContainerStats
 
 
 class EncodedContainers:
@@ -31,23 +32,28 @@ class EncodedContainers:
         disk: DiskMeter | None,
         *,
         existing: Collection[str],
+        stats: ContainerStats | None = None,
     ) -> bytes:
         """``{"containers": [...]}``, the answer of GET /containers; ``existing``: the ids
         of every container there is (whoever asks), so that the removed ones are forgotten."""
-        parts = [self.encode(c, accounting, disk) for c in containers]
+        parts = [self.encode(c, accounting, disk, stats) for c in containers]
         if len(self._described) > len(existing) + 64:
             self._forget_all_but(existing)
         return b'{"containers": [' + b", ".join(parts) + b"]}"
 
     def encode(
-        self, container: ManagedContainer, accounting: GpuAccounting, disk: DiskMeter | None
+        self,
+        container: ManagedContainer,
+        accounting: GpuAccounting,
+        disk: DiskMeter | None,
+        stats: ContainerStats | None = None,
     ) -> bytes:
         """The container's answer (answers.container) as JSON."""
         known = self._described.get(container.id)
         if known is None or known[0] is not container:
             head = json.dumps(answers.container_described(container)).encode()[:-1]
             known = self._described[container.id] = (container, head)
-        use = answers.container_use(container, accounting, disk)
+        use = answers.container_use(container, accounting, disk, stats)
         values = tuple(use.values())
         measured = self._used.get(container.id)
         if measured is None or measured[0] != values:

@@ -18,6 +18,7 @@ from deepdockd.images.service import ImageService
 from deepdockd.metrics import MetricsService
 from deepdockd.proxy.relay import Relay
 from deepdockd.proxy.sessions import ProxySessions
+from deepdockd.stats.sampler import ContainerStats
 from deepdockd.tokens import Caller, TokenStore
 from deepdockd.usage.recorder import UsageRecorder
 
@@ -38,6 +39,7 @@ STREAM_CAPS = web.AppKey("stream_caps", StreamCaps)
 PROXY_SESSIONS = web.AppKey("proxy_sessions", ProxySessions)
 RELAY = web.AppKey("relay", Relay)
 USAGE = web.AppKey("usage", UsageRecorder)
+STATS = web.AppKey("stats", ContainerStats)
 # Only where auth is on.
 TOKENS = web.AppKey("tokens", TokenStore)
 

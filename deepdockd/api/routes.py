@@ -7,6 +7,7 @@ from aiohttp import web
 
 from deepdockd.api.auth import PROXY_PATH
 from deepdockd.api.handlers import (
+    container_stats,
     containers,
     gpus,
     health,
@@ -35,8 +36,12 @@ ROUTES = [
     web.post("/containers/{name}/start", containers.start_container),
     web.post("/containers/{name}/stop", containers.stop_container),
     web.post("/containers/{name}/restart", containers.restart_container),
+    web.post("/containers/{name}/pause", containers.pause_container),
+    web.post("/containers/{name}/unpause", containers.unpause_container),
+    web.post("/containers/{name}/commit", containers.commit_container),
     web.post("/containers/{name}/extend", containers.extend_lease),
     web.get("/containers/{name}/logs", streams.container_logs, allow_head=False),
+    web.get("/containers/{name}/stats", container_stats.container_stats, allow_head=False),
     web.post("/containers/{name}/proxy-session", proxy.open_session),
     web.get(_PROXY, proxy.relay, allow_head=False),
     *(web.route(method, _PROXY, proxy.relay) for method in PROXY_METHODS[1:]),

@@ -263,6 +263,13 @@ class ExtendLeaseSchema(StrictSchema):
     )
 
 
+class CommitContainerSchema(StrictSchema):
+    # The image's tag, checked as a pull's repo_tag is (images/service.py: commit_target).
+    tag = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    message = fields.String(validate=[validate.Length(max=1000), _no_nul])
+    pause = fields.Boolean(load_default=True)
+
+
 class MintTokenSchema(StrictSchema):
     name = fields.String(
         required=True,

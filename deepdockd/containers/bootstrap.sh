@@ -10,7 +10,8 @@
 # starts it again).
 #
 # Before the first start deepdockd gives it /.deepdockd-in (root's alone, mode 0700: a
-# read-only directory of the host, or copied in), which it copies into /.deepdockd:
+# read-only directory of the host, or copied in), which it copies into /.deepdockd (a tmpfs,
+# root's alone: never on the container's disk, so never in a commit of it):
 #   bootstrap.sh          this script
 #   settings              user_name, home_uid (the home volume's uid; "" for a throwaway
 #                         home), password_login (yes/no) and ssh_server (auto, bundled,

@@ -5,8 +5,9 @@ Docker walks every layer and volume to answer ``system/df``, so a measurement ca
 on a big host: one task asks, every interval, and keeps the latest answer in memory. Everything
 that shows or enforces disk use reads that answer: the answers' ``disk_used_mb`` (null until
 the first measurement), ``GET /quota``, the exporter, ``max_disk_gb``'s refusals and the
-reaper's warnings. A user's use is the writable layers of their containers and their home
-volumes. Nothing here removes or limits anything.
+reaper's warnings. A user's use is the writable layers of their containers, their home
+volumes and the images they committed (each by what only it holds: the commit's own layer).
+Nothing here removes or limits anything.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from deepdockd import labels
@@ -36,6 +37,7 @@ class DiskMeasurement:
     containers: dict[str, DiskEntry]  # container id ->
     volumes: dict[str, DiskEntry]  # volume name ->
     measured_at: datetime
+    images: dict[str, DiskEntry] = field(default_factory=dict)  # committed image id ->
 
     def owner_bytes(self, owner: str, container_ids: Collection[str] | None = None) -> int:
         """``owner``'s containers' writable layers and volumes; ``container_ids``: count only
@@ -51,7 +53,12 @@ class DiskMeasurement:
             for entry in self.volumes.values()
             if entry.labels.get(labels.OWNER) == owner
         )
-        return containers + volumes
+        images = sum(
+            entry.size_bytes
+            for entry in self.images.values()
+            if entry.labels.get(labels.COMMITTED_BY) == owner
+        )
+        return containers + volumes + images
 
 
 class DiskMeter:
@@ -103,6 +110,11 @@ class DiskMeter:
             containers={e.id: e for e in usage.containers if self._ours(e)},
             volumes={e.id: e for e in usage.volumes if self._ours(e)},
             measured_at=now_utc(),
+            images={
+                e.id: e
+                for e in usage.images
+                if e.labels.get(labels.COMMITTED_IN) == self._namespace
+            },
         )
         self.latest = measurement
         return measurement

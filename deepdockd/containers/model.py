@@ -11,8 +11,15 @@ from deepdockd import labels
 from deepdockd.containers.allocation import SSH_CONTAINER_PORT
 from deepdockd.containers.sshkeys import HostKey, PublicHostKey
 from deepdockd.docker import ContainerSummary
+from deepdockd.errors import Conflict
 from deepdockd.fairshare.leases import lease_of
 from deepdockd.fairshare.records import EMPTY, Record
+
+
+class ContainerNotRunning(Conflict):
+    """What needs a running container (its proxy, a pause, a commit) asked of one that is not."""
+
+    code = "container_not_running"
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,9 @@ class ManagedContainer:
             home_volume=label(labels.HOME_VOLUME) or None,
             expires_at=lease.expires_at,
             lease_set_at=lease.set_at,
-            stopped_reason=record.stopped_reason if summary.state != "running" else None,
+            stopped_reason=(
+                None if summary.state in ("running", "paused") else record.stopped_reason
+            ),
             idle_reclaim=label(labels.IDLE_RECLAIM) != "false",
             bootstrap=label(labels.BOOTSTRAP) or None,
         )

@@ -4,7 +4,9 @@ a container or a volume: a stopped container keeps its home and its files, and s
 (within its quota, with a lease that has not ended). It also tells the terminals of a user
 whose measured disk use reached max_disk_gb (containers/disk.py), once; it stops nothing then.
 
-Every second it looks at the running containers (from the live view) and the idle clock.
+Every second it looks at the running and paused containers (from the live view) and the idle
+clock. A paused container's time paused counts as idle whatever its GPUs show (its processes
+cannot run); its warnings go to the audit log only, since a frozen container runs no exec.
 When one is due, the stop is decided again by :meth:`ContainerService.reclaim` under the
 allocation lock, from Docker's own labels and state and the sampler's data at that moment, so
 that a start, a restart or an extension in between wins and no GPU is ever held twice.
@@ -41,6 +43,8 @@ audit_log = logging.getLogger("deepdockd.audit")
 
 # How often the reaper looks: a lease ends at most this late.
 REAPER_TICK_S = 1.0
+# Docker's states of a container that the reaper looks at: both hold GPUs, and a lease runs.
+LIVE_STATES = frozenset({"running", "paused"})
 # Writes a line to each of the container's terminals (best effort, like wall(1)). The message
 # is an argument, never part of the script.
 _TELL_TERMINALS = (
@@ -68,6 +72,7 @@ class Reaper:
         self._clock = clock
         self.idle = IdleClock()
         self._running_since: dict[str, float] = {}  # container id -> when first seen running
+        self._paused_since: dict[str, float] = {}  # container id -> when first seen paused
         self._idle_warned: set[str] = set()  # warned of an idle stop, in this idle run
         self._disk_warned: set[str] = set()  # warned that its owner is over max_disk_gb
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,12 +123,14 @@ class Reaper:
         summaries = await self._view.summaries()
         records = self._containers.records.snapshot()  # one read for the pass, not one each
         for summary in summaries:
-            if summary.state == "running":
+            # A paused container holds its GPUs and its lease runs: it is looked at too.
+            if summary.state in LIVE_STATES:
                 record = records.get(summary.id, EMPTY)
                 running.append(self._containers.describe(summary, record))
         ids = {c.id for c in running}
         for gone in set(self._running_since) - ids:
             del self._running_since[gone]
+        self._note_paused(running, now)
         self._idle_warned &= ids
         self._disk_warned &= ids
         for container in running:
@@ -145,6 +152,22 @@ class Reaper:
             return
         await self._warn_if_due(container, policy)
 
+    def _note_paused(self, live: list[ManagedContainer], now: float) -> None:
+        """Since when each paused container has been seen paused (in memory, as the idle
+        clock: after a restart of the daemon it counts from zero, never stopping early)."""
+        paused = {c.id for c in live if c.state == "paused"}
+        for unpaused in set(self._paused_since) - paused:
+            del self._paused_since[unpaused]
+        for container_id in paused:
+            self._paused_since.setdefault(container_id, now)
+
+    def _paused_seconds(self, container: ManagedContainer) -> float:
+        """How long the container has been paused: 0 when it is not (as Docker's state for
+        it, read by the caller, says)."""
+        if container.state != "paused" or container.id not in self._paused_since:
+            return 0.0
+        return self._clock() - self._paused_since[container.id]
+
     def _lease_reason(self, container: ManagedContainer) -> str | None:
         if not self._containers.records.readable:
             return None  # the lease may be one that was extended: never stop early
@@ -161,6 +184,13 @@ class Reaper:
         idle_s = self._idle_seconds(container)
         if idle_s < limit_s:
             return None
+        if self._gpus_idle_seconds(container) < limit_s:  # idle for being paused
+            held = ", ".join(str(g) for g in container.gpu_indices)
+            return (
+                f"idle GPUs: paused for {_duration(self._paused_seconds(container))}, "
+                f"holding GPU {held} "
+                f"(idle_gpu_minutes is {policy.idle_gpu_minutes:g})"
+            )
         whole = [str(g) for g in container.gpu_indices if g.slice is None]
         slices = [str(g) for g in container.gpu_indices if g.slice is not None]
         idle = []
@@ -176,8 +206,12 @@ class Reaper:
         )
 
     def _idle_seconds(self, container: ManagedContainer) -> float:
-        """How long all the container's GPUs and MIG slices have been idle while it ran: 0
-        without NVML."""
+        """How long all the container's GPUs and MIG slices have been idle while it ran (0
+        without NVML), or how long it has been paused if that is longer: a paused container's
+        processes cannot run, so paused time is idle whatever its GPUs show."""
+        return max(self._gpus_idle_seconds(container), self._paused_seconds(container))
+
+    def _gpus_idle_seconds(self, container: ManagedContainer) -> float:
         if not self._sampler.available:
             return 0.0
         now = self._clock()
@@ -251,9 +285,12 @@ class Reaper:
         elif container.id not in self._idle_warned:
             self._idle_warned.add(container.id)
             left = _duration(limit_s - idle_s)
+            paused = self._paused_seconds(container) >= idle_s
             await self._tell(
                 container,
-                f"its GPUs have been idle for {_duration(idle_s)}",
+                f"it has been paused for {_duration(idle_s)}"
+                if paused
+                else f"its GPUs have been idle for {_duration(idle_s)}",
                 f"deepdockd: this container's GPUs have been idle for {_duration(idle_s)}; "
                 f"it stops in {left} unless they are used",
             )
@@ -279,6 +316,12 @@ class Reaper:
         )
 
     async def _tell(self, container: ManagedContainer, why: str, message: str) -> None:
+        if container.state == "paused":
+            # A frozen container runs no exec, and unpausing it to warn would change the
+            # user's state: the warning goes to the audit log (and the daemon's log) only.
+            log.info("reaper: %s is paused; its terminals are not told: %s", container.name, why)
+            _audit("warn", container, "skipped", f"{why} (paused: its terminals not written)")
+            return
         try:
             await self._docker.exec_detached(
                 container.id, ["/bin/sh", "-c", _TELL_TERMINALS, "deepdockd-warning", message]

@@ -524,7 +524,8 @@ class ContainerService:
         The stop is recorded with its reason. It never removes anything."""
         async with self._allocation:
             summary = await self._docker.container_summary(container_id)
-            if summary is None or summary.state != "running" or container_id in self._reclaiming:
+            live = summary is not None and summary.state in ("running", "paused")
+            if summary is None or not live or container_id in self._reclaiming:
                 return None
             container = self.describe(summary)
             reason = reason_to_stop(container)

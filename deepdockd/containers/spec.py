@@ -14,7 +14,7 @@ from deepdockd import labels
 from deepdockd.clock import iso
 from deepdockd.config import Config
 from deepdockd.containers.allocation import SSH_CONTAINER_PORT, Gpu
-from deepdockd.containers.bootstrap import INPUT_DIR, root_environment
+from deepdockd.containers.bootstrap import BOOTSTRAP_DIR, INPUT_DIR, root_environment
 from deepdockd.containers.homes import HomeVolume
 from deepdockd.containers.model import CreateRequest
 from deepdockd.containers.resources import Resources
@@ -130,6 +130,10 @@ def container_spec(
         gpu_device_ids=tuple(g.uuid or str(g.id) for g in gpus),
         init=True,
         restart_unless_stopped=True,
+        # The bootstrap's copies (host key, the password's hash until it is set, the env
+        # files) live in memory, root's alone: never on the container's disk, so never in a
+        # commit of it (containers/commit.py). Docker mounts it noexec: sh reads the script.
+        tmpfs={BOOTSTRAP_DIR: "mode=0700,size=16m"},
     )
 
 

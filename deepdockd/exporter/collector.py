@@ -22,6 +22,8 @@ from deepdockd.docker import ContainerSummary
 from deepdockd.gpu import gpm
 from deepdockd.gpu.nvml import GpuReading
 from deepdockd.gpu.sampler import GpuStatus
+from deepdockd.stats.exposition import container_families
+from deepdockd.stats.sampler import ContainerReading
 
 # dcgm-exporter's labels, so that NVIDIA's Grafana dashboard works unchanged, and the two it
 # cannot give outside Kubernetes.
@@ -61,6 +63,8 @@ class ScrapeData:
     disk: DiskMeasurement | None = None  # None: not measured yet
     # GPU-seconds per (owner, "held"|"busy") since the usage database began.
     gpu_seconds: Mapping[tuple[str, str], float] | None = None
+    # Each running container's latest cgroup figures, by container id (deepdockd/stats/).
+    container_stats: Mapping[str, ContainerReading] | None = None
 
 
 class ScrapeCollector(Collector):
@@ -80,6 +84,7 @@ class ScrapeCollector(Collector):
         yield from _disk_gauges(data)
         yield from _daemon_metrics(data)
         yield from _usage_counters(data)
+        yield from container_families(data.containers or (), data.container_stats or {})
 
 
 def _gpu_gauges(data: ScrapeData) -> Iterator[Metric]:
@@ -112,7 +117,7 @@ def _reading(reading: GpuReading, field: str) -> float | None:
 def _holders(containers: Sequence[ContainerSummary]) -> dict[int, tuple[list[str], list[str]]]:
     """GPU -> the names and owners of the running containers that hold it."""
     held: dict[int, tuple[list[str], list[str]]] = {}
-    running = (c for c in containers if c.state == "running")
+    running = (c for c in containers if c.state in ("running", "paused"))  # paused ones hold
     for container in sorted(running, key=lambda c: c.name):
         for index in labels.gpu_indices(container.labels):
             names, owners = held.setdefault(index, ([], []))
@@ -156,7 +161,7 @@ def _container_gauges(data: ScrapeData) -> Iterator[Metric]:
     for container in data.containers:
         owner = container.labels.get(labels.OWNER, "")
         states[(container.state, owner)] = states.get((container.state, owner), 0) + 1
-        if container.state == "running":
+        if container.state in ("running", "paused"):  # a paused one keeps its GPUs
             count = len(labels.gpu_ids(container.labels))  # a MIG slice counts as one
             gpus_held[owner] = gpus_held.get(owner, 0) + count
     by_state = GaugeMetricFamily(

@@ -15,6 +15,7 @@ from deepdockd.docker import ContainerSummary, DockerUnavailable
 from deepdockd.exporter.collector import ScrapeCollector, ScrapeData
 from deepdockd.exporter.requests import RequestMetrics
 from deepdockd.gpu.sampler import GpuSampler
+from deepdockd.stats.sampler import ContainerStats
 from deepdockd.usage.recorder import UsageRecorder
 
 # The classic text format, which every Prometheus reads.
@@ -31,7 +32,9 @@ class Exporter:
         *,
         disk: DiskMeter | None = None,
         usage: UsageRecorder | None = None,
+        stats: ContainerStats | None = None,
     ) -> None:
+        self._stats = stats
         self._disk = disk
         self._usage = usage
         self._config = config
@@ -67,6 +70,7 @@ class Exporter:
             sampler_tick_seconds=self._sampler.tick_seconds,
             disk=self._disk.latest if self._disk is not None else None,
             gpu_seconds=self._usage.totals() if self._usage is not None else None,
+            container_stats=self._stats.all_latest() if self._stats is not None else {},
         )
         try:
             return generate_latest(self.registry)

@@ -140,10 +140,11 @@ def check_disk(
         return
     raise QuotaExceeded(
         f"quota exceeded: {user}'s disk quota (max_disk_gb) is {limits.max_disk_gb:g} GiB and "
-        f"{user}'s disk use (their containers' writable layers and home volumes, as last "
-        f"measured) is {used_mb / 1024:.3f} GiB: free some disk (delete files in a home or a "
-        "container, remove a container or a volume), or ask an admin to raise it; no new "
-        "container is created or started until then",
+        f"{user}'s disk use (their containers' writable layers, home volumes and committed "
+        f"images, as last measured) is {used_mb / 1024:.3f} GiB: free some disk (delete files "
+        "in a home or a container, remove a container or a volume, ask an admin to remove a "
+        "committed image), or ask an admin to raise it; no new container is created or "
+        "started, and nothing committed, until then",
         details={
             "limit": "max_disk_gb",
             "allowed": limits.max_disk_gb,

@@ -32,17 +32,24 @@ _MEAN_FIELDS = (
 _US_PER_S = 1_000_000
 
 
-def rebucket(points: Sequence[GpuPoint], step_s: int, limit: int | None = None) -> list[GpuPoint]:
+def rebucket(
+    points: Sequence[GpuPoint],
+    step_s: int,
+    limit: int | None = None,
+    *,
+    mean_fields: Sequence[str] = _MEAN_FIELDS,
+) -> list[GpuPoint]:
     """``points`` (in time order, as the sampler keeps them) merged into windows of ``step_s``
     seconds, oldest first; with ``limit``, the last ``limit`` windows only. Windows are read
-    from the newest end, so only the points of the windows kept are decoded, each once."""
+    from the newest end, so only the points of the windows kept are decoded, each once.
+    ``mean_fields``: the fields that are means (a container's series has its own)."""
     step_us = step_s * _US_PER_S
     newest_first: Iterable[tuple[int, Iterable[GpuPoint]]] = itertools.groupby(
         reversed(points), key=lambda p: _window_end_us(p.timestamp, step_us)
     )
     if limit is not None:
         newest_first = itertools.islice(newest_first, limit)
-    windows = [_merge(list(group)) for _, group in newest_first]
+    windows = [_merge(list(group), mean_fields) for _, group in newest_first]
     windows.reverse()
     return windows
 
@@ -55,10 +62,10 @@ def _window_end_us(timestamp: float, step_us: int) -> int:
     return -(-timestamp_us // step_us) * step_us
 
 
-def _merge(newest_first: list[GpuPoint]) -> GpuPoint:
+def _merge(newest_first: list[GpuPoint], mean_fields: Sequence[str]) -> GpuPoint:
     decoded = [point.fields() for point in reversed(newest_first)]
     document: dict[str, Any] = {"timestamp": decoded[-1]["timestamp"]}
-    for name in _MEAN_FIELDS:
+    for name in mean_fields:
         total = weight = 0.0
         for fields in decoded:
             value = fields[name]

@@ -53,6 +53,12 @@ class TagInUse(Forbidden):
     code = "tag_in_use"
 
 
+class TagTaken(Conflict):
+    """A user's commit would move a tag that is not theirs to move."""
+
+    code = "tag_taken"
+
+
 # Why a user may not move a tag, and the rule that says so (the 403 names both).
 _ON_THE_HOST_FIRST = (
     "that was on this host before deepdockd recorded who set it",
@@ -404,6 +410,40 @@ class ImageService:
             if container.labels.get(labels.OWNER) != caller.user and _names(asked, key):
                 return _ANOTHER_USERS_CONTAINER
         return None
+
+    async def commit_target(self, tag: str, caller: Caller) -> ImageReference:
+        """The tag a commit is to set, checked as a pull's reference is (``tag`` named in a
+        422). A tag the user may not move (another user's, the admins', one that was on the
+        host first, one another user's container was created from) is a 409 naming it and
+        the rule; an admin may move any (as with a pull). Nothing is changed here."""
+        reference = parse_image_reference(tag, field="tag")
+        if reference.digest is not None:
+            raise InvalidInput(
+                f"tag: {tag!r} names a digest; a commit sets a tag (name or name:tag)",
+                details={"field": "tag"},
+            )
+        key = str(reference)
+        here = await self._docker.inspect_image(key)
+        self._records.check()  # a record that cannot be read refuses before anything moves
+        if here is None or caller.is_admin:
+            return reference
+        rule = await self._why_not_theirs(key, here, caller)
+        if rule is not None:
+            why, only = rule
+            raise TagTaken(
+                f"{key} is a tag {why}: {only}, so a commit may not move it; commit under a "
+                "tag of your own",
+                details={"tag": key},
+            )
+        return reference
+
+    def record_commit(self, image_id: str, reference: ImageReference, caller: Caller) -> None:
+        """A commit made ``image_id`` and tagged it ``reference``: the caller's, like an image
+        they pulled with credentials (an admin's is everyone's, like an admin's pull), and the
+        tag one they set."""
+        if not caller.is_admin:
+            self._records.add_owner(image_id, caller.user, str(reference))
+        self._records.set_tag(str(reference), image_id, by=_setter(caller))
 
     def _may_use(self, image: Image, caller: Caller) -> bool:
         """Whether ``caller`` may see and use ``image`` (see ImageRecords.may_use); an image

@@ -17,8 +17,9 @@ def inspect(rig: Rig, name: str) -> dict[str, Any]:
 
 
 def namespace_holdings(rig: Rig, namespace: str) -> dict[str, list[str]]:
-    """What Docker holds of a namespace, by its label: container, network and volume names.
-    Read through the API (three requests on the socket), as cheap as a test's end needs."""
+    """What Docker holds of a namespace, by its label: container, network and volume names,
+    and the ids of the images committed in it. Read through the API (four requests on the
+    socket), as cheap as a test's end needs."""
     filters = quote(json.dumps({"label": [f"deepdockd.namespace={namespace}"]}))
     found: dict[str, list[str]] = {}
     for kind, path in (
@@ -36,6 +37,14 @@ def namespace_holdings(rig: Rig, namespace: str) -> dict[str, list[str]]:
             found[kind] = [n["Id"] for n in listed]
         else:
             found[kind] = [v["Name"] for v in listed["Volumes"] or []]
+    # The images its containers were committed to (deepdockd/containers/commit.py).
+    committed = quote(json.dumps({"label": [f"deepdockd.committed-in={namespace}"]}))
+    status, body = unix_http_get(
+        rig.docker_socket, f"/images/json?filters={committed}", timeout_s=10
+    )
+    if status != 200:
+        raise RigError(f"GET /images/json on the rig's Docker: {status} {body[:200]!r}")
+    found["images"] = [i["Id"] for i in json.loads(body)]
     return found
 
 
@@ -58,6 +67,7 @@ def clear_namespace(rig: Rig, namespace: str, *, rounds: int = 10) -> None:
         refusals = []
         for kind, removal in (
             ("containers", ["rm", "--force", "--volumes"]),
+            ("images", ["rmi", "--force"]),
             ("networks", ["network", "rm"]),
             ("volumes", ["volume", "rm", "--force"]),
         ):

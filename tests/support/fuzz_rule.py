@@ -50,6 +50,7 @@ EXPECTED_403: Mapping[str, Mapping[str, frozenset[str]]] = {
     # idle_reclaim false is an admin's to ask; an admin has no quota here (no [quotas] table
     # of their own), but a start counts against the container owner's, whoever starts it.
     "createContainer": {"forbidden": _USERS, "quota_exceeded": _USERS},
+    "commitContainer": {"quota_exceeded": _USERS},  # a user's disk quota, as for a create
     "startContainer": {"quota_exceeded": _EVERYONE},
     "restartContainer": {"quota_exceeded": _EVERYONE},
     "mintToken": {"forbidden": _TOKENS},  # made on the local socket only, without a token

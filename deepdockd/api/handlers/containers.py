@@ -7,9 +7,25 @@ from aiohttp import web
 
 from deepdockd.api import answers
 from deepdockd.api.auth import caller_of
-from deepdockd.api.keys import ACCOUNTING, AUDIT_TARGET, CONTAINERS, ENCODED
+from deepdockd.api.keys import (
+    ACCOUNTING,
+    AUDIT_TARGET,
+    CONFIG,
+    CONTAINERS,
+    DOCKER,
+    ENCODED,
+    IMAGES,
+    STATS,
+    VIEW,
+)
 from deepdockd.api.query import bool_query, user_query
-from deepdockd.api.schemas import CreateContainerSchema, ExtendLeaseSchema, load_body
+from deepdockd.api.schemas import (
+    CommitContainerSchema,
+    CreateContainerSchema,
+    ExtendLeaseSchema,
+    load_body,
+)
+from deepdockd.containers import commit, pausing
 from deepdockd.containers.phases import PhaseClock
 from deepdockd.containers.service import CreateRequest
 
@@ -18,15 +34,18 @@ async def list_containers(request: web.Request) -> web.Response:
     service = request.app[CONTAINERS]
     containers = await service.list_all(caller_of(request))
     body = request.app[ENCODED].list_body(
-        containers, request.app[ACCOUNTING], service.disk, existing=service.descriptions.ids()
-    )
+        containers, request.app[ACCOUNTING], service.disk, existing=service.descriptions.ids(),
+        stats=request.app[STATS],
+    )  # fmt: skip
     return web.Response(body=body, content_type="application/json")
 
 
 async def get_container(request: web.Request) -> web.Response:
     service = request.app[CONTAINERS]
     container = await service.get(request.match_info["name"], caller_of(request))
-    return web.json_response(answers.container(container, request.app[ACCOUNTING], service.disk))
+    return web.json_response(
+        answers.container(container, request.app[ACCOUNTING], service.disk, request.app[STATS])
+    )
 
 
 async def create_container(request: web.Request) -> web.Response:
@@ -57,6 +76,31 @@ async def restart_container(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await request.app[CONTAINERS].restart(name, caller_of(request))
     return web.json_response({"message": f"container '{name}' restarted"})
+
+
+async def pause_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    app = request.app
+    await pausing.pause(app[CONTAINERS], app[DOCKER], app[VIEW], name, caller_of(request))
+    return web.json_response({"message": f"container '{name}' paused"})
+
+
+async def unpause_container(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    app = request.app
+    await pausing.unpause(app[CONTAINERS], app[DOCKER], app[VIEW], name, caller_of(request))
+    return web.json_response({"message": f"container '{name}' unpaused"})
+
+
+async def commit_container(request: web.Request) -> web.Response:
+    body = await load_body(request, CommitContainerSchema())
+    app = request.app
+    image = await commit.commit(
+        app[CONTAINERS], app[IMAGES], app[DOCKER], request.match_info["name"],
+        caller_of(request), tag=body["tag"], message=body.get("message", ""),
+        pause=body.get("pause", True), namespace=app[CONFIG].namespace,
+    )  # fmt: skip
+    return web.json_response(answers.image(image), status=201)
 
 
 async def extend_lease(request: web.Request) -> web.Response:

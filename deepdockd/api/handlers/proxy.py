@@ -22,12 +22,8 @@ from deepdockd.api.keys import (
     TOKENS,
 )
 from deepdockd.config import Config
-from deepdockd.containers.model import ManagedContainer
-from deepdockd.errors import Conflict, Forbidden, NotFound
-
-
-class ContainerNotRunning(Conflict):
-    code = "container_not_running"
+from deepdockd.containers.model import ContainerNotRunning, ManagedContainer
+from deepdockd.errors import Forbidden, NotFound
 
 
 async def open_session(request: web.Request) -> web.Response:
@@ -116,8 +112,9 @@ def _published(container: ManagedContainer, port: int) -> int:
             details={"name": container.name, "port": port},
         )
     if container.state != "running":
+        first = "unpause" if container.state == "paused" else "start"
         raise ContainerNotRunning(
-            f"container {container.name!r} is {container.state}, not running: start it first",
+            f"container {container.name!r} is {container.state}, not running: {first} it first",
             details={"name": container.name, "state": container.state},
         )
     return host_port

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from deepdockd.api import answers
 from deepdockd.api.auth import caller_of
-from deepdockd.api.keys import ACCOUNTING, CONFIG, CONTAINERS, DOCKER, STREAM_CAPS, VIEW
+from deepdockd.api.keys import ACCOUNTING, CONFIG, CONTAINERS, DOCKER, STATS, STREAM_CAPS, VIEW
 from deepdockd.api.query import bool_query, int_query, last_event_id
 from deepdockd.containers.view import Change, Subscription
 from deepdockd.docker import PullProgress
@@ -133,11 +133,13 @@ async def _events_for(request: web.Request, caller: Caller) -> web.StreamRespons
         lambda change: caller.is_admin or change.owner == caller.user, after=after
     )
     containers, accounting = request.app[CONTAINERS], request.app[ACCOUNTING]
+    stats = request.app[STATS]
 
     def event(change: Change) -> bytes:
+        described = containers.describe(change.container)
         data = {
             "type": change.type,
-            "container": answers.container(containers.describe(change.container), accounting),
+            "container": answers.container(described, accounting, None, stats),
             "time": change.time,
         }
         return f"id: {change.id}\nevent: {change.type}\ndata: {json.dumps(data)}\n\n".encode()

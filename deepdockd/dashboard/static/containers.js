@@ -4,6 +4,7 @@
 
 import { ApiError, del, followEvents, get, post } from "./api.js";
 import { $, el, show, when } from "./dom.js";
+import { ContainerUse, rowKey } from "./containeruse.js";
 
 const POLL_MS = 5000;
 // The states in which a delete needs force (the API answers 409 without it).
@@ -18,6 +19,7 @@ export class ContainerView {
     this.pollTimer = null;
     this.generation = 0; // counts stops: an answer to a request made before one is dropped
     this.seenDuringRefresh = null; // events that came while a list was on its way
+    this.use = new ContainerUse(this); // each row's CPU, memory and pids, and their plots
   }
 
   start() {
@@ -26,12 +28,14 @@ export class ContainerView {
       (event) => this.onEvent(event),
       (state) => this.onStreamState(state),
     );
+    this.use.start();
   }
 
   // Signed out: the stream closed, and nothing of the last session stays on the page.
   stop() {
     if (this.stopEvents) this.stopEvents();
     this.stopEvents = null;
+    this.use.stop();
     this.generation += 1;
     clearInterval(this.pollTimer);
     this.pollTimer = null;
@@ -92,7 +96,7 @@ export class ContainerView {
     const containers = [...this.containers.values()].sort((a, b) => a.name.localeCompare(b.name));
     show($("#containers-empty"), containers.length === 0);
     const nodes = containers.map((c) => {
-      const json = JSON.stringify(c);
+      const json = rowKey(c);
       const kept = this.rows.get(c.name);
       if (kept && kept.json === json) return kept.node;
       const node = this.row(c);
@@ -104,6 +108,7 @@ export class ContainerView {
     if (nodes.length !== current.length || nodes.some((node, i) => node !== current[i])) {
       body.replaceChildren(...nodes);
     }
+    this.use.update();
     // A button that was pressed may have been rebuilt: focus stays on that container's row.
     if (focused && !body.contains(document.activeElement) && this.rows.has(focused)) {
       this.rows.get(focused).node.querySelector(".actions button").focus();
@@ -111,7 +116,7 @@ export class ContainerView {
   }
 
   row(c) {
-    const running = c.status === "running";
+    const running = c.status === "running" || c.status === "paused"; // a paused one is stopped too
     const host = location.hostname;
     const ssh = c["ssh-port"] === null ? null : `ssh -p ${c["ssh-port"]} ${c.ssh_user}@${host}`;
     // Each service through deepdockd's proxy (its host port is on the host's loopback only).
@@ -132,6 +137,7 @@ export class ContainerView {
         c.stopped_reason ? el("div", { class: "muted reason" }, c.stopped_reason) : null),
       el("td", { class: "image" }, c.image.join(", ")),
       el("td", { "data-label": "GPUs" }, c.gpus.length ? c.gpus.join(", ") : "–"),
+      this.use.cell(c),
       el("td", { class: "admin-only", "data-label": "Owner" }, c.owner),
       el("td", {}, ssh ? el("div", { class: "ssh" },
         el("code", {}, ssh),
@@ -145,6 +151,9 @@ export class ContainerView {
         running
           ? action("Stop", () => this.act(c, "stop"))
           : action("Start", () => this.act(c, "start")),
+        pauseButton(c, action, (verb) => this.act(c, verb)),
+        commitButton(c, action, (tag) => this.run(c, () =>
+          post(`/containers/${encodeURIComponent(c.name)}/commit`, { tag }))),
         action("Restart", () => this.act(c, "restart")),
         action("Delete", () => this.remove(c), { class: "danger" }))));
   }
@@ -221,4 +230,24 @@ async function copy(text, button) {
     button.textContent = "Selected";
   }
   setTimeout(() => { button.textContent = "Copy"; }, 2000);
+}
+
+// Pause a running container (its processes freeze; it keeps its GPUs and its lease), resume a
+// paused one; nothing for a container in any other state.
+function pauseButton(c, action, act) {
+  if (c.status === "running") return action("Pause", () => act("pause"));
+  if (c.status === "paused") return action("Resume", () => act("unpause"));
+  return null;
+}
+
+// Commit a running container to an image of the caller's, under a tag asked for in a prompt
+// (docs/images.md#committing-a-container); the API's refusal (a bad or taken tag) shows in
+// the banner.
+function commitButton(c, action, commit) {
+  if (c.status !== "running") return null;
+  return action("Commit", () => {
+    const tag = prompt(`Commit ${c.name} to an image of yours, tagged:`, `${c.name}:1`);
+    if (tag && tag.trim()) return commit(tag.trim());
+    return null;
+  });
 }

@@ -7,9 +7,14 @@ import { $, clock, el, mib, number, setText, show } from "./dom.js";
 import { drawPlot, makePlot } from "./plot.js";
 
 const POINTS_PER_RANGE = 120;
+// Both drawn in % (memory as a share of the total); the readout says memory in MiB too.
 const SERIES = [
-  { key: "utilization", name: "utilization" },
-  { key: "memory", name: "memory" },
+  { key: "utilization", name: "utilization", text: (p) => number(p.raw.utilization, " %", 1) },
+  {
+    key: "memory", name: "memory",
+    text: (p) => (p.raw.memory_used === null ? "–"
+      : `${Math.round(p.raw.memory_used)} MiB (${number(p.memory, " %", 1)})`),
+  },
 ];
 
 // One step per range, about 120 points each, never under the sampler's 10 s buckets.
