@@ -77,6 +77,7 @@ class Reaper:
         self._disk_warned: set[str] = set()  # warned that its owner is over max_disk_gb
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
+        self._records_readable = True  # as check_once last read it
 
     async def start(self) -> None:
         self._tasks = [
@@ -121,7 +122,10 @@ class Reaper:
         now = self._clock()
         running = []
         summaries = await self._view.summaries()
-        records = self._containers.records.snapshot()  # one read for the pass, not one each
+        # One read of the records for the pass, not one per container: 300 running containers
+        # would otherwise stat the file (and its state directory's manifest) 600 times a second.
+        records = self._containers.records.snapshot()
+        self._records_readable = self._containers.records.readable
         for summary in summaries:
             # A paused container holds its GPUs and its lease runs: it is looked at too.
             if summary.state in LIVE_STATES:
@@ -138,13 +142,16 @@ class Reaper:
         policy = self._policy.current
         for container in running:
             await self._consider(container, policy)
+        over: dict[str, tuple[float, float] | None] = {}  # by owner, measured once a pass
         for container in running:
-            await self._warn_if_over_disk(container, ids)
+            if container.owner not in over:
+                over[container.owner] = self._containers.over_disk_quota(container.owner, ids)
+            await self._warn_if_over_disk(container, over[container.owner])
 
     # --- one container ---
 
     async def _consider(self, container: ManagedContainer, policy: Policy) -> None:
-        if self._lease_reason(container) is not None:
+        if self._lease_reason(container, self._records_readable) is not None:
             await self._reclaim(container, self._lease_reason)
             return
         if self._idle_reason(container) is not None:
@@ -168,8 +175,14 @@ class Reaper:
             return 0.0
         return self._clock() - self._paused_since[container.id]
 
-    def _lease_reason(self, container: ManagedContainer) -> str | None:
-        if not self._containers.records.readable:
+    def _lease_reason(
+        self, container: ManagedContainer, records_readable: bool | None = None
+    ) -> str | None:
+        """``records_readable``: the pass's reading of it; None (the decision under the lock,
+        just before a stop) reads it again."""
+        if records_readable is None:
+            records_readable = self._containers.records.readable
+        if not records_readable:
             return None  # the lease may be one that was extended: never stop early
         expires = container.expires_at
         if expires is None or now_utc() < expires:
@@ -260,7 +273,7 @@ class Reaper:
         expires, set_at = container.expires_at, container.lease_set_at
         records = self._containers.records
         if (
-            records.readable
+            self._records_readable
             and expires is not None
             and expires - timedelta(seconds=warning_s) <= now_utc()
             # Only where the lease was longer than the warning: a short one is no surprise.
@@ -295,10 +308,12 @@ class Reaper:
                 f"it stops in {left} unless they are used",
             )
 
-    async def _warn_if_over_disk(self, container: ManagedContainer, ids: set[str]) -> None:
-        """Once while its owner stays over max_disk_gb (as last measured): nothing is stopped
-        or deleted, but no container of theirs is created or started until they free some."""
-        over = self._containers.over_disk_quota(container.owner, ids)
+    async def _warn_if_over_disk(
+        self, container: ManagedContainer, over: tuple[float, float] | None
+    ) -> None:
+        """Once while its owner stays over max_disk_gb (as last measured; ``over``: (MiB used,
+        GiB allowed), None when not): nothing is stopped or deleted, but no container of
+        theirs is created or started until they free some."""
         if over is None:
             self._disk_warned.discard(container.id)  # under again: the next time is warned
             return
