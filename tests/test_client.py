@@ -9,11 +9,15 @@ import ast
 import asyncio
 import json
 import os
+import pty
 import re
+import select
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -200,6 +204,56 @@ def socket_free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def test_ls_watch_redraws_the_list_when_the_server_tells_of_a_change(
+    terminal: Terminal, server: Server
+) -> None:
+    """`deepdock ls --watch` on a real pseudo-terminal: a container made (by another shell)
+    after it started shows in its table, then its removal takes it out; Ctrl-C ends it."""
+    login(terminal, server)
+    name = f"watched-{uuid.uuid4().hex[:6]}"
+    main, child = pty.openpty()
+    watcher = subprocess.Popen(
+        [str(DEEPDOCK), "ls", "--watch"], stdin=child, stdout=child, stderr=child,
+        env={**terminal.env, "TERM": "xterm"}, start_new_session=True,
+    )  # fmt: skip
+    os.close(child)
+    shown = bytearray()
+
+    def until(condition: Callable[[str], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition(shown.decode(errors="replace")):
+            assert time.monotonic() < deadline, f"`ls --watch` never showed {what}: {shown!r}"
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                shown.extend(os.read(main, 65536))
+
+    try:
+        until(lambda text: "NAME" in text, "its table")
+        drawn_before = len(shown)
+        terminal.ok("create", name, "--image", DEBIAN_SSH_IMAGE, "--user", "alice")
+        until(lambda text: name in text[drawn_before:], "the new container")
+        until(lambda text: "running" in text[text.rindex(name) :], "it running")
+        drawn_before = len(shown)
+        terminal.ok("rm", name, "--force")
+
+        # Redrawn without it: a table drawn after the removal that no longer names it.
+        def without_it(text: str) -> bool:
+            return "NAME" in text[drawn_before:] and name not in text[text.rindex("NAME") :]
+
+        until(without_it, "the list without it")
+        # Nothing drawn after that (a table begun before the removal, say) brings it back.
+        drained_until = time.monotonic() + 1.5
+        until(lambda _: time.monotonic() > drained_until, "a quiet moment")
+        assert without_it(shown.decode(errors="replace")), shown
+        os.killpg(watcher.pid, signal.SIGINT)
+        assert watcher.wait(timeout=30) == 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        os.close(main)
 
 
 # --- images ---
