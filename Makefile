@@ -13,12 +13,14 @@ SSH_SERVER := deepdockd/containers/ssh-server/VERSION
 # that setup.cfg allows (make test-floor).
 VENV_FLOOR ?= .venv-floor
 
-.PHONY: help venv install uninstall run run-sim nvml-sim ssh-server test test-fast test-floor bench lint format clean rig-start rig-stop
+.PHONY: help venv install uninstall run run-sim nvml-sim ssh-server test test-engine2 test-fast test-floor bench lint format clean rig-start rig-stop
 
 help:
 	@echo "make run      serve the API on 127.0.0.1:8000 against the host's Docker (ARGS=... for flags)"
 	@echo "make run-sim  the same with 4 simulated GPUs (a simulated NVML), for a host without GPUs"
-	@echo "make test     the whole test suite, on a private dockerd, registry and test images"
+	@echo "make test     the whole test suite, on a private dockerd, registry and test images;"
+	@echo "              then the core suites again on a second Engine (make test-engine2)"
+	@echo "make test-engine2  the core suites on Debian 13's Docker 26 (ENGINE2_TESTS, ENGINE2_ARGS)"
 	@echo "make test-fast  the tests that need no dockerd, no root and no browser (seconds)"
 	@echo "make test-floor the fast tests with aiohttp, aiodocker, marshmallow at setup.cfg's floors"
 	@echo "make bench    the benchmarks: ratios against baselines measured in the same run"
@@ -103,10 +105,25 @@ run-sim: venv nvml-sim ssh-server
 	LD_LIBRARY_PATH=$(CURDIR)/build/nvml-sim NVML_SIM_CONFIG=$(CURDIR)/tests/nvml-sim/demo-4gpu.json \
 		$(BIN)/deepdockd $(ARGS)
 
+# The whole suite on the host's Docker Engine (Debian 12's 20.10), then the core suites again
+# on a second Engine, Debian 13's docker.io (26.x, API 1.45), run from a Debian 13 root that the
+# rig builds once into its cache (tests/support/engine.py). A run narrowed with PYTEST_ARGS is
+# a run of those tests alone: it skips the second Engine (make test-engine2 runs it alone).
+ENGINE2 := debian13
+ENGINE2_TESTS := tests/test_rig_engine.py tests/test_containers.py tests/test_images.py \
+	tests/test_live_view.py tests/test_isolation.py
+ENGINE2_ARGS ?=
+
 test:
 	scripts/install-test-deps.sh
 	$(MAKE) venv nvml-sim ssh-server
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,$(MAKE) test-engine2)
+
+test-engine2:
+	scripts/install-test-deps.sh
+	$(MAKE) venv nvml-sim ssh-server
+	DEEPDOCKD_TEST_ENGINE=$(ENGINE2) $(BIN)/pytest $(ENGINE2_TESTS) $(ENGINE2_ARGS)
 
 # The fast lane: every test that needs no dockerd, no root and no browser (the lanes are
 # markers, tests/support/lanes.py). It builds the simulated NVML, so it needs gcc and

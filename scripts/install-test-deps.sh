@@ -3,9 +3,10 @@
 # privately, a registry, debootstrap and busybox for the test images. Skips apt when all are
 # present, so a second run costs nothing. Prometheus and promtool (package prometheus) scrape
 # and lint the daemon's metrics (tests/support/prometheus.py).
+# tini: its tini-static is the docker-stacks-style image's init (tests/support/matrix_images.py).
 set -euo pipefail
 
-packages=(docker.io docker-registry apache2-utils debootstrap busybox-static iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium systemd prometheus)
+packages=(docker.io docker-registry apache2-utils debootstrap busybox-static tini iproute2 iptables ca-certificates gcc libc6-dev libcjson-dev openssh-client sshpass chromium systemd prometheus)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "make test needs root: the test rig starts a private dockerd, a bridge and a registry." >&2

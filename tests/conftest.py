@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,15 @@ def aiohttp_client(aiohttp_client: ClientFactory) -> Iterator[ClientFactory]:
 
     yield make
     assert not failures, "answers outside openapi.yaml:\n" + "\n".join(failures)
+
+
+@pytest.fixture
+def user_key(tmp_path: Path) -> Path:
+    """A new ed25519 key pair (no passphrase) for SSH logins: the private half at this path,
+    the public one beside it (.pub)."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,7 @@ def test_create_then_ssh_with_no_prompt_also_after_the_port_was_reused(
 
     said = terminal.ok("create", first, "--image", DEBIAN_SSH_IMAGE, "--user", "alice")
     assert said.startswith(f"created {first}: log in with `deepdock ssh {first}` (port ")
+    assert said.endswith("\nSSH server: the image's sshd, OpenSSH_9.2\n")
     logged_in = terminal.run("ssh", first, "--", "id", "-un")
     assert (logged_in.returncode, logged_in.stdout, logged_in.stderr) == (0, "alice\n", "")
 

@@ -41,8 +41,9 @@ SimGpus = Callable[..., Path]
 Gpus = list[dict[str, Any]]
 Leftovers = Callable[..., list[str]]
 SEED_CREATED_KEYS = {"message", "id", "name", "ssh-port"}
-# The seed's, the extra ports published, and the end of its lease (fair share).
-CREATED_KEYS = SEED_CREATED_KEYS | {"ports", "expires_at"}
+# The seed's, the extra ports published, the end of its lease (fair share), and which SSH
+# server the container runs and why.
+CREATED_KEYS = SEED_CREATED_KEYS | {"ports", "expires_at", "ssh_server"}
 SEED_LIST_KEYS = {"id", "name", "status", "image", "created", "ssh-port", "gpus"}
 # The cgroup figures the stats sampler fills in each second (tests/test_container_stats.py).
 SAMPLED_KEYS = ("cpu_percent", "memory_used_mb", "memory_limit_mb", "pids")
@@ -151,6 +152,7 @@ async def test_create_gives_a_working_ssh_login_with_gpus_and_env(
     assert status == 201, answer
     assert set(answer) == CREATED_KEYS
     assert answer["ports"] == {}  # none asked for
+    assert answer["ssh_server"] == "the image's sshd, OpenSSH_9.2"  # Debian 12's, 8.7 or newer
     assert answer["message"] == "container created"
     assert answer["name"] == "login"
     assert answer["id"] == inspect(rig, "login")["Id"][:12]

@@ -101,7 +101,7 @@ def repository_path(reference: str) -> str:
 def layer_in_engine(rig: Rig, chain_id: str) -> bool:
     """Whether the engine still stores the layer ``chain_id`` (in its layer database)."""
     driver = rig.docker("info", "--format", "{{.Driver}}").strip()
-    layerdb = rig.root / "data" / "image" / driver / "layerdb" / "sha256"
+    layerdb = rig.data_root / "image" / driver / "layerdb" / "sha256"
     return (layerdb / chain_id.removeprefix("sha256:")).is_dir()
 
 

@@ -42,7 +42,8 @@ async def test_keys_only_is_a_hash_no_password_matches() -> None:
 
 
 def test_a_password_longer_than_libcrypt_takes_is_hashed_by_libpass() -> None:
-    """libxcrypt takes at most 511 bytes; the schema allows 1,024."""
+    """libxcrypt takes at most 511 bytes. The schema allows 100 (what the bundled Dropbear
+    checks: tests/test_ssh_anywhere.py); should that ever rise, libpass hashes it."""
     password = "x" * 1024
     assert libcrypt_hash(password, "saltsaltsaltsalt") is None
     assert sha512_crypt.verify(password, sha512_crypt_hash(password))

@@ -27,7 +27,9 @@ from deepdockd.tokens import TokenStore
 from tests.support.api import Client, ClientFactory
 from tests.support.docker_state import clear_namespace
 from tests.support.images import derived_image
+from tests.support.matrix_images import DEBIAN11_SSH
 from tests.support.rig import BUSYBOX_IMAGE, DEBIAN_NOSSH_IMAGE, DEBIAN_SSH_IMAGE, Rig, RigError
+from tests.support.ssh import free_local_port, greeting
 from tests.support.users import People, users_tokens
 
 OPTIONS = (
@@ -87,18 +89,6 @@ class Login:
         return f"{self.user}@127.0.0.1"
 
 
-def greeting(port: int) -> str:
-    """The SSH server's first line on the port."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-        return connection.makefile("rb").readline().decode().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def offline(config: Config) -> Iterator[None]:
     """The containers' networks cut off from everything beyond the host: nothing they send is
@@ -110,13 +100,6 @@ def offline(config: Config) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["iptables", "-D", *rule], check=True)
-
-
-@pytest.fixture
-def user_key(tmp_path: Path) -> Path:
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return key
 
 
 @pytest.fixture
@@ -202,7 +185,7 @@ async def test_an_image_without_sshd_gives_the_whole_login_offline(
     assert shadow.split(":")[2] != "0", shadow
 
     # ssh -L: a local port forwarded to the container's own SSH server.
-    local = free_port()
+    local = free_local_port()
     with forwarding(login, local):
         assert greeting(local).startswith("SSH-2.0-dropbear_")
 
@@ -260,10 +243,91 @@ async def test_bundled_always_uses_ours_and_auto_the_images_sshd(
 
     assert greeting(ours["ssh-port"]).startswith("SSH-2.0-dropbear_")
     assert greeting(theirs["ssh-port"]).startswith("SSH-2.0-OpenSSH_")
+    assert ours["ssh_server"] == "deepdockd's bundled server: ssh_server is bundled"
+    assert theirs["ssh_server"] == "the image's sshd, OpenSSH_9.2"
     for answer, name in ((ours, "ours"), (theirs, "theirs")):
         login = Login(answer["ssh-port"], "u1", f"pw-{name}", user_key)
         assert login.with_key('echo "$FOO"').stdout == "bar baz\n"
         assert login.with_password("id -un").stdout == "u1\n"
+
+
+async def test_the_longest_password_the_api_takes_logs_in_through_the_bundled_server(
+    make_client: Any, user_key: Path, rig: Rig, config: Config
+) -> None:
+    """The bundled Dropbear checks passwords of up to 100 bytes: the API takes exactly those
+    (counted in UTF-8), so no password it takes can never log in."""
+    client = await make_client()
+    longest = "pässwörd" * 10  # ä and ö are two bytes each: 10 bytes a word
+    assert len(longest.encode()) == 100
+    answer = await create(client, "longest", BUSYBOX_IMAGE, user_key, password=longest)
+    assert answer["ssh_server"] == "deepdockd's bundled server: the image has no OpenSSH sshd"
+    login = Login(answer["ssh-port"], "u1", longest, user_key)
+    assert login.with_password("id -un").stdout == "u1\n"
+
+    body = {
+        "name": "too-long",
+        "image": BUSYBOX_IMAGE,
+        "user_name": "u1",
+        "password": longest + "x",
+    }
+    response = await client.post("/containers/create", json=body)
+    why = "must be at most 100 bytes in UTF-8 (this one is 101): the bundled SSH server checks no longer password"
+    assert (response.status, await response.json()) == (
+        422,
+        {
+            "error": {
+                "code": "invalid_input",
+                "message": f"password: {why}",
+                "details": {"fields": {"password": why}},
+            }
+        },
+    )
+    namespace = f"label=deepdockd.namespace={config.namespace}"
+    assert rig.docker("ps", "-a", "--format", "{{.Names}}", "--filter", namespace).split() == [
+        "longest"
+    ]
+
+
+async def test_an_openssh_older_than_8_7_gets_ours_in_auto_and_a_clear_refusal_in_image(
+    make_client: Any, user_key: Path, rig: Rig, config: Config
+) -> None:
+    """Debian 11's OpenSSH 8.4 cannot take every byte of the sessions' environment through
+    SetEnv (a " stopped it, a \\ arrived doubled): auto runs ours, and says why; image
+    refuses the create, naming the version, and leaves nothing."""
+    awkward = {"AWKWARD": 'a "quoted" \\back\\slash $HOME'}
+    auto = await make_client()
+    answer = await create(auto, "old-auto", DEBIAN11_SSH, user_key, env=awkward)
+    assert answer["ssh_server"] == (
+        "deepdockd's bundled server: the image's sshd is OpenSSH_8.4p1, older than OpenSSH "
+        "8.7, the first whose SetEnv passes every byte of the sessions' environment"
+    )
+    assert greeting(answer["ssh-port"]).startswith("SSH-2.0-dropbear_")
+    login = Login(answer["ssh-port"], "u1", "pw-old-auto", user_key)
+    assert login.with_key('printf %s "$AWKWARD"').stdout == awkward["AWKWARD"]
+
+    image_only = await make_client(ssh_server="image")
+    body = {"name": "old-image", "image": DEBIAN11_SSH, "user_name": "u1", "password": "pw"}
+    response = await image_only.post("/containers/create", json=body)
+    assert (response.status, await response.json()) == (
+        422,
+        {
+            "error": {
+                "code": "ssh_unavailable",
+                "message": (
+                    "the container could not provide SSH: the image's sshd is OpenSSH_8.4p1, "
+                    "older than OpenSSH 8.7, the first whose SetEnv passes every byte of the "
+                    "sessions' environment, and ssh_server is image (deepdockd's bundled SSH "
+                    "server is off); use an image with OpenSSH 8.7 or newer, or set ssh_server "
+                    "to auto; container removed"
+                ),
+                "details": {},
+            }
+        },
+    )
+    namespace = f"label=deepdockd.namespace={config.namespace}"
+    assert rig.docker("ps", "-a", "--format", "{{.Names}}", "--filter", namespace).split() == [
+        "old-auto"
+    ]
 
 
 def host_key_seen(port: int) -> str:

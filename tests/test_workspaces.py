@@ -683,7 +683,7 @@ async def test_the_images_service_runs_beside_sshd_on_a_published_port(
 ) -> None:
     answer = await created(ws_client, **body("web", image=DEBIAN_SERVICE_IMAGE, ports=[8080]))
 
-    assert set(answer) == {"message", "id", "name", "ssh-port", "ports", "expires_at"}
+    assert set(answer) == {"message", "id", "name", "ssh-port", "ports", "expires_at", "ssh_server"}
     [(container_port, host_port)] = answer["ports"].items()
     assert container_port == "8080"
     assert service_ports[0] <= host_port <= service_ports[1]

@@ -325,6 +325,8 @@ def create(session: Session, /, name: str, **options: Any) -> None:
     click.echo(
         f"created {name}: log in with `deepdock ssh {name}` (port {answer['ssh-port']}){ends}"
     )
+    if answer.get("ssh_server"):  # which server, and why (an image's sshd may be too old)
+        click.echo(f"SSH server: {answer['ssh_server']}")
 
 
 @cli.command(

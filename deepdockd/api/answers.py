@@ -106,6 +106,7 @@ def created(c: ManagedContainer) -> dict[str, Any]:
         "ssh-port": c.ssh_port,
         "ports": ports(c),
         "expires_at": iso(c.expires_at),
+        "ssh_server": c.ssh_server,
     }
 
 

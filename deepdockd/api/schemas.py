@@ -138,6 +138,23 @@ def _no_line_breaks(value: str) -> None:
         raise ValidationError("must not contain a line break or a NUL character")
 
 
+# The longest password every SSH server a container may run checks: the bundled Dropbear
+# checks none over 100 bytes (DROPBEAR_MAX_PASSWORD_LEN in its sysoptions.h: it keeps the
+# crypt shorter than its 250 ms failure delay, so that the time of a refusal does not tell
+# which user names exist), so a longer one could never log in there. (musl's crypt takes 256
+# bytes, OpenSSH 1,024.)
+PASSWORD_MAX_BYTES = 100
+
+
+def _password_fits_every_ssh_server(value: str) -> None:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > PASSWORD_MAX_BYTES:
+        raise ValidationError(
+            f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8 (this one is {size}): the "
+            "bundled SSH server checks no longer password"
+        )
+
+
 def _not_a_system_user(value: str) -> None:
     if value in SYSTEM_USERS:
         raise ValidationError(f"{value!r} is a system account; choose a personal user name")
@@ -204,7 +221,9 @@ class CreateContainerSchema(StrictSchema):
         ],
     )
     # Optional when ssh_keys are given: then the account has no password at all.
-    password = fields.String(validate=[validate.Length(min=1, max=1024), _no_line_breaks])
+    password = fields.String(
+        validate=[validate.Length(min=1), _no_line_breaks, _password_fits_every_ssh_server]
+    )
     ssh_keys = fields.List(
         fields.String(validate=[validate.Length(min=1, max=16384), _ssh_key]),
         validate=validate.Length(max=32),

@@ -189,30 +189,69 @@ find_sshd() {
     return 1
 }
 
+# The sessions' environment reaches OpenSSH's sessions as one SetEnv line (start_openssh),
+# which keeps every byte of a value (quotes, backslashes) only from OpenSSH 8.7 on: 7.8 to 8.6
+# split the line without backslash escapes (a value with a " stops sshd, a \ arrives
+# doubled), and before 7.8 there is no SetEnv at all (docs/compatibility.md).
+OPENSSH_MIN_MAJOR=8
+OPENSSH_MIN_MINOR=7
+
+# "OpenSSH_9.2" from what the image's sshd says of itself (-V), or "OpenSSH_8.4p1" from the
+# usage message of an sshd that has no -V (before 9.0), which starts with its release; empty
+# if it says neither.
+openssh_version() {
+    "$1" -V 2>&1 | sed -n '/OpenSSH_[0-9]/{s/.*\(OpenSSH_[0-9]\)/\1/;s/[ ,].*//;p;}' | head -n 1
+}
+
+# Whether the version ("OpenSSH_8.4p1") is OPENSSH_MIN_MAJOR.OPENSSH_MIN_MINOR or newer.
+openssh_is_new_enough() {
+    numbers=${1#OpenSSH_}
+    major=${numbers%%.*}
+    minor=${numbers#*.}
+    minor=${minor%%[!0-9]*}
+    [ -n "$major" ] && [ -n "$minor" ] || return 1
+    [ "$major" -gt "$OPENSSH_MIN_MAJOR" ] ||
+        { [ "$major" -eq "$OPENSSH_MIN_MAJOR" ] && [ "$minor" -ge "$OPENSSH_MIN_MINOR" ]; }
+}
+
 # The SSH server, by ssh_server: the image's OpenSSH sshd ("image"), deepdockd's bundled
-# Dropbear ("bundled"), or the image's when it has one and else the bundled ("auto"). Nothing
-# is ever installed into the image.
+# Dropbear ("bundled"), or the image's when it has one new enough and else the bundled
+# ("auto"). Nothing is ever installed into the image. The choice and its reason go to the log
+# as one "SSH server:" line, which the create's answer repeats (containers/sshd_wait.py).
 choose_server() {
+    minimum="OpenSSH $OPENSSH_MIN_MAJOR.$OPENSSH_MIN_MINOR"
+    why_old="older than $minimum, the first whose SetEnv passes every byte of the sessions' environment"
     case "$ssh_server" in
         image)
             sshd=$(find_sshd) ||
                 fail "the image has no OpenSSH sshd, and ssh_server is image (deepdockd's bundled SSH server is off); use an image with openssh-server, or set ssh_server to auto"
+            version=$(openssh_version "$sshd")
+            openssh_is_new_enough "$version" ||
+                fail "the image's sshd is ${version:-not an OpenSSH that says its version}, $why_old, and ssh_server is image (deepdockd's bundled SSH server is off); use an image with $minimum or newer, or set ssh_server to auto"
             server=openssh
+            why="the image's sshd, $version"
             ;;
         bundled)
             [ -x "$bundle/dropbear" ] || fail "the bundled SSH server is missing from $bundle"
             server=dropbear
+            why="ssh_server is bundled"
             ;;
         *)
-            if sshd=$(find_sshd); then
+            server=dropbear
+            if ! sshd=$(find_sshd); then
+                why="the image has no OpenSSH sshd"
+            elif version=$(openssh_version "$sshd") && openssh_is_new_enough "$version"; then
                 server=openssh
-            elif [ -x "$bundle/dropbear" ]; then
-                server=dropbear
+                why="the image's sshd, $version"
             else
-                fail "the image has no OpenSSH sshd, and this deepdockd has no bundled SSH server (build it with make ssh-server)"
+                why="the image's sshd is ${version:-not an OpenSSH that says its version}, $why_old"
             fi
+            [ "$server" = openssh ] || [ -x "$bundle/dropbear" ] ||
+                fail "$why, and this deepdockd has no bundled SSH server (build it with make ssh-server)"
             ;;
     esac
+    [ "$server" = openssh ] || why="deepdockd's bundled server: $why"
+    say "SSH server: $why"
 }
 
 login_shell() {

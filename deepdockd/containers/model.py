@@ -74,6 +74,8 @@ class ManagedContainer:
     stopped_reason: str | None  # why the reaper stopped it, while it is not running
     idle_reclaim: bool  # False: never stopped for idle GPUs
     bootstrap: str | None = None  # its bootstrap's directory on the host, by token
+    # Which SSH server its bootstrap started and why: known to the create's answer only.
+    ssh_server: str | None = None
 
     @property
     def short_id(self) -> str:

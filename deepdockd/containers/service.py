@@ -41,7 +41,7 @@ from deepdockd.containers.phases import PhaseClock
 from deepdockd.containers.resources import resources_for
 from deepdockd.containers.spec import Setup, container_spec
 from deepdockd.containers.ssh_server import SshServerOnHost
-from deepdockd.containers.sshd_wait import wait_for_sshd
+from deepdockd.containers.sshd_wait import ssh_server_chosen, wait_for_sshd
 from deepdockd.containers.view import ContainerView
 from deepdockd.docker import (
     ContainerSummary,
@@ -304,12 +304,13 @@ class ContainerService:
             raise
         if token is not None:
             self.bootstrap_inputs.used(token)  # the hash and the keys: set by now
+        server = await ssh_server_chosen(self._docker, container_id)
         log.info(
-            "created container %s for %s: ssh port %d, GPUs %s",
-            request.name, request.owner, port, [str(g.id) for g in gpus] or "none",
+            "created container %s for %s: ssh port %d, GPUs %s, SSH server: %s",
+            request.name, request.owner, port, [str(g.id) for g in gpus] or "none", server,
         )  # fmt: skip
         await self._view.refresh(container_id)  # the caller's next list shows it
-        created = await self.get(request.name, caller)
+        created = replace(await self.get(request.name, caller), ssh_server=server)
         clock.done("answer")
         return created
 

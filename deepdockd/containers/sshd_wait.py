@@ -20,6 +20,8 @@ PROBE_MAX_S = 0.02
 INSPECT_EVERY_S = 0.1
 # What bootstrap.sh writes before the reason it gives up.
 _FAILED_MARK = "deepdockd-bootstrap: FAILED: "
+# What bootstrap.sh writes before the SSH server it chose and why (choose_server).
+_SERVER_MARK = "deepdockd-bootstrap: SSH server: "
 # What the container's init (tini) writes when the image has no /bin/sh for the bootstrap.
 _NO_SHELL = "exec /bin/sh failed: No such file or directory"
 
@@ -78,6 +80,20 @@ def probe_delays() -> Iterator[float]:
     while True:
         yield delay
         delay = min(delay * 2, PROBE_MAX_S)
+
+
+async def ssh_server_chosen(docker: Docker, container_id: str) -> str | None:
+    """Which SSH server the bootstrap started and why ("the image's sshd, OpenSSH_9.2", or
+    "deepdockd's bundled server: the image has no OpenSSH sshd"), as its log says; None
+    where the log cannot be read or does not say. Read once sshd answers: the image's
+    command, which starts after the server, may have logged since, hence the long tail."""
+    with contextlib.suppress(ApiError):
+        output = await docker.container_logs(container_id, tail=1000)
+        said = [
+            line.split(_SERVER_MARK, 1)[1] for line in output.splitlines() if _SERVER_MARK in line
+        ]
+        return said[-1].strip() if said else None
+    return None
 
 
 async def _bootstrap_error(docker: Docker, container_id: str) -> str:

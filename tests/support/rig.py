@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.support import lanes
+from tests.support import engine as engines
+from tests.support import lanes, matrix_images
+from tests.support.engine import Engine
 
 DEFAULT_ROOT = Path("/var/tmp/deepdockd-rig")
 
@@ -60,6 +62,7 @@ TEST_IMAGES = (
     DEBIAN_NOSSH_IMAGE,
     DEBIAN_SERVICE_IMAGE,
     DEBIAN_WEBAPP_IMAGE,
+    *matrix_images.BUILT_IMAGES,
 )
 
 REGISTRY_ADDR = "127.0.0.1:5000"
@@ -194,6 +197,8 @@ def _port_open(addr: str) -> bool:
 @dataclass
 class Rig:
     root: Path = DEFAULT_ROOT
+    # Which Docker Engine runs the private dockerd ($DEEPDOCKD_TEST_ENGINE, engine.py).
+    engine: Engine = field(default_factory=engines.from_env)
     # The processes this rig started, kept so that they are reaped when stopped.
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _lock_file: IO[str] | None = None
@@ -218,6 +223,11 @@ class Rig:
         return self.root / "dockerd.log"
 
     @property
+    def data_root(self) -> Path:
+        """The private dockerd's --data-root: one per Engine, so their images never meet."""
+        return self.engine.data_root(self.root)
+
+    @property
     def private_registry_password(self) -> str:
         """Made anew at each start, so that a test can look for it in logs."""
         return (self.root / "private-registry.password").read_text()
@@ -228,10 +238,13 @@ class Rig:
         lanes.require("rig", "starts the test rig (a private dockerd)")
         if os.geteuid() != 0:
             raise RigError("the test rig must run as root: it starts a private dockerd")
-        for sub in ("data", "exec", "bin", "cache", "client", *REGISTRIES):
+        for sub in ("bin", "cache", "client", *REGISTRIES):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for engine_root in (self.data_root, self.engine.exec_root(self.root)):
+            engine_root.mkdir(parents=True, exist_ok=True)
         self._lock()
-        self.stop()  # whatever a killed run left behind
+        self.stop()  # whatever a killed run left behind, whichever Engine it ran
+        self.engine.prepare(self.root)
         self._write_files()
         self._setup_bridge()
         self.start_docker()
@@ -242,6 +255,11 @@ class Rig:
 
     def stop(self) -> None:
         self.stop_registries()
+        if self.docker_running():
+            # Its owner networks' bridges would outlive dockerd, and the other Engine, which
+            # knows nothing of them, would give the same /24 to a network of its own: two
+            # bridges with one subnet, and the published ports lead nowhere.
+            self._remove_leftovers()
         self.stop_docker()
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
@@ -276,10 +294,9 @@ class Rig:
         if self.docker_running():
             return
         self.docker_socket.unlink(missing_ok=True)
-        command = [
-            "dockerd",
-            f"--data-root={self.root / 'data'}",
-            f"--exec-root={self.root / 'exec'}",
+        dockerd_args = [
+            f"--data-root={self.data_root}",
+            f"--exec-root={self.engine.exec_root(self.root)}",
             f"--host={self.docker_host}",
             f"--pidfile={self.root / 'docker.pid'}",
             f"--config-file={self.root / 'daemon.json'}",
@@ -287,6 +304,7 @@ class Rig:
             "--containerd-namespace=deepdockd-rig",
             "--containerd-plugins-namespace=deepdockd-rig-plugins",
         ]
+        command = self.engine.command(self.root, dockerd_args)
         env = {**os.environ, "PATH": f"{self.root / 'bin'}:{_PATH}"}
         with self.docker_log.open("ab") as log:
             self._children["dockerd"] = subprocess.Popen(
@@ -448,8 +466,9 @@ class Rig:
         The service image is built on the Debian SSH one (a second)."""
         wanted = {
             BUSYBOX_IMAGE: self._busybox_rootfs,
-            DEBIAN_SSH_IMAGE: lambda tar: self._debootstrap(tar, "openssh-server,passwd"),
-            DEBIAN_NOSSH_IMAGE: lambda tar: self._debootstrap(tar, "passwd"),
+            DEBIAN_SSH_IMAGE: lambda tar: self.debootstrap(tar, "openssh-server,passwd"),
+            DEBIAN_NOSSH_IMAGE: lambda tar: self.debootstrap(tar, "passwd"),
+            **matrix_images.root_file_systems(self),
         }
         missing = [name for name in wanted if not self.image_exists(name)]
         tarballs = {
@@ -465,6 +484,7 @@ class Rig:
             self._build_service_image()
         if not self.image_exists(DEBIAN_WEBAPP_IMAGE):
             self._build_webapp_image()
+        matrix_images.build_derived(self)
 
     def image_exists(self, name: str) -> bool:
         try:
@@ -553,14 +573,16 @@ class Rig:
             subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
             partial.rename(tarball)
 
-    def _debootstrap(self, tarball: Path, include: str) -> subprocess.Popen[bytes]:
+    def debootstrap(
+        self, tarball: Path, include: str, suite: str = "bookworm"
+    ) -> subprocess.Popen[bytes]:
         """Start debootstrap and tar in the background; the tarball appears only when both
         succeed, so a failed build is retried by the next run."""
         target = self.root / "cache" / (tarball.stem + ".rootfs")
         partial = tarball.with_suffix(".partial")
         script = (
             f"set -e; rm -rf {target}; "
-            f"debootstrap --variant=minbase --include={include} bookworm {target}; "
+            f"debootstrap --variant=minbase --include={include} {suite} {target}; "
             f"tar -C {target} -cf {partial} .; mv {partial} {tarball}; rm -rf {target}"
         )
         with tarball.with_suffix(".tar.log").open("wb") as log:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 
@@ -18,3 +19,16 @@ def ssh(port: int, user: str, password: str, command: str) -> subprocess.Complet
         env={"SSHPASS": password, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def greeting(port: int) -> str:
+    """The SSH server's first line on a local port ("SSH-2.0-OpenSSH_9.2p1 …")."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        return connection.makefile("rb").readline().decode().strip()
+
+
+def free_local_port() -> int:
+    """A loopback port nobody listens on now (for ssh -L)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
