@@ -756,8 +756,11 @@ async def test_bad_gpu_ids_are_422(
         ({"name": "a b"}, "name: must be 2-128 letters, digits"),
         ({"user_name": "root"}, "user_name: 'root' is a system account"),
         ({"user_name": "Alice"}, "user_name: must be a Linux user name"),
-        ({"password": ""}, "password: Length must be between 1 and 1024."),
+        ({"password": ""}, "password: Shorter than minimum length 1."),
         ({"password": "a\nb"}, "password: must not contain a line break"),
+        ({"password": "ü" * 51}, "password: must be at most 100 bytes in UTF-8 (this one is 102)"),
+        # The one byte an env value cannot carry (the bootstrap's NAME=value lines), by key.
+        ({"env": {"NOTE": "one\ntwo"}}, "env.NOTE.value: must not contain a line break"),
         ({"env": {"1X": "v"}}, "env.1X.key: must be a variable name"),
         (
             {"env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
