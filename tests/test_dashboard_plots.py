@@ -225,7 +225,8 @@ def test_a_running_containers_row_and_plots_show_its_use(
         return response.url == f"{server.base}/containers" and response.ok
 
     def row_matches_the_list() -> str | None:
-        with page.expect_response(listed, timeout=15_000) as answered:
+        # (Six refreshes' time: the container's busy loop takes one of the machine's cores.)
+        with page.expect_response(listed, timeout=30_000) as answered:
             pass
         [item] = [c for c in answered.value.json()["containers"] if c["name"] == name]
         if item["cpu_percent"] is None:
