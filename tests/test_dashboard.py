@@ -130,6 +130,11 @@ RELAYED = re.compile(r"^/containers/[^/]+/proxy/")
 # The tabs the running test opened: their answers are checked again when the browser closes.
 OPENED: list[Tab] = []
 
+# How long a web-first assertion waits for the page (Playwright's default is 5 s). A list the
+# page reads after a create took longer than that on a machine half as fast as the suite's
+# usual one; the page's own waits are what is tested, not the machine's speed.
+expect.set_options(timeout=15_000)
+
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
