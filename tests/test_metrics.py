@@ -348,7 +348,13 @@ async def test_gpus_lists_each_gpu_and_the_containers_holding_it(
         body = await wait_for(
             client,
             "/gpus",
-            lambda b: b["count"] == 2 and all(g["processes"] == [] for g in b["gpus"]),
+            # (and the live view has seen ours start: on a loaded machine Docker's event can
+            # come after the GPUs' first reading)
+            lambda b: (
+                b["count"] == 2
+                and all(g["processes"] == [] for g in b["gpus"])
+                and b["gpus"][1]["containers"] == [ours]
+            ),
         )
     finally:
         rig.docker("rm", "--force", ours, stopped, foreign)
